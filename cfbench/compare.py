@@ -1,7 +1,8 @@
 """``compare`` and ``regress``: turn stored (or freshly scored) runs into the forgetting report.
 
 Each argument is either a checkpoint (scored through the engine's cache, so a repeat call scores
-nothing) or the name/id of a run already in the store (native or imported).
+nothing) or the name/id of a run already in the store (native or imported); :mod:`cfbench.refs`
+decides which, and refuses an argument that could be both.
 """
 
 from __future__ import annotations
@@ -29,12 +30,6 @@ class RunRef:
     scored_items: int = 0
 
 
-def _looks_like_checkpoint(spec: str) -> bool:
-    from cfbench.models.checkpoint import BUILTIN_MODELS
-
-    return spec in BUILTIN_MODELS or Path(spec).expanduser().exists()
-
-
 def resolve_runs(
     specs: Sequence[str],
     store: ResultStore,
@@ -42,26 +37,41 @@ def resolve_runs(
     labels: Sequence[str] | None = None,
     eval_kwargs: dict[str, Any] | None = None,
 ) -> list[RunRef]:
-    """Checkpoints are evaluated (cached); anything else must name a stored run."""
-    from cfbench.engine import evaluate
+    """Stored runs are looked up; checkpoints are planned, announced, then scored (cached).
+
+    What an argument means follows :mod:`cfbench.refs` (``run:NAME`` / ``ckpt:SPEC``; an argument
+    that could be both is refused). All checkpoints are planned first, so a missing dataset or an
+    unknown checkpoint fails before any model is loaded, and one line says how much will be scored.
+    """
+    import sys
+
+    from cfbench.engine import describe_plans, plan_evaluation, progress_mode, run_plan
+    from cfbench.refs import resolve_ref
 
     if labels is not None and len(labels) != len(specs):
         raise CfbenchError(f"--labels has {len(labels)} names for {len(specs)} runs; give one label per run")
+    kwargs = dict(eval_kwargs or {})
+    mode = progress_mode(kwargs.pop("progress", "auto"))
+    run_opts = {k: kwargs.pop(k) for k in ("name", "method", "hparams", "tuned_from") if k in kwargs}
+    resolved = [resolve_ref(spec, store) for spec in specs]
+    plans = {
+        i: plan_evaluation(ref.spec, results=store.root, **kwargs)
+        for i, ref in enumerate(resolved)
+        if ref.kind == "checkpoint"
+    }
+    if plans and mode != "off":
+        print(f"[cfbench] {describe_plans(list(plans.values()))}", file=sys.stderr, flush=True)
+        for plan in plans.values():
+            print(f"[cfbench]   {plan.describe()}", file=sys.stderr, flush=True)
     refs: list[RunRef] = []
     seen: dict[str, int] = {}
-    for i, spec in enumerate(specs):
-        if _looks_like_checkpoint(spec):
-            res = evaluate(spec, results=store.root, **(eval_kwargs or {}))
-            record = store.find_run(res.run_id)
-            ref = RunRef(spec, record, evaluated_now=True, scored_items=res.scored_items)
+    for i, ref_ in enumerate(resolved):
+        if i in plans:
+            res = run_plan(plans[i], progress=mode, **run_opts)
+            ref = RunRef(ref_.spec, store.find_run(res.run_id), evaluated_now=True, scored_items=res.scored_items)
         else:
-            try:
-                record = store.find_run(spec)
-            except CfbenchError as exc:
-                raise CfbenchError(
-                    f"{spec!r} is neither a checkpoint (folder, file, built-in name) nor a stored run: {exc}"
-                ) from exc
-            ref = RunRef(record.name, record)
+            assert ref_.record is not None
+            ref = RunRef(ref_.record.name, ref_.record)
         ref.label = labels[i] if labels else ref.label
         if ref.label in seen:  # the same name twice (e.g. a checkpoint against itself) stays distinguishable
             seen[ref.label] += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import pandas as pd
 from cfbench.backends import Backend, LoglikRequest, LoglikResult, make_backend
 from cfbench.data import default_sources
 from cfbench.errors import CfbenchError
+from cfbench.progress import Progress
 from cfbench.tasks.registry import get_task, load_suite
 from cfbench.tasks.task import Instance, ItemScore, Task
 
@@ -131,6 +133,160 @@ class _LazyBackend:
             self._backend = None
 
 
+@dataclass
+class TaskPlan:
+    """One task of a planned evaluation: its rendered documents and which of them still need scoring."""
+
+    task: Task
+    num_fewshot: int
+    cache_key: str
+    limit: int | None
+    instances: list[Instance]
+    todo: list[Instance]
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def todo_requests(self) -> int:
+        return sum(len(i.requests) for i in self.todo)
+
+
+@dataclass
+class EvalPlan:
+    """Everything an evaluation will do, decided before any model is loaded.
+
+    Planning resolves the checkpoint, locates and renders the data of *every* requested task (so a
+    missing dataset or a broken template fails before minutes of model loading and scoring) and
+    looks up which documents the store already holds.
+    """
+
+    checkpoint: Any  # cfbench.models.checkpoint.ResolvedCheckpoint
+    suite: Any  # cfbench.tasks.registry.Suite
+    explicit_tasks: bool
+    backend: str
+    options: dict[str, Any]
+    bkey: dict[str, Any]
+    limit: int | None
+    task_limits: dict[str, int]
+    results: Path
+    tasks: list[TaskPlan]
+    missing: list[TaskOutcome]
+    num_fewshot: int | None = None  # the user's override (None: each task's own count)
+
+    @property
+    def n_docs(self) -> int:
+        return sum(len(t.instances) for t in self.tasks)
+
+    @property
+    def n_todo(self) -> int:
+        return sum(len(t.todo) for t in self.tasks)
+
+    @property
+    def todo_requests(self) -> int:
+        return sum(t.todo_requests for t in self.tasks)
+
+    def describe(self) -> str:
+        """One line: ``NAME: T tasks, D documents (S to score now, the rest cached)``."""
+        name = self.checkpoint.name
+        head = f"{name}: {len(self.tasks)} task(s), {self.n_docs:,} documents"
+        if self.missing:
+            head += f" ({len(self.missing)} task(s) without data skipped: {', '.join(m.task for m in self.missing)})"
+        if self.n_todo == 0:
+            return f"{head}; all cached, nothing to score"
+        return f"{head}; {self.n_todo:,} to score now ({self.todo_requests:,} requests), the rest cached"
+
+
+def describe_plans(plans: Sequence[EvalPlan]) -> str:
+    """The line printed before scoring starts: checkpoints × tasks × documents, and what is cached."""
+    n_tasks = len({t.name for p in plans for t in p.tasks})
+    docs = sum(p.n_docs for p in plans)
+    todo = sum(p.n_todo for p in plans)
+    reqs = sum(p.todo_requests for p in plans)
+    head = f"scoring plan: {len(plans)} checkpoint(s) × {n_tasks} task(s) = {docs:,} documents"
+    if todo == 0:
+        return f"{head}; all cached, nothing to score"
+    return f"{head}; {todo:,} to score now ({reqs:,} requests), {docs - todo:,} cached"
+
+
+def plan_evaluation(
+    checkpoint: str,
+    *,
+    tasks: Sequence[str] | None = None,
+    suite: str | None = "paper",
+    limit: int | None = None,
+    task_limits: dict[str, int] | None = None,
+    num_fewshot: int | None = None,
+    backend: str = "hf",
+    backend_options: dict[str, Any] | None = None,
+    base: str | None = None,
+    data_dir: str | Path | None = None,
+    results: str | Path = "results",
+    strict_data: bool | None = None,
+) -> EvalPlan:
+    """Validate the inputs and decide what :func:`run_plan` will score; loads no model.
+
+    Tasks whose data cannot be found are skipped and reported (``missing``) when they come from a
+    suite; explicitly named tasks (``tasks=``) must exist (``strict_data`` overrides).
+    """
+    from cfbench.models.checkpoint import resolve_checkpoint
+    from cfbench.store import ResultStore
+
+    task_limits = dict(task_limits or {})
+    for t, n in [("--limit", limit), *((f"--task-limit {k}", v) for k, v in task_limits.items())]:
+        if n is not None and n <= 0:
+            raise CfbenchError(f"{t} must be a positive number of documents, got {n}")
+    if checkpoint.startswith("run:"):
+        raise CfbenchError(
+            f"{checkpoint!r} names a stored run, which eval cannot score: pass a checkpoint, or view the run "
+            "with `cfbench compare` / `cfbench leaderboard`"
+        )
+    checkpoint = checkpoint.removeprefix("ckpt:")
+    options = dict(backend_options or {})
+    bkey = backend_key(backend, options)
+    suite_obj = load_suite(suite or "paper")
+    names = list(tasks) if tasks else suite_obj.tasks
+    strict = bool(tasks) if strict_data is None else strict_data
+    sources = default_sources(data_dir)
+    store = ResultStore(Path(results))
+    ckpt = resolve_checkpoint(checkpoint, base=base)
+    planned: list[TaskPlan] = []
+    missing: list[TaskOutcome] = []
+    for tname in names:
+        task = get_task(tname, sources)
+        if task.located() is None:
+            if strict:
+                task.require()  # raises the one-line "how to supply it" error
+            missing.append(
+                TaskOutcome(
+                    tname, task.cfg.config_hash, "", 0, 0, {}, task.cfg.primary_metric, missing=f"no data for {tname}"
+                )
+            )
+            continue
+        k = task.cfg.num_fewshot if num_fewshot is None else num_fewshot
+        ckey = cache_key(ckpt.content_hash, task, k, bkey)
+        task_limit = task_limits.get(tname, limit)
+        instances = task.instances(limit=task_limit, num_fewshot=k)
+        done = store.cached_doc_ids(ckey)
+        todo = [inst for inst in instances if inst.doc_id not in done]
+        planned.append(TaskPlan(task, k, ckey, task_limit, instances, todo))
+    return EvalPlan(
+        ckpt,
+        suite_obj,
+        bool(tasks),
+        backend,
+        options,
+        bkey,
+        limit,
+        task_limits,
+        Path(results),
+        planned,
+        missing,
+        num_fewshot,
+    )
+
+
 def evaluate(
     checkpoint: str,
     *,
@@ -149,77 +305,94 @@ def evaluate(
     hparams: dict[str, Any] | None = None,
     tuned_from: str | None = None,
     strict_data: bool | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> EvalResult:
     """Score ``checkpoint`` on ``tasks`` (or ``suite``), reusing every cached item.
 
-    Tasks whose data cannot be found are skipped and reported (``missing``) when they come from a
-    suite; explicitly named tasks (``tasks=``) must exist (``strict_data`` overrides).
+    ``progress``: ``"auto"``/True (a bar on a terminal, plain periodic lines elsewhere, and the plan
+    line before scoring), ``"lines"``, ``"bar"``, or ``"off"``/False.
     """
-    from cfbench.models.checkpoint import resolve_checkpoint
+    t0 = time.perf_counter()
+    plan = plan_evaluation(
+        checkpoint, tasks=tasks, suite=suite, limit=limit, task_limits=task_limits, num_fewshot=num_fewshot,
+        backend=backend, backend_options=backend_options, base=base, data_dir=data_dir, results=results,
+        strict_data=strict_data,
+    )  # fmt: skip
+    mode = progress_mode(progress)
+    if mode != "off":
+        print(f"[cfbench] {plan.describe()}", file=sys.stderr, flush=True)
+    return run_plan(plan, name=name, method=method, hparams=hparams, tuned_from=tuned_from, progress=mode, t0=t0)
+
+
+def progress_mode(progress: bool | str) -> str:
+    """Normalise the ``progress`` argument: True → ``auto``, False → ``off``."""
+    if progress is True:
+        return "auto"
+    if progress is False or progress is None:
+        return "off"
+    if progress not in ("auto", "bar", "lines", "off"):
+        raise CfbenchError(f"progress must be auto, bar, lines or off, got {progress!r}")
+    return str(progress)
+
+
+def run_plan(
+    plan: EvalPlan,
+    *,
+    name: str | None = None,
+    method: str | None = None,
+    hparams: dict[str, Any] | None = None,
+    tuned_from: str | None = None,
+    progress: bool | str = "auto",
+    t0: float | None = None,
+) -> EvalResult:
+    """Score what ``plan`` left to score (loading the model only if something is) and store the run."""
     from cfbench.store import ResultStore, RunRecord, TaskScore
 
-    task_limits = dict(task_limits or {})
-    for t, n in [("--limit", limit), *((f"--task-limit {k}", v) for k, v in task_limits.items())]:
-        if n is not None and n <= 0:
-            raise CfbenchError(f"{t} must be a positive number of documents, got {n}")
-    t0 = time.perf_counter()
-    options = dict(backend_options or {})
-    bkey = backend_key(backend, options)
-    ckpt = resolve_checkpoint(checkpoint, base=base)
-    suite_obj = load_suite(suite or "paper")
-    names = list(tasks) if tasks else suite_obj.tasks
-    strict = bool(tasks) if strict_data is None else strict_data
-    sources = default_sources(data_dir)
-    store = ResultStore(Path(results))
-    lazy = _LazyBackend(backend, ckpt.path, options)
-    outcomes: list[TaskOutcome] = []
+    t0 = time.perf_counter() if t0 is None else t0
+    mode = progress_mode(progress)
+    ckpt, store = plan.checkpoint, ResultStore(plan.results)
+    lazy = _LazyBackend(plan.backend, ckpt.path, plan.options)
+    outcomes: list[TaskOutcome] = list(plan.missing)
     selections: dict[str, list[int]] = {}  # with --limit: exactly which documents the run covers
     scored_total = 0
+    bar = Progress(ckpt.name, plan.todo_requests, mode=mode if plan.todo_requests else "off")
     try:
-        for tname in names:
-            task = get_task(tname, sources)
-            if task.located() is None:
-                if strict:
-                    task.require()  # raises the one-line "how to supply it" error
+        with bar:
+            for tp in plan.tasks:
+                if tp.todo:
+                    bar.set_detail(f"{tp.name} ({len(tp.todo):,} docs)")
+                    scored_total += _score_task(tp.task, tp.todo, tp.cache_key, lazy, store, bar)
+                items = store.items(cache_keys=[tp.cache_key])
+                wanted = {inst.doc_id for inst in tp.instances}
+                items = items[items["doc_id"].isin(wanted)].drop_duplicates(["doc_id"], keep="last")
+                if len(items) != len(wanted):
+                    raise CfbenchError(
+                        f"{tp.name}: store has {len(items)} of {len(wanted)} items after scoring; the results dir "
+                        f"{plan.results} may be corrupted — run `cfbench store compact` or use a fresh --results"
+                    )
+                if tp.limit is not None:
+                    selections[tp.name] = sorted(wanted)
+                metrics = {m: float(items[m].mean()) for m in tp.task.cfg.metrics}
                 outcomes.append(
                     TaskOutcome(
-                        tname,
-                        task.cfg.config_hash,
-                        "",
-                        0,
-                        0,
-                        {},
-                        task.cfg.primary_metric,
-                        missing=f"no data for {tname}",
+                        tp.name,
+                        tp.task.cfg.config_hash,
+                        tp.cache_key,
+                        len(items),
+                        len(tp.todo),
+                        metrics,
+                        tp.task.cfg.primary_metric,
                     )
                 )
-                continue
-            k = task.cfg.num_fewshot if num_fewshot is None else num_fewshot
-            ckey = cache_key(ckpt.content_hash, task, k, bkey)
-            task_limit = task_limits.get(tname, limit)
-            instances = task.instances(limit=task_limit, num_fewshot=k)
-            done = store.cached_doc_ids(ckey)
-            todo = [inst for inst in instances if inst.doc_id not in done]
-            if todo:
-                scored_total += _score_task(task, todo, ckey, lazy, store, progress)
-            items = store.items(cache_keys=[ckey])
-            wanted = {inst.doc_id for inst in instances}
-            items = items[items["doc_id"].isin(wanted)].drop_duplicates(["doc_id"], keep="last")
-            if len(items) != len(wanted):
-                raise CfbenchError(
-                    f"{tname}: store has {len(items)} of {len(wanted)} items after scoring; "
-                    f"the results dir {results} may be corrupted — run `cfbench store compact` or use a fresh --results"
-                )
-            if task_limit is not None:
-                selections[tname] = sorted(wanted)
-            metrics = {m: float(items[m].mean()) for m in task.cfg.metrics}
-            outcomes.append(
-                TaskOutcome(tname, task.cfg.config_hash, ckey, len(items), len(todo), metrics, task.cfg.primary_metric)
-            )
     finally:
         lazy.close()
+    order = {t: i for i, t in enumerate([*(tp.name for tp in plan.tasks), *(m.task for m in plan.missing)])}
+    requested = plan.suite.tasks if not plan.explicit_tasks else None
+    if requested is not None:
+        order = {t: i for i, t in enumerate(requested)}
+    outcomes.sort(key=lambda o: order.get(o.task, len(order)))
 
+    limit, task_limits, suite_obj = plan.limit, plan.task_limits, plan.suite
     scored = [o for o in outcomes if o.missing is None]
     run_key = _digest(
         "run/v1", ckpt.content_hash, sorted((o.task, o.cache_key) for o in scored), limit, task_limits, name
@@ -237,14 +410,14 @@ def evaluate(
         base=tuned_from,
         method=method,
         hparams=dict(hparams or {}),
-        suite=suite_obj.name if not tasks else "custom",
-        suite_hash=suite_obj.suite_hash() if not tasks else _digest([o.config_hash for o in scored]),
+        suite=suite_obj.name if not plan.explicit_tasks else "custom",
+        suite_hash=suite_obj.suite_hash() if not plan.explicit_tasks else _digest([o.config_hash for o in scored]),
         task_hashes={o.task: o.config_hash for o in scored},
-        backend=backend,
-        backend_settings=bkey,
-        dtype=str(bkey["dtype"]),
+        backend=plan.backend,
+        backend_settings=plan.bkey,
+        dtype=str(plan.bkey["dtype"]),
         limit=limit,
-        num_fewshot=num_fewshot,
+        num_fewshot=plan.num_fewshot,
         extra={
             "run_key": run_key,
             "cache_keys": {o.task: o.cache_key for o in scored},
@@ -276,31 +449,25 @@ def _find_run_by_key(store: Any, run_key: str) -> str | None:
     return None
 
 
-def _score_task(task: Task, todo: list[Instance], ckey: str, lazy: _LazyBackend, store: Any, progress: bool) -> int:
+def _score_task(task: Task, todo: list[Instance], ckey: str, lazy: _LazyBackend, store: Any, bar: Progress) -> int:
     """Score ``todo`` in chunks, appending each chunk to the store as soon as it is done."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     backend = lazy.get()
-    n_requests = sum(len(i.requests) for i in todo)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        bar_id = bar.add_task(f"{task.name} ({len(todo)} docs)", total=n_requests)
-        start, done, size = 0, 0, FIRST_CHUNK_DOCS
-        while start < len(todo):
-            # Small first chunks lose little to a kill; chunks grow while they stay short, so the
-            # backend still gets big batches to sort by length.
-            chunk = todo[start : start + size]
-            t_chunk = time.perf_counter()
-            reqs = [r for inst in chunk for r in inst.requests]
-            results = score_requests(backend, reqs, lambda n: bar.advance(bar_id, n))
-            scores, pos = [], 0
-            for inst in chunk:
-                k = len(inst.requests)
-                scores.append(task.score(inst, results[pos : pos + k]))
-                pos += k
-            store.append_items(items_frame(task, ckey, scores))
-            done += len(chunk)
-            start += len(chunk)
-            if time.perf_counter() - t_chunk < CHUNK_SECONDS / 2:
-                size = min(size * 2, CHUNK_DOCS)
+    start, done, size = 0, 0, FIRST_CHUNK_DOCS
+    while start < len(todo):
+        # Small first chunks lose little to a kill; chunks grow while they stay short, so the
+        # backend still gets big batches to sort by length.
+        chunk = todo[start : start + size]
+        t_chunk = time.perf_counter()
+        reqs = [r for inst in chunk for r in inst.requests]
+        results = score_requests(backend, reqs, bar.advance)
+        scores, pos = [], 0
+        for inst in chunk:
+            k = len(inst.requests)
+            scores.append(task.score(inst, results[pos : pos + k]))
+            pos += k
+        store.append_items(items_frame(task, ckey, scores))
+        done += len(chunk)
+        start += len(chunk)
+        if time.perf_counter() - t_chunk < CHUNK_SECONDS / 2:
+            size = min(size * 2, CHUNK_DOCS)
     return done

@@ -54,7 +54,7 @@ def _eval_kwargs(
         "num_fewshot": num_fewshot,
         "base": base,
         "data_dir": data_dir,
-        "progress": sys.stderr.isatty(),
+        "progress": "auto",  # a bar on a terminal, plain periodic lines in CI logs
     }
 
 

@@ -49,9 +49,9 @@ def register(app: typer.Typer) -> None:
         t_train = time.perf_counter() - t0
         console.rule("2/2  score base, w/o SAM, w/ SAM on the offline suite")
         res = compare(
-            "smollm2-135m", [str(pr.wo_sam.path), str(pr.w_sam.path)], suite="offline", results=results,
+            "ckpt:smollm2-135m", [f"ckpt:{pr.wo_sam.path}", f"ckpt:{pr.w_sam.path}"], suite="offline", results=results,
             labels=["SmolLM2-135M-Instruct", "w/o SAM", "w/ SAM"], pairs=[("w/o SAM", "w/ SAM")],
-            eval_kwargs={"limit": limit, "task_limits": {"mmlu": mmlu_limit}, "progress": sys.stderr.isatty()},
+            eval_kwargs={"limit": limit, "task_limits": {"mmlu": mmlu_limit}, "progress": "auto"},
         )  # fmt: skip
         res.report.print(Console(width=None if sys.stdout.isatty() else 160))
         out.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
             data_dir=data_dir,
             results=results,
             name=name,
-            progress=sys.stderr.isatty(),
+            progress="auto",  # a bar on a terminal, plain periodic lines in CI logs
         )
         if fmt is EvalFormat.json:
             typer.echo(

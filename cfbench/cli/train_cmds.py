@@ -150,9 +150,10 @@ def register(app: typer.Typer) -> None:
             from cfbench.compare import compare as run_compare
 
             res = run_compare(
-                base, [str(result.wo_sam.path), str(result.w_sam.path)], suite=suite, results=results,
+                f"ckpt:{base}", [f"ckpt:{result.wo_sam.path}", f"ckpt:{result.w_sam.path}"], suite=suite,
+                results=results,
                 labels=[base, "w/o SAM", "w/ SAM"], pairs=[("w/o SAM", "w/ SAM")],
-                eval_kwargs={"limit": limit, "progress": sys.stderr.isatty()},
+                eval_kwargs={"limit": limit, "progress": "auto"},
             )  # fmt: skip
             res.report.print(Console(width=None if sys.stdout.isatty() else 160))
 
