@@ -146,3 +146,18 @@ def test_progress_lines_carry_rate_and_eta() -> None:
     assert out[0].startswith("[cfbench] ckpt · copa (5 docs): 4/10 requests (40%)") and "ETA" in out[0]
     assert "done in" in out[-1]
     assert format_duration(3725) == "1h02m" and format_duration(187) == "3m07s" and format_duration(4.2) == "4s"
+
+
+def test_hub_id_without_network_says_a_network_is_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from cfbench.models.checkpoint import resolve_checkpoint
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise LocalEntryNotFoundError("cannot reach the hub")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(CfbenchError, match="network connection is needed"):
+        resolve_checkpoint("org/some-model", cache_dir=tmp_path)

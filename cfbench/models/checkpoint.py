@@ -243,6 +243,12 @@ def _resolve_hub(spec: str, cache_dir: Path, hashes: HashCache) -> ResolvedCheck
                 "local HF cache: unset HF_HUB_OFFLINE (needs internet) or pass a local folder, .gguf "
                 "or built-in name instead"
             ) from exc
+        unreachable = ("LocalEntryNotFoundError", "ConnectionError", "ConnectTimeout", "OfflineModeIsEnabled")
+        if type(exc).__name__ in unreachable:
+            raise CfbenchError(
+                f"{spec!r} is a Hugging Face hub id and the hub cannot be reached: a network connection is needed "
+                "to download it once (then it is cached), or pass a local folder / .gguf path instead"
+            ) from exc
         raise CfbenchError(
             f"could not download {spec!r} from the Hugging Face hub ({type(exc).__name__}): check the id "
             "and your connection, or pass a local folder / .gguf path instead"
