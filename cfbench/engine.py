@@ -27,8 +27,10 @@ from cfbench.progress import Progress
 from cfbench.tasks.registry import get_task, load_suite
 from cfbench.tasks.task import Instance, ItemScore, Task
 
-# Backend options that change numbers (part of the cache key); the rest (batch size, workers,
-# memory fraction) only change speed.
+# The cache key's backend part comes from each backend's ``key_settings(model_path, options)``
+# (cfbench.backends.base.Backend): dtype, lengths, scoring path, package / server versions... Options
+# that only change speed (batch size, workers, memory fraction) stay out of it. These are the
+# options every backend reads the same way; ``backend_key`` adds the scoring-code version.
 NUMERIC_OPTIONS = ("dtype", "max_length", "max_model_len")
 CHUNK_SECONDS = 60.0  # flush scored items to the store at least this often
 CHUNK_DOCS = int(os.environ.get("CFBENCH_CHUNK_DOCS", "2048"))  # cap on documents per store append
@@ -59,12 +61,19 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def backend_key(backend: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The part of the backend configuration that changes numbers."""
-    key: dict[str, Any] = {"backend": backend, "dtype": options.get("dtype", "float32")}
-    for k in NUMERIC_OPTIONS[1:]:
-        if options.get(k) is not None:
-            key[k] = options[k]
+def backend_key(backend: str, options: dict[str, Any], model_path: str | Path) -> dict[str, Any]:
+    """Everything on the backend side that changes numbers, without loading the model.
+
+    The backend class's ``key_settings`` (see :class:`cfbench.backends.base.Backend`) plus
+    :data:`cfbench.scoring_version.SCORING_VERSION`, so a change of cfbench's scoring code that moves
+    per-item outputs never reuses items cached by the old code.
+    """
+    from cfbench.backends import backend_class
+    from cfbench.scoring_version import SCORING_VERSION
+
+    key = dict(backend_class(backend).key_settings(Path(model_path), dict(options)))
+    key["backend"] = backend
+    key["scoring_version"] = SCORING_VERSION
     return key
 
 
@@ -231,6 +240,7 @@ def plan_evaluation(
     suite; explicitly named tasks (``tasks=``) must exist (``strict_data`` overrides).
     """
     from cfbench.models.checkpoint import resolve_checkpoint
+    from cfbench.models.hashing import require_finite_weights
     from cfbench.store import ResultStore
 
     task_limits = dict(task_limits or {})
@@ -244,13 +254,14 @@ def plan_evaluation(
         )
     checkpoint = checkpoint.removeprefix("ckpt:")
     options = dict(backend_options or {})
-    bkey = backend_key(backend, options)
     suite_obj = load_suite(suite or "paper")
     names = list(tasks) if tasks else suite_obj.tasks
     strict = bool(tasks) if strict_data is None else strict_data
     sources = default_sources(data_dir)
     store = ResultStore(Path(results))
     ckpt = resolve_checkpoint(checkpoint, base=base)
+    require_finite_weights(ckpt.path, ckpt.content_hash, ckpt.name)
+    bkey = backend_key(backend, options, ckpt.path)
     planned: list[TaskPlan] = []
     missing: list[TaskOutcome] = []
     for tname in names:
@@ -346,6 +357,7 @@ def run_plan(
     t0: float | None = None,
 ) -> EvalResult:
     """Score what ``plan`` left to score (loading the model only if something is) and store the run."""
+    from cfbench.models.hashing import tokenizer_hash
     from cfbench.store import ResultStore, RunRecord, TaskScore
 
     t0 = time.perf_counter() if t0 is None else t0
@@ -425,6 +437,7 @@ def run_plan(
             "spec": ckpt.spec,
             "doc_ids": selections,
             "task_limits": task_limits,
+            "tokenizer_hash": tokenizer_hash(ckpt.path),
         },
     )
     scores = [

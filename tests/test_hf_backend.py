@@ -124,14 +124,17 @@ def test_units_cover_exactly_the_ancestor_pairs(dense_limit: int) -> None:
         assert sorted(allowed) == sorted(_ancestors(trie, q)), q
 
 
-def test_model_ignoring_tree_attention_falls_back(tiny: Path, backend: HFBackend, monkeypatch) -> None:
-    """If the units are not honoured, the self-check notices and plain forwards give the numbers."""
+def test_model_ignoring_tree_attention_is_refused(tiny: Path, backend: HFBackend, monkeypatch) -> None:
+    """If the units are not honoured, the self-check refuses (no silent switch of the keyed scoring
+    path) and names the fix; with scoring_path=plain the numbers are right."""
 
     def plan_broken(trie: Trie, dense_limit: int, device: object = "cpu") -> list[Unit]:
         return [Unit(0, len(trie), None, None)]  # plain causal over the flattened trie: wrong at branches
 
     monkeypatch.setattr(hf_module, "plan_units", plan_broken)
-    be = HFBackend(tiny, dtype="float32")
+    with pytest.raises(CfbenchError, match="scoring_path=plain"):
+        HFBackend(tiny, dtype="float32")
+    be = HFBackend(tiny, dtype="float32", scoring_path="plain")
     assert not be.tree
     reqs = _requests()
     assert_same(be.loglikelihood(reqs), naive(backend, reqs), 1e-4)
@@ -196,7 +199,8 @@ def test_empty_continuation_is_certain(backend: HFBackend) -> None:
 def test_bfloat16_runs_and_tracks_float32(tiny: Path, backend: HFBackend) -> None:
     be = make_backend("hf", tiny, dtype="bfloat16")
     assert be.tree  # the self-check passes in bfloat16 too
-    assert be.settings() == {"backend": "hf", "dtype": "bfloat16", "max_length": 128}
+    assert {k: be.settings()[k] for k in ("backend", "dtype", "max_length", "scoring_path")} == {
+        "backend": "hf", "dtype": "bfloat16", "max_length": 128, "scoring_path": "tree"}
     reqs = _requests()
     got = be.loglikelihood(reqs)
     assert be.model.dtype == torch.bfloat16

@@ -44,8 +44,19 @@ class Backend(Protocol):
 
     name: str
 
+    @classmethod
+    def key_settings(cls, model_path: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """Everything that changes the numbers for ``(model_path, options)``, without loading weights.
+
+        The engine builds the result cache key from this *before* any model is loaded (a fully
+        cached rerun loads nothing), so it may only probe cheap facts: package versions, config
+        files, a server's ``/v1/models``. Must include ``backend`` and ``dtype`` (``"unknown"``
+        where it cannot be known, never a guess).
+        """
+        ...
+
     def settings(self) -> dict[str, Any]:
-        """Settings that change the numbers (dtype, max length, ...): part of the result cache key."""
+        """This loaded backend's :meth:`key_settings`: what the results it returns were computed with."""
         ...
 
     def loglikelihood(

@@ -19,14 +19,19 @@ same left truncation, but forwards every distinct token prefix once:
 * The LM head runs only at the nodes whose next-token distribution is scored (``logits_to_keep``
   with an index tensor), and log-softmax runs only there, in float32.
 
-At start-up a self-check compares this path with a plain causal forward on a few token ids; a
-model whose code ignores the custom attention (remote code) falls back to one plain forward per
-distinct input. Requests longer than the model's sliding window also use the plain forward, since
-the units do not encode the window.
+The scoring path is an option, ``scoring_path="tree"`` (default) or ``"plain"`` (one ordinary
+causal forward per distinct input), so it is known before the model loads and is part of the
+result cache key (:meth:`HFBackend.key_settings`). At start-up a self-check compares the tree path
+with plain forwards on a few token ids; a model whose code ignores the custom attention (remote
+code) or gives other numbers through it is *refused* with the fix (``scoring_path=plain``) rather
+than switched silently, because a silent switch would store numbers under a key that does not say
+how they were computed. Requests longer than the model's sliding window use the plain forward on
+either path (a deterministic function of the config, which is hashed, and of the request).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 from collections.abc import Sequence
@@ -54,6 +59,7 @@ _TREE_CALLS = [0]  # layers that ran tree attention (the self-check sees whether
 # Self-check tolerance on sums of 1-3 token log-probs: float32 must match lm-eval to 1e-3; in half
 # precision two orders of the same math differ by ~0.2 while ignored units give errors of nats.
 _CHECK_TOL = {"float32": 1e-3, "bfloat16": 0.5, "float16": 0.5}
+SCORING_PATHS = ("tree", "plain")
 
 
 def resolve_max_length(config: Any, tokenizer: Any) -> int:
@@ -270,10 +276,48 @@ class HFBackend:
     ``batch_tokens`` bounds the trie nodes of one forward (activation memory, and how far apart
     shared prefixes may be found); ``batch_size`` optionally bounds the requests per forward
     (``"auto"``: no bound). ``dense_limit`` is the largest subtree whose attention is computed
-    densely in one kernel call.
+    densely in one kernel call. ``scoring_path``: ``"tree"`` (shared prefixes, the default) or
+    ``"plain"`` (one causal forward per distinct input, for models that refuse the tree path).
     """
 
     name = "hf"
+
+    @classmethod
+    def key_settings(cls, model_path: str | Path, options: dict[str, Any]) -> dict[str, Any]:
+        """What changes the numbers, known without loading weights (the result cache key's backend part).
+
+        dtype, the effective max length (read from config.json, the tokenizer only if the config has
+        none), the scoring path, the device type (CPU and CUDA kernels differ in the last bits) and
+        the torch / transformers versions. Batch sizes only reorder the same math and are left out.
+        """
+        dtype = options.get("dtype") or "float32"
+        if dtype not in _DTYPES:
+            raise CfbenchError(f"unknown dtype {dtype!r} for the hf backend: choose one of {', '.join(_DTYPES)}")
+        path = options.get("scoring_path") or "tree"
+        if path not in SCORING_PATHS:
+            raise CfbenchError(f"unknown scoring_path {path!r} for the hf backend: choose tree or plain")
+        max_length = options.get("max_length")
+        trust = bool(options.get("trust_remote_code", False))
+        if not max_length:
+            from transformers import AutoConfig, AutoTokenizer
+
+            config = AutoConfig.from_pretrained(str(model_path), trust_remote_code=trust)
+            cfg = getattr(config, "text_config", None) or config
+            if any(getattr(cfg, a, None) is not None for a in _SEQLEN_ATTRS):
+                max_length = resolve_max_length(config, None)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust)
+                max_length = resolve_max_length(config, tokenizer)
+        device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        return {
+            "backend": cls.name,
+            "dtype": dtype,
+            "max_length": int(max_length),
+            "scoring_path": path,
+            "device": torch.device(device).type,
+            "torch": torch.__version__,
+            "transformers": importlib.metadata.version("transformers"),
+        }
 
     def __init__(
         self,
@@ -286,12 +330,16 @@ class HFBackend:
         batch_tokens: int | None = None,
         dense_limit: int = 192,
         trust_remote_code: bool = False,
+        scoring_path: str = "tree",
         **_: Any,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if dtype not in _DTYPES:
-            raise CfbenchError(f"unknown dtype {dtype!r} for the hf backend: choose one of {', '.join(_DTYPES)}")
+        self._settings = self.key_settings(
+            model_path,
+            {"dtype": dtype, "max_length": max_length, "device": device, "scoring_path": scoring_path,
+             "trust_remote_code": trust_remote_code},
+        )  # fmt: skip
         if batch_size != "auto" and (not str(batch_size).isdigit() or int(batch_size) < 1):
             raise CfbenchError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         _register_attention()
@@ -308,17 +356,19 @@ class HFBackend:
             trust_remote_code=trust_remote_code,
         ).to(self.device)
         self.model.eval()
-        self.max_length = int(max_length) if max_length else resolve_max_length(self.model.config, self.tokenizer)
+        self.max_length = int(self._settings["max_length"])
         cfg = getattr(self.model.config, "text_config", None) or self.model.config
         window = getattr(cfg, "sliding_window", None)
         use_window = window and getattr(cfg, "use_sliding_window", True)
         self.sliding_window: int | None = int(window) if use_window else None
         self.tokens_forwarded = 0  # tokens actually run through the model (for benchmarks)
-        self.tree = self._self_check()
+        self.tree = scoring_path == "tree"
+        if self.tree:
+            self._self_check()
 
     def settings(self) -> dict[str, Any]:
-        """What changes the numbers: dtype and max length (sharing only reorders the same math)."""
-        return {"backend": self.name, "dtype": self.dtype, "max_length": self.max_length}
+        """Exactly :meth:`key_settings` for this backend's options (so the cache key describes it)."""
+        return dict(self._settings)
 
     def close(self) -> None:
         """Drop the model so its memory can be reclaimed."""
@@ -473,8 +523,10 @@ class HFBackend:
         out = []
         start = 0
         for sel, _ in wanted:
-            lp = math.fsum(lps[start : start + len(sel)])
-            lp = lp if math.isfinite(lp) else -math.inf
+            # NaN / inf stay as they are (fsum would raise on them): Task.score refuses them, naming
+            # the task and document, instead of storing a silent -inf.
+            part = lps[start : start + len(sel)]
+            lp = math.fsum(part) if all(map(math.isfinite, part)) else sum(part)
             out.append(LoglikResult(lp, all(greedy[start : start + len(sel)]), len(sel)))
             start += len(sel)
         return out
@@ -489,8 +541,8 @@ class HFBackend:
             torch.tensor([inp]), None, keep, None, [(list(range(n - len(it.targets), n)), it.targets) for it in group]
         )
 
-    def _self_check(self) -> bool:
-        """True when the tree path equals plain forwards on a small branching input."""
+    def _self_check(self) -> None:
+        """Refuse the tree path unless it equals plain forwards on a small branching input."""
         vocab = int(self.model.get_input_embeddings().weight.shape[0])
         t = [(7 * i + 3) % vocab for i in range(21)]
         items = [
@@ -511,15 +563,15 @@ class HFBackend:
         self.tokens_forwarded = 0
         worst = max(abs(tree[i].logprob - plain[i].logprob) for i in plain)
         if called and worst <= _CHECK_TOL[self.dtype]:
-            return True
-        log.warning(
-            "cfbench hf: %s %s; scoring one plain forward per distinct input (slower, same numbers)",
-            type(self.model).__name__,
-            f"gives different numbers with the tree attention (|Δ|={worst:.3g})"
-            if called
-            else "ignores the tree attention",
+            return
+        why = f"gives different numbers with the tree attention (|Δ|={worst:.3g})" if called else (
+            "ignores the tree attention")
+        model_class = type(self.model).__name__
+        self.close()
+        raise CfbenchError(
+            f"hf backend: {model_class} {why}: "
+            "pass the backend option scoring_path=plain (one plain forward per distinct input; slower, same numbers)"
         )
-        return False
 
 
 def _run_units_small(be: HFBackend, trie: Trie) -> list[tuple[int, LoglikResult]]:

