@@ -205,6 +205,14 @@ class Task:
         if len(results) != len(inst.requests):
             raise ValueError(f"{self.name} doc {inst.doc_id}: {len(results)} results for {len(inst.requests)} requests")
         lls = np.array([r.logprob for r in results], dtype=np.float64)
+        if not np.isfinite(lls).all():
+            # A NaN / inf log-prob means broken weights or numerics; argmax over it would be a silent
+            # wrong answer, so it is an error naming where it happened.
+            k = int(np.flatnonzero(~np.isfinite(lls))[0])
+            raise CfbenchError(
+                f"task {self.name} doc {inst.doc_id}: the backend returned log-prob {lls[k]} for request {k}: the "
+                "checkpoint's weights or the dtype are broken; evaluate in dtype=float32 or check the checkpoint"
+            )
         ntok = [r.n_tokens for r in results]
         metrics: dict[str, float] = {}
         n = inst.n_mc1
@@ -224,10 +232,12 @@ class Task:
             metrics["acc_norm"] = float(int(np.argmax(choice_ll / lens)) == inst.gold)
         if inst.mc2_labels is not None:
             off = len(inst.requests) - len(inst.mc2_labels)
-            p = np.exp(lls[off:])
+            # Normalised probability mass of the true answers, in log space: exp() of log-likelihoods
+            # near -800 underflows to 0 and would turn a 0.73 into 0.0.
+            mc2_lls = lls[off:]
             labels = np.array(inst.mc2_labels)
-            total = p.sum()
-            metrics["mc2"] = float(p[labels == 1].sum() / total) if total > 0 and math.isfinite(total) else 0.0
+            true = mc2_lls[labels == 1]
+            metrics["mc2"] = float(np.exp(_logsumexp(true) - _logsumexp(mc2_lls))) if len(true) else 0.0
         return ItemScore(
             inst.doc_id,
             inst.subset,
@@ -238,3 +248,9 @@ class Task:
             ntok,
             [bool(r.is_greedy) for r in results],
         )
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    """``log(sum(exp(x)))`` without underflow: shift by the max first (float64)."""
+    m = float(np.max(x))
+    return m + math.log(float(np.sum(np.exp(x - m))))

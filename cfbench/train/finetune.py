@@ -15,7 +15,13 @@ Design choices, each for a reason:
 * Weight decay skips 1-D tensors (norm gains), as usual for transformers.
 * Linear warm-up then cosine decay to zero over the run.
 * A non-finite loss or gradient stops the run before the bad update: the weights in memory are the
-  last good ones, and they are saved (atomically) with a manifest that says so.
+  last good ones, and they are saved (atomically) with a manifest that says so. "Good" is checked,
+  not assumed: after every update the weights must be finite and below an absurd magnitude
+  (:func:`divergence`), and the step must not show a collapsed model (loss at ln(vocab), the loss of
+  a uniform prediction, with ~zero gradient: training has stopped learning anything). Either stops
+  the run with an error and *no weights are written*: the weights in memory are already the bad
+  ones, and keeping a copy of the previous step would double the memory of every run. The output
+  folder then holds only the manifest (status ``diverged``), which eval cannot load.
 * Outputs are complete HF folders (safetensors + tokenizer) plus ``cfbench_manifest.json``, written
   atomically. Re-running an identical, completed request returns the existing folder.
 """
@@ -107,6 +113,47 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
+
+
+# Collapse: loss within this fraction of ln(vocab) while the gradient norm is below COLLAPSE_GRAD.
+COLLAPSE_LOSS_REL = 0.01
+COLLAPSE_GRAD = 1e-6
+# Exploded: max |w| above max(EXPLODED_FLOOR, EXPLODED_FACTOR × the starting max |w|).
+EXPLODED_FLOOR = 1e3
+EXPLODED_FACTOR = 100.0
+
+
+def max_abs_weight(params: Sequence[torch.Tensor]) -> float:
+    """max |w| over ``params`` (NaN if any is NaN); FSDP2 shards are reduced over all ranks."""
+    local = []
+    for p in params:
+        t = p.detach()
+        if type(t).__name__ == "DTensor":
+            t = t.to_local()  # type: ignore[attr-defined]
+        if t.numel():
+            local.append(t)
+    if not local:
+        return 0.0
+    m = torch.stack(torch._foreach_norm(local, float("inf"), dtype=torch.float32)).max()
+    if not bool(torch.isfinite(m)):
+        return float("nan")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.MAX)
+    return float(m)
+
+
+def divergence(stats: dict[str, float], weight_max: float, limit: float, vocab: int) -> str | None:
+    """Why the weights after this step are not good (exploded or collapsed), or None if they are."""
+    if not math.isfinite(weight_max) or weight_max > limit:
+        return f"the weights exploded (max |w| = {weight_max:.3g} > {limit:.3g})"
+    uniform = math.log(vocab)
+    grad = stats.get("grad_norm", math.inf)
+    if abs(stats["loss"] - uniform) <= COLLAPSE_LOSS_REL * uniform and grad <= COLLAPSE_GRAD:
+        return (
+            f"the model collapsed to a uniform prediction (loss {stats['loss']:.4g} = ln(vocab {vocab}) with "
+            f"gradient norm {grad:.3g})"
+        )
+    return None
 
 
 def _grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -471,6 +518,9 @@ def finetune(
     rng = random.Random(seed)
     step = 0
     failure: NonFiniteError | None = None
+    diverged: str | None = None
+    vocab = int(getattr(model.config, "vocab_size", None) or len(tokenizer))
+    weight_limit = max(EXPLODED_FLOOR, EXPLODED_FACTOR * max_abs_weight(trainer.params))
     with _progress(progress) as bar:
         task_id = bar.add_task(f"{label} ({optimizer})", total=planned, loss="-")
         for epoch in range(epochs):
@@ -491,7 +541,10 @@ def finetune(
                 step += 1
                 curve.append({"step": step, "epoch": epoch + 1, "lr": lr_now, "tokens": n_target, **stats})
                 bar.update(task_id, advance=1, loss=f"{stats['loss']:.4f}")
-            if failure is not None or step >= planned:
+                diverged = divergence(stats, max_abs_weight(trainer.params), weight_limit, vocab)
+                if diverged is not None:
+                    break
+            if failure is not None or diverged is not None or step >= planned:
                 break
 
     manifest["steps"] = step
@@ -499,6 +552,16 @@ def finetune(
     manifest["final_loss"] = curve[-1]["loss"] if curve else None
     manifest["wall_time_s"] = round(time.time() - t_start, 3)
     manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
+    if diverged is not None:
+        manifest["status"] = "diverged"
+        manifest["stop_reason"] = f"{diverged} at step {step}"
+        manifest["saved_weights"] = None
+        with atomic_dir(out) as tmp:  # the manifest (loss curve) only: there are no good weights
+            write_json(tmp / MANIFEST, manifest)
+        raise CfbenchError(
+            f"training failed: {diverged} at step {step}; no weights were saved (only the manifest in {out}): "
+            f"lower --lr (now {lr}) and re-run"
+        )
     if failure is not None:
         manifest["status"] = "stopped_nonfinite"
         manifest["stop_reason"] = f"{failure.what} became {failure.value} at step {step + 1}"
