@@ -7,6 +7,7 @@ decides which, and refuses an argument that could be both.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,13 @@ def compare(
         for task, ms in sorted(used.items())
         if len(ms) > 1
     ]
+    tokenizers = {r.label: (r.record.extra or {}).get("tokenizer_hash") for r in refs}
+    if len({h for h in tokenizers.values() if h}) > 1:
+        notes.append(
+            "the checkpoints use different tokenizers ("
+            + ", ".join(f"{k}: {v[:8]}" for k, v in tokenizers.items() if v)
+            + "); their log-likelihoods are over different token sequences"
+        )
     limits = {r.record.limit for r in refs}
     if len(limits) > 1:
         notes.append(
@@ -263,6 +271,9 @@ def parse_budgets(specs: Sequence[str], suite: Suite) -> list[Budget]:
             pts = float(val)
         except ValueError as exc:
             raise CfbenchError(f"--max-drop {spec!r}: {val!r} is not a number of points") from exc
+        if not math.isfinite(pts):
+            # nan compares False with every drop and inf allows any: either would pass every gate.
+            raise CfbenchError(f"--max-drop {spec!r}: the budget must be a finite number of points, e.g. {cat}=1.5")
         if pts < 0:
             raise CfbenchError(f"--max-drop {spec!r}: the budget must be ≥ 0 points")
         out.append(Budget(cat, pts))

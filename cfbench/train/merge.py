@@ -4,8 +4,9 @@ Interpolating back towards the base recovers much of what fine-tuning forgot at 
 the new task; Li et al. 2024 use it as a baseline next to SAM. Floating tensors are interpolated in
 float32 and stored in the tuned checkpoint's dtype; non-floating tensors (integer buffers) are
 copied from the tuned model. Config, tokenizer and generation files come from the tuned folder,
-which is the model being repaired. Key sets and shapes must match exactly: a silent partial merge
-would produce a model that looks fine and is not.
+which is the model being repaired. Key sets, shapes and tokenizers (``cfbench.models.hashing.tokenizer_hash``) must
+match exactly: a silent partial merge, or one across vocabularies, would produce a model that
+looks fine and is not.
 """
 
 from __future__ import annotations
@@ -119,6 +120,16 @@ def merge(
                 f"config {key} differs (base {base_cfg.get(key)!r}, tuned {tuned_cfg.get(key)!r}): merge a "
                 "fine-tune with the base it was trained from"
             )
+    # Same architecture is not enough: row i of the embedding must mean the same token in both, or
+    # the interpolation mixes unrelated tokens and the result looks fine and is not.
+    from cfbench.models.hashing import tokenizer_hash
+
+    base_tok, tuned_tok = tokenizer_hash(base_ck.path), tokenizer_hash(tuned_ck.path)
+    if base_tok != tuned_tok:
+        raise CfbenchError(
+            f"base and tuned have different tokenizers (base {str(base_tok)[:8]}, tuned {str(tuned_tok)[:8]}): "
+            "their vocabularies do not line up; merge a fine-tune with the base it was trained from"
+        )
     merged = merge_state_dicts(load_safetensors_folder(base_ck.path), load_safetensors_folder(tuned_ck.path), alpha)
     manifest = {
         "cfbench_manifest": 1,
