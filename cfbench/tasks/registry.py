@@ -23,6 +23,11 @@ from cfbench.tasks.task import Task
 
 
 def task_dir() -> Path:
+    """The folder of task YAMLs: ``$CFBENCH_TASK_DIR``, the checkout's ``task_configs/``, else the wheel's copy.
+
+    ``cfbench/task_configs`` is a symlink to the top-level folder in the source tree and a real
+    folder in the wheel (package data), so non-editable installs find the same tasks.
+    """
     env = os.environ.get("CFBENCH_TASK_DIR")
     candidates = [Path(env)] if env else []
     here = Path(__file__).resolve().parent
