@@ -75,6 +75,22 @@ def resolve_max_length(config: Any, tokenizer: Any) -> int:
     return _DEFAULT_MAX_LENGTH
 
 
+def _config_json_max_length(model_path: Path) -> int | None:
+    """:func:`resolve_max_length`'s config part read straight from config.json (no transformers import,
+    which costs seconds on a cached rerun that loads no model); None if the file has no length."""
+    import json
+
+    try:
+        data = json.loads((model_path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    cfg = data.get("text_config") or data
+    for attr in _SEQLEN_ATTRS:
+        if cfg.get(attr) is not None:
+            return int(cfg[attr])
+    return None
+
+
 # ----------------------------------------------------------------------------------------------
 # Tree attention
 
@@ -299,15 +315,13 @@ class HFBackend:
         max_length = options.get("max_length")
         trust = bool(options.get("trust_remote_code", False))
         if not max_length:
+            max_length = _config_json_max_length(Path(model_path))
+        if not max_length:  # no length in config.json: ask transformers (seconds: it imports a lot)
             from transformers import AutoConfig, AutoTokenizer
 
             config = AutoConfig.from_pretrained(str(model_path), trust_remote_code=trust)
-            cfg = getattr(config, "text_config", None) or config
-            if any(getattr(cfg, a, None) is not None for a in _SEQLEN_ATTRS):
-                max_length = resolve_max_length(config, None)
-            else:
-                tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust)
-                max_length = resolve_max_length(config, tokenizer)
+            tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust)
+            max_length = resolve_max_length(config, tokenizer)
         device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         return {
             "backend": cls.name,
