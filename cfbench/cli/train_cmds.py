@@ -47,6 +47,14 @@ LrSchedule = Annotated[str, typer.Option("--lr-schedule", help="After warm-up: c
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Device = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when available).")]
+LoraR = Annotated[int | None, typer.Option("--lora-r", help="Train rank-R LoRA adapters (peft), merged on save.")]
+LoraAlpha = Annotated[float | None, typer.Option("--lora-alpha", help="LoRA scaling alpha (default 2 x rank).")]
+LoraTargets = Annotated[
+    str | None, typer.Option("--lora-targets", help="Comma-separated module names (default: all llama projections).")
+]
+ActCkpt = Annotated[
+    bool, typer.Option("--activation-checkpointing", help="Recompute decoder layers in backward (less memory).")
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -75,6 +83,10 @@ def register(app: typer.Typer) -> None:
         overwrite: Overwrite = False,
         quiet: Quiet = False,
         device: Device = None,
+        lora_r: LoraR = None,
+        lora_alpha: LoraAlpha = None,
+        lora_targets: LoraTargets = None,
+        activation_checkpointing: ActCkpt = False,
     ) -> None:
         """Fine-tune BASE on --data with AdamW, SAM or ASAM; writes an HF folder plus cfbench_manifest.json."""
         from cfbench.train.finetune import finetune
@@ -84,7 +96,10 @@ def register(app: typer.Typer) -> None:
             base, data, out, optimizer=optimizer.value, progress=not quiet,
             **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                       rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
+            **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
         )  # fmt: skip
+        if not _main_rank():
+            return
         m = result.manifest
         typer.echo(
             f"{result.label}: {m['steps']} steps, final loss {_fmt(result.final_loss)}, "
@@ -116,6 +131,10 @@ def register(app: typer.Typer) -> None:
         overwrite: Overwrite = False,
         quiet: Quiet = False,
         device: Device = None,
+        lora_r: LoraR = None,
+        lora_alpha: LoraAlpha = None,
+        lora_targets: LoraTargets = None,
+        activation_checkpointing: ActCkpt = False,
         compare: Annotated[
             bool, typer.Option("--compare", help="Then run `cfbench compare` on base, w/o SAM and w/ SAM.")
         ] = False,
@@ -133,7 +152,10 @@ def register(app: typer.Typer) -> None:
             base, data, out, sam_optimizer=sam_optimizer.value, progress=not quiet,
             **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                       rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
+            **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
         )  # fmt: skip
+        if not _main_rank():
+            return
         for run in (result.wo_sam, result.w_sam):
             m = run.manifest
             typer.echo(
@@ -183,6 +205,25 @@ def _common(
         "rehearsal_ratio": rehearsal_ratio, "seed": seed, "bf16": bf16, "max_steps": max_steps,
         "lr_schedule": lr_schedule, "overwrite": overwrite, "device": device,
     }  # fmt: skip
+
+
+def _scale(
+    lora_r: int | None, lora_alpha: float | None, lora_targets: str | None, activation_checkpointing: bool
+) -> dict[str, Any]:
+    return {"lora_r": lora_r, "lora_alpha": lora_alpha, "lora_targets": lora_targets,
+            "activation_checkpointing": activation_checkpointing}  # fmt: skip
+
+
+def _main_rank() -> bool:
+    """Under torchrun only rank 0 prints (and runs --compare); the others end their process group here."""
+    import os
+
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        return True
+    from cfbench.train.distributed import finish
+
+    finish()
+    return False
 
 
 def _quiet(quiet: bool) -> None:

@@ -160,7 +160,12 @@ def _grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.stack(torch._foreach_norm(grads, 2.0, dtype=torch.float32)).norm()
+    if type(grads[0]).__name__ == "DTensor":  # FSDP2 shards: the norm must be global (all-reduced)
+        from cfbench.train.distributed import sharded_grad_norm
+
+        return sharded_grad_norm(grads)
+    # float64 accumulation: float32 norms of large tensors drift ~1e-5 relative with the sharding.
+    return torch.stack(torch._foreach_norm(grads, 2.0, dtype=torch.float64)).norm()
 
 
 class Trainer:
@@ -364,6 +369,10 @@ def finetune(
     progress: bool = True,
     device: str | None = None,
     label: str | None = None,
+    lora_r: int | None = None,
+    lora_alpha: float | None = None,
+    lora_targets: str | Sequence[str] | None = None,
+    activation_checkpointing: bool = False,
 ) -> FinetuneResult:
     """Fine-tune ``base`` on ``data`` and write an HF checkpoint folder with a manifest to ``out``.
 
@@ -373,6 +382,9 @@ def finetune(
     ``warmup``: fraction of the steps when < 1, else a number of steps, then ``lr_schedule`` (cosine,
     linear or constant) over the planned steps. ``max_steps`` caps the run (and the schedule).
     ``rehearsal``: general data mixed in as ``rehearsal_ratio`` of the training set.
+    ``lora_r``: train rank-r LoRA adapters (peft) instead of all weights; they are merged into the
+    weights on save, so the output is a normal checkpoint. Under ``torchrun`` (``WORLD_SIZE`` > 1)
+    the run is data-parallel with FSDP2 full sharding (:mod:`cfbench.train.distributed`).
     """
     from cfbench.models.checkpoint import resolve_checkpoint
 
@@ -413,6 +425,11 @@ def finetune(
         "lr_schedule": lr_schedule,
         "loss": "sum of target-token CE / target tokens per batch",
     }
+    from cfbench.train.lora import lora_settings
+
+    lora = lora_settings(lora_r, lora_alpha, lora_targets)
+    if lora is not None:  # only then: fingerprints of full fine-tuning runs stay as they were
+        hyper["lora"] = lora
     fingerprint = _fingerprint(hyper, resolved.content_hash, task_data, reh_data)
     if out.is_dir() and (done := _existing(out, fingerprint)) is not None and not overwrite:
         return FinetuneResult(out, done)
@@ -443,11 +460,34 @@ def finetune(
     pad_id = int(pad_id) if pad_id is not None else 0
 
     torch.manual_seed(seed)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32).to(dev)
-    model.train()
+    from cfbench.train import distributed
+
+    ctx = distributed.context_from_env(device)
+    if ctx is not None and lora is not None:
+        raise CfbenchError("--lora-r under torchrun is not supported: run LoRA in one process or drop --lora-r")
+    dev = ctx.device if ctx else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
     model.config.use_cache = False
-    trainer = Trainer(model, optimizer, lr=lr, rho=rho, weight_decay=weight_decay, bf16=bf16)
+    if lora is not None:
+        from cfbench.train.lora import apply_lora
+
+        model = apply_lora(model, lora)
+    if ctx is not None:
+        model = distributed.shard_model(model, ctx, bf16=bf16, activation_checkpointing=activation_checkpointing)
+        # FSDP's MixedPrecisionPolicy already computes in bf16: no autocast on top.
+        trainer = distributed.make_trainer(model, optimizer, lr=lr, rho=rho, weight_decay=weight_decay, bf16=False)
+    else:
+        if activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = model.to(dev)
+        trainer = Trainer(model, optimizer, lr=lr, rho=rho, weight_decay=weight_decay, bf16=bf16)
+    model.train()
+
+    def make_batches(batch: list[Encoded]) -> list[dict[str, torch.Tensor]]:
+        """This process's micro-batches of the global batch (under torchrun: this rank's share)."""
+        if ctx is not None:
+            return distributed.rank_micro_batches(batch, micro_batch, pad_id, ctx)
+        return [collate(mb, pad_id) for mb in micro_batches(batch, micro_batch)]
 
     steps_per_epoch = math.ceil(len(encoded) / batch_size)
     planned = epochs * steps_per_epoch
@@ -509,6 +549,8 @@ def finetune(
             "lr": "learning rate used for the update",
             "tokens": "target tokens in the global batch",
         },
+        "distributed": None if ctx is None else ctx.describe(bf16, activation_checkpointing),
+        "lora": lora,
         "steps": 0,
         "loss_curve": [],
         "started_at": datetime.fromtimestamp(t_start, timezone.utc).isoformat(),
@@ -521,7 +563,7 @@ def finetune(
     diverged: str | None = None
     vocab = int(getattr(model.config, "vocab_size", None) or len(tokenizer))
     weight_limit = max(EXPLODED_FLOOR, EXPLODED_FACTOR * max_abs_weight(trainer.params))
-    with _progress(progress) as bar:
+    with _progress(progress and (ctx is None or ctx.is_main)) as bar:
         task_id = bar.add_task(f"{label} ({optimizer})", total=planned, loss="-")
         for epoch in range(epochs):
             order = list(range(len(encoded)))
@@ -533,7 +575,7 @@ def finetune(
                 n_target = sum(e.n_target for e in batch)
                 lr_now = trainer.base_optimizer.param_groups[0]["lr"]
                 try:
-                    stats = trainer.step([collate(mb, pad_id) for mb in micro_batches(batch, micro_batch)], n_target)
+                    stats = trainer.step(make_batches(batch), n_target)
                 except NonFiniteError as exc:
                     failure = exc
                     break
@@ -556,8 +598,9 @@ def finetune(
         manifest["status"] = "diverged"
         manifest["stop_reason"] = f"{diverged} at step {step}"
         manifest["saved_weights"] = None
-        with atomic_dir(out) as tmp:  # the manifest (loss curve) only: there are no good weights
-            write_json(tmp / MANIFEST, manifest)
+        if ctx is None or ctx.is_main:
+            with atomic_dir(out) as tmp:  # the manifest (loss curve) only: there are no good weights
+                write_json(tmp / MANIFEST, manifest)
         raise CfbenchError(
             f"training failed: {diverged} at step {step}; no weights were saved (only the manifest in {out}): "
             f"lower --lr (now {lr}) and re-run"
@@ -568,7 +611,14 @@ def finetune(
         manifest["saved_weights"] = f"after step {step} (the last good update)"
     else:
         manifest["status"] = "completed"
-    _save(model, tokenizer, out, manifest)
+    if ctx is not None:
+        distributed.save_consolidated(model, tokenizer, out, manifest, ctx)
+    elif lora is not None:
+        from cfbench.train.lora import merge_for_save
+
+        _save(merge_for_save(model), tokenizer, out, manifest)
+    else:
+        _save(model, tokenizer, out, manifest)
     if failure is not None:
         raise CfbenchError(
             f"training stopped: the {failure.what} became {failure.value} at step {step + 1}; the last good weights "

@@ -127,10 +127,12 @@ class SAM(Optimizer):
         """L2 norm of all ``grads`` together, summed over ranks when the gradients are shards."""
         device = grads[0].device if grads else torch.device("cpu")
         if grads:
-            # Half-precision grads are normed in float32 (no overflow); float32/64 keep their dtype.
+            # Half-precision grads are normed in float32 (no overflow); float32/64 accumulate in float64:
+            # a float32 norm of a large tensor (an embedding gradient) is off by ~1e-5 relative on CPU,
+            # which makes ε, and so the step, depend on how the tensor is sharded.
             low = [g for g in grads if g.dtype in (torch.float16, torch.bfloat16)]
             high = [g for g in grads if g.dtype not in (torch.float16, torch.bfloat16)]
-            norms = list(torch._foreach_norm(high, 2.0)) if high else []
+            norms = list(torch._foreach_norm(high, 2.0, dtype=torch.float64)) if high else []
             if low:
                 norms += torch._foreach_norm(low, 2.0, dtype=torch.float32)
             dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
