@@ -157,7 +157,10 @@ def test_hub_id_without_network_says_a_network_is_needed(tmp_path: Path, monkeyp
     def unreachable(*args: object, **kwargs: object) -> None:
         raise LocalEntryNotFoundError("cannot reach the hub")
 
+    import huggingface_hub.constants
+
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read once at import
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
     with pytest.raises(CfbenchError, match="network connection is needed"):
         resolve_checkpoint("org/some-model", cache_dir=tmp_path)
