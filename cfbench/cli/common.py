@@ -27,6 +27,12 @@ DataDir = Annotated[
     Path | None, typer.Option("--data-dir", envvar="CFBENCH_DATA_DIR", help="OpenCompass-style data/ folder.")
 ]
 Results = Annotated[Path, typer.Option("--results", envvar="CFBENCH_RESULTS", help="Results store (Parquet).")]
+Workers = Annotated[
+    int | None, typer.Option("--workers", help="Score on N worker processes (cuda:0..N-1 if present, else CPU).")
+]
+Devices = Annotated[
+    str | None, typer.Option("--devices", help="One worker per device, e.g. cuda:0,cuda:1 (see docs/scale.md).")
+]
 BaseArch = Annotated[
     str | None, typer.Option("--base", help="Architecture+tokenizer for raw state-dict checkpoints (.pt/.bin/...).")
 ]

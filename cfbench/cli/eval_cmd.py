@@ -15,6 +15,7 @@ from cfbench.cli.common import (
     Backend,
     BaseArch,
     DataDir,
+    Devices,
     Dtype,
     Limit,
     ModelArgs,
@@ -23,6 +24,7 @@ from cfbench.cli.common import (
     Suite,
     TaskLimit,
     Tasks,
+    Workers,
     parse_model_args,
     parse_task_limits,
 )
@@ -52,10 +54,18 @@ def register(app: typer.Typer) -> None:
         results: Results = "results",  # type: ignore[assignment]
         name: Annotated[str | None, typer.Option("--name", help="Run name in the store (default: checkpoint).")] = None,
         fmt: Annotated[EvalFormat, typer.Option("--format", help="table or json.")] = EvalFormat.table,
+        workers: Workers = None,
+        devices: Devices = None,
     ) -> None:
         """Score CHECKPOINT on a suite; cached items are never scored twice, interrupted runs resume."""
         from cfbench.engine import evaluate
 
+        if workers is not None or devices is not None:
+            from functools import partial
+
+            from cfbench.scale.workers import evaluate_parallel, parse_devices
+
+            evaluate = partial(evaluate_parallel, devices=parse_devices(devices, workers))  # type: ignore[assignment]
         res = evaluate(
             checkpoint,
             tasks=tasks.split(",") if tasks else None,
