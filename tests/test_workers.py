@@ -59,6 +59,7 @@ def test_one_task_split_over_two_workers_differs_only_by_rounding(tiny_model: Pa
     two = evaluate_parallel(str(tiny_model), ["cpu", "cpu"], results=tmp_path / "two", progress="off", **kw)
     a, b = _items(tmp_path / "one"), _items(tmp_path / "two")
     assert two.scored_items == 8 and a["doc_id"].tolist() == b["doc_id"].tolist()
-    worst = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a["logprobs"], b["logprobs"], strict=True))
+    pairs = zip(a["logprobs"], b["logprobs"], strict=True)
+    worst = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
     assert worst < 1e-4, worst
     assert a["pred"].tolist() == b["pred"].tolist()
