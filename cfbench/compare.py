@@ -101,10 +101,12 @@ def _metric_present(task: str, has: Any) -> str | None:
 def gather(
     store: ResultStore, refs: Sequence[RunRef], tasks: Sequence[str], used: dict[str, set[str]] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Item rows (``run, task, doc_id, subset, score``) and task-level rows (``run, task, value, subset``).
+    """Item rows (``run, task, doc_id, subset, score, item_hash, task_hash``) and task-level rows
+    (``run, task, value, subset``).
 
     A run scored with ``--limit N`` contributes exactly the documents it selected, even when the
-    shared item cache holds more.
+    shared item cache holds more. ``item_hash`` (the item's fingerprint, null for items stored before
+    it existed) and ``task_hash`` decide which items may be paired (:func:`cfbench.report.stats.align_items`).
     """
     item_frames, score_frames = [], []
     wanted = set(tasks)
@@ -133,6 +135,8 @@ def gather(
                             "doc_id": grp["doc_id"].astype(int),
                             "subset": grp["subset"],
                             "score": grp[metric].astype(float),
+                            "item_hash": grp["item_hash"].astype(object) if "item_hash" in grp else None,
+                            "task_hash": grp["task_hash"].astype(object) if "task_hash" in grp else None,
                         }
                     )
                 )
@@ -168,6 +172,40 @@ def _subgroups(suite: Suite) -> dict[str, dict[str, str]]:
     return out
 
 
+def _reference_coverage(suite: Suite) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    """The paper's task lists for categories that carry the paper's names, and why tasks are missing.
+
+    A suite reusing the paper's category names (``offline``) promises the paper's categories, so
+    its coverage is judged against paper.yaml: a dropped task or an empty category is partial, not
+    complete. Reasons: a task outside the suite is "not in suite X" (plus "no data offline" when its
+    data cannot be found here); a suite task a run lacks is "no scores".
+    """
+    if suite.name == "paper":
+        paper = suite
+    else:
+        try:
+            paper = load_suite("paper")
+        except CfbenchError:
+            return {}, {}
+    reference = {name: tuple(paper.categories[name]) for name in suite.categories if name in paper.categories}
+    reasons: dict[str, str] = {}
+    in_suite = set(suite.tasks)
+    for task in (t for members in reference.values() for t in members):
+        if task in in_suite:
+            reasons[task] = "no scores"
+            continue
+        why = f"not in suite {suite.name}"
+        try:
+            from cfbench.tasks.registry import get_task
+
+            if get_task(task).located() is None:
+                why += ": no data offline"
+        except CfbenchError:
+            why += ": no task config"
+        reasons[task] = why
+    return reference, reasons
+
+
 @dataclass
 class CompareResult:
     report: ComparisonReport
@@ -198,6 +236,7 @@ def compare(
     refs = resolve_runs([base, *tuned], store, labels=labels, eval_kwargs={"suite": suite, **(eval_kwargs or {})})
     used: dict[str, set[str]] = {}
     items, scores = gather(store, refs, suite_obj.tasks, used)
+    reference, reasons = _reference_coverage(suite_obj)
     if items is None and scores is None:
         raise CfbenchError(f"none of the runs has scores for suite {suite!r}; score them with `cfbench eval` first")
     report = build_report(
@@ -213,8 +252,10 @@ def compare(
         seed=seed,
         alpha=alpha,
         confidence=confidence,
+        reference_categories=reference,
+        missing_reasons=reasons,
     )
-    notes = [
+    notes = report.notes + [
         f"{task}: runs were scored with different metrics ({', '.join(sorted(ms))}); its Δ mixes them"
         for task, ms in sorted(used.items())
         if len(ms) > 1

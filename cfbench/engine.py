@@ -98,8 +98,20 @@ def score_requests(
     return out
 
 
-def items_frame(task: Task, ckey: str, scores: Sequence[ItemScore]) -> pd.DataFrame:
-    """Item rows in the store's ``items`` schema."""
+def items_frame(
+    task: Task, ckey: str, scores: Sequence[ItemScore], instances: Sequence[Instance] | None = None
+) -> pd.DataFrame:
+    """Item rows in the store's ``items`` schema.
+
+    ``instances`` (the rendered items that were scored) give each row its ``item_hash``, so a later
+    ``compare`` pairs items only with the same prompt, choices and gold; without them it is null.
+    """
+    from cfbench.store.schema import item_fingerprint
+
+    fingerprints = {
+        inst.doc_id: item_fingerprint(inst.context, [task.cfg.target_delimiter + c for c in inst.choices], inst.gold)
+        for inst in instances or ()
+    }
     rows = []
     for s in scores:
         rows.append(
@@ -119,6 +131,7 @@ def items_frame(task: Task, ckey: str, scores: Sequence[ItemScore]) -> pd.DataFr
                 "logprobs": s.logprobs,
                 "n_tokens": s.n_tokens,
                 "is_greedy": s.is_greedy,
+                "item_hash": fingerprints.get(s.doc_id),
             }
         )
     return pd.DataFrame(rows)
@@ -478,7 +491,7 @@ def _score_task(task: Task, todo: list[Instance], ckey: str, lazy: _LazyBackend,
             k = len(inst.requests)
             scores.append(task.score(inst, results[pos : pos + k]))
             pos += k
-        store.append_items(items_frame(task, ckey, scores))
+        store.append_items(items_frame(task, ckey, scores, chunk))
         done += len(chunk)
         start += len(chunk)
         if time.perf_counter() - t_chunk < CHUNK_SECONDS / 2:

@@ -344,6 +344,9 @@ def test_json_is_strict_and_complete(item_report) -> None:
         "missing": [],
         "label": "3/3 tasks",
         "partial": False,
+        "missing_reasons": {},
+        "categories": 2,
+        "categories_total": 2,
     }
     assert data["settings"]["n_boot"] == 1000
 

@@ -215,7 +215,7 @@ def test_aggregate_partial_coverage_and_missing_ci() -> None:
     assert cats["A"].ci is not None  # its only present task is item-level
     assert cats["B"].delta == pytest.approx(-0.10) and cats["B"].ci is None
     assert cats["C"].delta is None and cats["C"].coverage.empty
-    assert avg.coverage.partial and avg.coverage.label == "2/4 tasks"
+    assert avg.coverage.partial and avg.coverage.label == "2/3 categories, 2/4 tasks"
     assert avg.ci is None  # one contributing task has no item-level data
     assert avg.delta == pytest.approx((cats["A"].delta + cats["B"].delta) / 2)  # mean over present categories
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from cfbench.errors import CfbenchError
 from cfbench.importers._common import MMLU_GROUPS, MMLU_OFFSETS, ImportResult, short_hash
-from cfbench.store.schema import RunRecord, TaskScore
+from cfbench.store.schema import RunRecord, TaskScore, item_fingerprint
 from cfbench.store.store import ResultStore
 
 #: lm-eval task -> (cfbench task, {lm-eval metric: cfbench metric}). lm-eval's ``race`` is RACE-high;
@@ -149,7 +149,9 @@ def _sample_rows(path: Path, subset: str | None, warnings: list[str]) -> list[di
                 logprobs = [float(p[0]) for p in pairs]
                 greedy = [str(p[1]) == "True" for p in pairs]
                 args = s.get("arguments") or {}
-                conts = [str(args[k].get("arg_1", "")) for k in sorted(args, key=lambda k: int(k.rsplit("_", 1)[1]))]
+                ordered = [args[k] for k in sorted(args, key=lambda k: int(k.rsplit("_", 1)[1]))]
+                conts = [str(a.get("arg_1", "")) for a in ordered]
+                contexts = {str(a.get("arg_0", "")) for a in ordered}
             except (KeyError, TypeError, ValueError, IndexError):
                 bad += 1
                 continue
@@ -160,8 +162,11 @@ def _sample_rows(path: Path, subset: str | None, warnings: list[str]) -> list[di
             doc_id = int(s["doc_id"])
             if subset is not None:
                 doc_id += MMLU_OFFSETS[subset]
+            # The same fingerprint cfbench's engine stores (one shared context, the scored
+            # continuations, gold): equal only when lm-eval's prompt and data equal ours.
+            fingerprint = item_fingerprint(contexts.pop(), conts, gold) if len(contexts) == 1 else None
             rows.append({
-                "doc_id": doc_id, "subset": subset, "gold": gold,
+                "doc_id": doc_id, "subset": subset, "gold": gold, "item_hash": fingerprint,
                 "pred": max(range(len(logprobs)), key=lambda i: (logprobs[i], -i)),
                 "acc": _float_or_none(s.get("acc")), "acc_norm": _float_or_none(s.get("acc_norm")),
                 "logprobs": logprobs, "is_greedy": greedy,

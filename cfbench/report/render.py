@@ -6,7 +6,9 @@ pandas; rich is imported lazily by ``to_rich`` alone.
 
 Display conventions follow the paper: scores ×100 with 2 decimals. Markers: ``*`` significant
 (McNemar exact p < α for 0/1 tasks, otherwise the bootstrap CI excludes 0), ``†`` partial coverage,
-``‡`` items dropped because the two runs were not evaluated on identical item sets.
+``‡`` items dropped because the two runs were not evaluated on identical item sets. A task whose
+runs scored different items shows ``unpaired`` in its n column (and ``"unpaired": true`` in JSON/CSV):
+its Δ is of task means, with no CI, McNemar p or flips.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 MISSING = "—"
 NA = "n/a"
+UNPAIRED = "unpaired"
 EXTRA_LABEL = "extra"
 
 
@@ -88,7 +91,7 @@ def _delta_cell(x: float | None, significant: bool, partial: bool = False) -> Ce
 
 
 def _partial_note(who: str, name: str, cov: Coverage) -> str:
-    return f"{who} {name}: {cov.label} (missing: {', '.join(cov.missing)})"
+    return f"{who} {name}: {cov.label} (missing: {cov.missing_text()})"
 
 
 # -- layout -----------------------------------------------------------------------------------------
@@ -99,7 +102,8 @@ def _legend(report: ComparisonReport) -> str:
         f"Scores ×100. Δ = run − reference on the items both were evaluated on. {level} CI: paired "
         f"percentile bootstrap (B={s.n_boot}, seed {s.seed}; categories and AVG stratified by task). "
         f"* significant at α={s.alpha:g} (McNemar exact test for 0/1 tasks, else CI excludes 0; "
-        f"aggregates: CI excludes 0). † partial coverage. {NA}: task-level scores only, no item statistics."
+        f"aggregates: CI excludes 0). † partial coverage. {NA}: task-level scores only, no item statistics; "
+        f"{UNPAIRED}: runs scored different items, Δ of task means without item statistics."
     )
 
 
@@ -168,6 +172,7 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
         ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r"],
     )
     last_category: str | None = None
+    spec.notes.extend(cmp.notes)
     for t in cmp.tasks:
         category = t.category if t.category is not None else EXTRA_LABEL
         shown_category = category if category != last_category else ""
@@ -180,6 +185,7 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
             spec.notes.append(f"{t.task}: no scores for {', '.join(absent)}; left out of Δ")
             continue
         n_text = NA if t.n is None else str(t.n) + ("‡" if t.dropped_ref or t.dropped_other else "")
+        n_text = UNPAIRED if t.unpaired else n_text
         if t.dropped_ref or t.dropped_other:
             spec.notes.append(
                 f"‡ {t.task}: compared on {t.n} common items; dropped {t.dropped_ref} only in {cmp.ref}, "
@@ -302,7 +308,12 @@ def _finite(x: float | None) -> float | None:
 
 
 def _coverage_dict(cov: Coverage) -> dict[str, Any]:
-    return {"present": list(cov.present), "missing": list(cov.missing), "label": cov.label, "partial": cov.partial}
+    out = {"present": list(cov.present), "missing": list(cov.missing), "label": cov.label, "partial": cov.partial}
+    out["missing_reasons"] = dict(cov.reasons)
+    if cov.categories_total is not None:
+        out["categories"] = cov.categories
+        out["categories_total"] = cov.categories_total
+    return out
 
 
 def _agg_dict(report: ComparisonReport, agg: AggregateDelta) -> dict[str, Any]:
@@ -333,6 +344,7 @@ def _task_dict(t: TaskRow) -> dict[str, Any]:
         "dropped_ref": t.dropped_ref,
         "dropped_run": t.dropped_other,
         "item_level": t.item_level,
+        "unpaired": t.unpaired,
     }
 
 
@@ -374,6 +386,7 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
                 "categories": {name: _agg_dict(report, a) for name, a in c.categories.items()},
                 "avg": _agg_dict(report, c.avg),
                 "tasks": [_task_dict(t) for t in c.tasks],
+                "notes": list(c.notes),
             }
             for c in report.comparisons
         ],
@@ -405,6 +418,7 @@ FRAME_COLUMNS = [
     "coverage_total",
     "partial",
     "item_level",
+    "unpaired",
 ]
 
 
@@ -460,6 +474,7 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
                     "dropped_ref": t.dropped_ref,
                     "dropped_run": t.dropped_other,
                     "item_level": t.item_level,
+                    "unpaired": t.unpaired,
                 }
             )
         for agg in [*cmp.categories.values(), cmp.avg]:
@@ -482,7 +497,7 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(recs, columns=FRAME_COLUMNS)
     for col in ("forgotten", "gained", "n", "dropped_ref", "dropped_run", "coverage_present", "coverage_total"):
         frame[col] = frame[col].astype("Int64")
-    for col in ("significant", "partial", "item_level"):
+    for col in ("significant", "partial", "item_level", "unpaired"):
         frame[col] = frame[col].astype("boolean")
     for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar"):
         frame[col] = frame[col].astype("float64")

@@ -1,7 +1,9 @@
 """Paired statistics for "how much did fine-tuning change this score".
 
 Base and tuned models answer the *same* items, so every comparison here is paired: item scores are
-aligned on ``doc_id`` first, and the bootstrap resamples item indices once for both runs. Pairing
+aligned on ``doc_id`` first, and the bootstrap resamples item indices once for both runs. Two rows
+with the same ``doc_id`` are the same item only if they render to the same prompt: items carry a
+fingerprint (``item_hash``) and pair only when it matches (see :func:`align_items`). Pairing
 removes item difficulty from the variance, which is what makes a 1-point drop on a 1k-item task
 detectable at all.
 
@@ -12,7 +14,7 @@ for both runs, so the CI is for the paired Δ of the aggregate rather than a gue
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +44,9 @@ class PairedScores:
     subsets: np.ndarray
     dropped_ref: int
     dropped_other: int
+    #: Common ``doc_id``s left out because the runs' items differ (fingerprints disagree, or neither
+    #: fingerprints nor task config hashes show they are the same item).
+    mismatched: int = 0
 
     @property
     def n(self) -> int:
@@ -56,14 +61,47 @@ class PairedScores:
         """The same pairing restricted to some items (e.g. one MMLU sub-group)."""
         return PairedScores(self.doc_ids[mask], self.ref[mask], self.other[mask], self.subsets[mask], 0, 0)
 
+    @property
+    def unpairable(self) -> bool:
+        """True when the runs share doc_ids but no item is provably the same in both."""
+        return self.n == 0 and self.mismatched > 0
+
+
+def _same_items(merged: pd.DataFrame) -> np.ndarray:
+    """Which joined rows are provably the same item in both runs.
+
+    Both fingerprints present: they must be equal (same rendered context, choices and gold). Where
+    either side lacks one (items stored before fingerprints existed, or an import that could not
+    render the prompt), equal non-null task config hashes stand in: the same config renders the same
+    prompts from the same data. Anything else is not paired: a doc_id alone says nothing about
+    which question was asked.
+    """
+    n = len(merged)
+
+    def col(name: str) -> np.ndarray:
+        return merged[name].to_numpy(dtype=object) if name in merged else np.full(n, None, object)
+
+    h_ref, h_oth = col("item_hash_ref"), col("item_hash_other")
+    t_ref, t_oth = col("task_hash_ref"), col("task_hash_other")
+    has_h = pd.notna(h_ref) & pd.notna(h_oth)
+    has_t = pd.notna(t_ref) & pd.notna(t_oth)
+    same_h = has_h & (h_ref == h_oth)
+    same_t = ~has_h & has_t & (t_ref == t_oth)
+    return same_h | same_t
+
 
 def align_items(
     ref: pd.DataFrame, other: pd.DataFrame, *, task: str = "", names: tuple[str, str] = ("", "")
 ) -> PairedScores:
-    """Inner-join two runs' items of one task on ``doc_id``.
+    """Inner-join two runs' items of one task on ``doc_id``, keeping only items that are the same.
 
     Items present in only one run are dropped (and counted) rather than compared against nothing:
-    a Δ over different item sets mixes forgetting with a change of test set.
+    a Δ over different item sets mixes forgetting with a change of test set. Common doc_ids whose
+    items differ (:func:`_same_items`) are dropped too and counted in ``mismatched``: a paired
+    statistic is computed only over matching items, and when none match the result has ``n == 0``
+    (``unpairable``) so the caller falls back to an unpaired task-level Δ. Frames without the
+    optional ``item_hash``/``task_hash`` columns (plain DataFrames given to ``build_report``) are
+    taken to be the same items, as before fingerprints existed.
     """
     for frame, name in zip((ref, other), names, strict=True):
         dup = frame["doc_id"].duplicated()
@@ -72,28 +110,52 @@ def align_items(
                 f"run '{name}' has {int(dup.sum())} duplicate doc_id(s) on task '{task}' "
                 f"(e.g. {frame['doc_id'][dup].iloc[0]}); keep one row per item before comparing"
             )
-    cols = ["doc_id", "score"] + (["subset"] if "subset" in ref.columns else [])
-    merged = ref[cols].merge(other[["doc_id", "score"]], on="doc_id", suffixes=("_ref", "_other"))
+    keys = [c for c in ("item_hash", "task_hash") if c in ref.columns and c in other.columns]
+    cols = ["doc_id", "score", *keys] + (["subset"] if "subset" in ref.columns else [])
+    merged = ref[cols].merge(other[["doc_id", "score", *keys]], on="doc_id", suffixes=("_ref", "_other"))
     merged = merged.sort_values("doc_id", kind="stable")
     if merged.empty:
         raise CfbenchError(
             f"runs '{names[0]}' and '{names[1]}' share no doc_id on task '{task}'; they were evaluated "
             "on different item sets (task version or --limit differ): re-evaluate both the same way"
         )
+    common = len(merged)
+    if keys:
+        merged = merged[_same_items(merged)]
     subsets = merged["subset"].to_numpy(dtype=object) if "subset" in merged else np.full(len(merged), None, object)
     return PairedScores(
         doc_ids=merged["doc_id"].to_numpy(),
         ref=merged["score_ref"].to_numpy(dtype=float),
         other=merged["score_other"].to_numpy(dtype=float),
         subsets=subsets,
-        dropped_ref=len(ref) - len(merged),
-        dropped_other=len(other) - len(merged),
+        dropped_ref=len(ref) - common,
+        dropped_other=len(other) - common,
+        mismatched=common - len(merged),
     )
 
 
+def data_key(paired: PairedScores) -> str:
+    """A digest of the paired data itself (doc ids and both runs' scores).
+
+    Seeding the bootstrap from this (plus ``--seed`` and the task/group name) makes every CI a
+    function of the data alone: renaming runs with ``--labels``, reordering runs or adding another
+    comparison cannot change a number, while two different comparisons still get independent draws.
+    """
+    h = hashlib.sha256()
+    for arr in (paired.doc_ids.astype(np.int64), paired.ref.astype(np.float64), paired.other.astype(np.float64)):
+        h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
 def task_rng(seed: int, *keys: str) -> np.random.Generator:
-    """A generator for one (comparison, task): results do not depend on the order tasks are processed."""
-    return np.random.default_rng([seed, *(zlib.crc32(k.encode()) for k in keys)])
+    """A generator for one (comparison, task): results do not depend on the order tasks are processed.
+
+    ``keys`` must be stable data identifiers (a :func:`data_key`, task and group names), never
+    display labels: a label is not part of the data, so it must not move a CI.
+    """
+    words = [int.from_bytes(hashlib.sha256(k.encode()).digest()[:8], "little") for k in keys]
+    return np.random.default_rng([seed, *words])
 
 
 def bootstrap_means(ref: np.ndarray, other: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -213,18 +275,33 @@ class TaskPoint:
 
 @dataclass(frozen=True)
 class Coverage:
-    """Which of an aggregate's tasks were available; anything short of all of them is *partial*."""
+    """Which of an aggregate's tasks were available; anything short of all of them is *partial*.
+
+    ``missing`` is judged against the reference membership (the paper's task lists when a suite
+    uses the paper's category names), not just the suite's: a suite that drops a task, or a whole
+    category, cannot produce a complete-looking AVG. ``reasons`` says why each missing task is
+    missing. For AVG, ``categories``/``categories_total`` count categories with a score.
+    """
 
     present: tuple[str, ...]
     missing: tuple[str, ...]
+    reasons: tuple[tuple[str, str], ...] = ()
+    categories: int | None = None
+    categories_total: int | None = None
 
     @property
     def total(self) -> int:
         return len(self.present) + len(self.missing)
 
     @property
+    def categories_partial(self) -> bool:
+        return self.categories_total is not None and (self.categories or 0) < self.categories_total
+
+    @property
     def partial(self) -> bool:
-        return bool(self.missing)
+        # A category with no task at all (e.g. Understanding offline) has nothing missing by count
+        # but is certainly not complete.
+        return bool(self.missing) or self.total == 0 or self.categories_partial
 
     @property
     def empty(self) -> bool:
@@ -232,7 +309,39 @@ class Coverage:
 
     @property
     def label(self) -> str:
+        if self.categories_partial:
+            return f"{self.categories}/{self.categories_total} categories, {len(self.present)}/{self.total} tasks"
         return f"{len(self.present)}/{self.total} tasks"
+
+    def reason(self, task: str) -> str | None:
+        return dict(self.reasons).get(task)
+
+    def missing_text(self) -> str:
+        """``race_high (not in suite offline), csl_dev`` — the missing tasks with their reasons."""
+        why = dict(self.reasons)
+        return ", ".join(f"{t} ({why[t]})" if t in why else t for t in self.missing) or "no task in this category"
+
+
+def coverage_of(
+    members: Sequence[str],
+    available: Mapping[str, object] | set[str],
+    reference: Sequence[str] | None = None,
+    reasons: Mapping[str, str] | None = None,
+) -> Coverage:
+    """Coverage of one category: ``reference`` members (plus any extra suite members) vs what is available."""
+    expected = list(dict.fromkeys([*(reference or ()), *members]))
+    present = tuple(t for t in expected if t in available)
+    missing = tuple(t for t in expected if t not in available)
+    why = tuple((t, reasons[t]) for t in missing if reasons and t in reasons)
+    return Coverage(present, missing, why)
+
+
+def avg_coverage(cats: Mapping[str, Coverage], scored: int) -> Coverage:
+    """AVG coverage: all categories' tasks, plus how many of the categories have a score."""
+    present = tuple(t for c in cats.values() for t in c.present)
+    missing = tuple(t for c in cats.values() for t in c.missing)
+    reasons = tuple(r for c in cats.values() for r in c.reasons)
+    return Coverage(present, missing, reasons, scored, len(cats))
 
 
 @dataclass(frozen=True)
@@ -256,19 +365,24 @@ def aggregate_deltas(
     tasks: Mapping[str, TaskPoint],
     *,
     confidence: float = DEFAULT_CONFIDENCE,
+    reference: Mapping[str, Sequence[str]] | None = None,
+    reasons: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, AggregateDelta], AggregateDelta]:
     """Category and AVG Δ with stratified paired bootstrap CIs.
 
     ``tasks`` holds only the tasks available for *both* runs. Task replicates were drawn
     independently per task, so stacking them replicate-by-replicate is exactly the stratified
     bootstrap; the aggregates are recomputed per replicate for both runs before differencing.
+    ``reference`` (category → expected tasks) and ``reasons`` only widen coverage, never the means.
     """
     cat_out: dict[str, AggregateDelta] = {}
     cat_points: list[tuple[float, float]] = []
     cat_reps: list[np.ndarray | None] = []
+    covs: dict[str, Coverage] = {}
     for name, members in categories.items():
+        coverage = coverage_of(members, set(tasks), (reference or {}).get(name), reasons)
+        covs[name] = coverage
         present = tuple(t for t in members if t in tasks)
-        coverage = Coverage(present, tuple(t for t in members if t not in tasks))
         if not present:
             cat_out[name] = AggregateDelta(name, None, None, None, None, coverage)
             continue
@@ -281,9 +395,7 @@ def aggregate_deltas(
         cat_points.append((ref_mean, other_mean))
         cat_reps.append(reps)
 
-    all_present = tuple(t for m in categories.values() for t in m if t in tasks)
-    all_missing = tuple(t for m in categories.values() for t in m if t not in tasks)
-    avg_cov = Coverage(all_present, all_missing)
+    avg_cov = avg_coverage(covs, len(cat_points))
     if not cat_points:
         return cat_out, AggregateDelta("AVG", None, None, None, None, avg_cov)
     avg_ref = float(np.mean([p[0] for p in cat_points]))

@@ -9,6 +9,11 @@ Two numbers per tuned row are easy to confuse and are kept apart on purpose:
 * row scores (``RunRow``) use *all* of a run's items, exactly what the run scored;
 * Δ (``Comparison``) uses only items and tasks both runs have, so it measures a change and not a
   change of test set. With complete, identical item sets the two agree (Δ = AVG − base AVG).
+
+Items pair only when they are the same item (fingerprint or task config hash, see
+:func:`cfbench.report.stats.align_items`). A task whose items do not match at all gets an
+*unpaired* row: Δ of the two task means, no CI, no McNemar, no flips, and one note saying why.
+Where only some items match, the paired statistics use the matching ones and a note counts the rest.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ from cfbench.report.stats import (
     TaskPoint,
     aggregate_deltas,
     align_items,
+    avg_coverage,
     ci_excludes_zero,
+    coverage_of,
+    data_key,
     paired_task_delta,
     task_rng,
 )
@@ -89,6 +97,8 @@ class TaskRow:
     dropped_other: int
     item_level: bool
     significant: bool
+    #: True when both runs have item scores but not for the same items: Δ is of task means only.
+    unpaired: bool = False
 
     @property
     def missing(self) -> bool:
@@ -108,6 +118,8 @@ class Comparison:
     tasks: list[TaskRow]
     categories: dict[str, AggregateDelta]
     avg: AggregateDelta
+    #: One line per task whose items could not be (fully) paired, saying why.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -142,6 +154,11 @@ class ComparisonReport:
     rows: list[RunRow]
     comparisons: list[Comparison]
     settings: ReportSettings = field(default_factory=ReportSettings)
+
+    @property
+    def notes(self) -> list[str]:
+        """Pairing notes of every comparison, each prefixed by the comparison it belongs to."""
+        return [f"{c.label}: {n}" for c in self.comparisons for n in c.notes]
 
     def row(self, run: str) -> RunRow:
         for r in self.rows:
@@ -310,21 +327,40 @@ class _Data:
         return self.values.get((run, task))
 
 
-def _run_row(data: _Data, run: str, categories: Mapping[str, Sequence[str]], extras: Sequence[str]) -> RunRow:
+def category_scores(
+    tasks: Mapping[str, float],
+    categories: Mapping[str, Sequence[str]],
+    reference: Mapping[str, Sequence[str]] | None = None,
+    reasons: Mapping[str, str] | None = None,
+) -> tuple[dict[str, CategoryScore], CategoryScore]:
+    """Category scores (mean of available tasks) and AVG (mean of scored categories) with coverage.
+
+    The one place these numbers are computed: ``compare`` rows and the leaderboard both call it, so
+    they cannot disagree. Coverage is judged against ``reference`` where given (see :class:`Coverage`).
+    """
+    cats: dict[str, CategoryScore] = {}
+    for name, members in categories.items():
+        cov = coverage_of(members, tasks, (reference or {}).get(name), reasons)
+        present = [t for t in members if t in tasks]
+        score = float(np.mean([tasks[t] for t in present])) if present else None
+        cats[name] = CategoryScore(name, score, cov)
+    cat_scores = [c.score for c in cats.values() if c.score is not None]
+    avg_cov = avg_coverage({n: c.coverage for n, c in cats.items()}, len(cat_scores))
+    return cats, CategoryScore("AVG", float(np.mean(cat_scores)) if cat_scores else None, avg_cov)
+
+
+def _run_row(
+    data: _Data,
+    run: str,
+    categories: Mapping[str, Sequence[str]],
+    extras: Sequence[str],
+    reference: Mapping[str, Sequence[str]] | None = None,
+    reasons: Mapping[str, str] | None = None,
+) -> RunRow:
     tasks = {
         t: s for t in [*(t for m in categories.values() for t in m), *extras] if (s := data.score(run, t)) is not None
     }
-    cats: dict[str, CategoryScore] = {}
-    for name, members in categories.items():
-        cov = Coverage(tuple(t for t in members if t in tasks), tuple(t for t in members if t not in tasks))
-        score = float(np.mean([tasks[t] for t in cov.present])) if cov.present else None
-        cats[name] = CategoryScore(name, score, cov)
-    cat_scores = [c.score for c in cats.values() if c.score is not None]
-    avg_cov = Coverage(
-        tuple(t for m in categories.values() for t in m if t in tasks),
-        tuple(t for m in categories.values() for t in m if t not in tasks),
-    )
-    avg = CategoryScore("AVG", float(np.mean(cat_scores)) if cat_scores else None, avg_cov)
+    cats, avg = category_scores(tasks, categories, reference, reasons)
     return RunRow(run, cats, avg, tasks)
 
 
@@ -341,12 +377,14 @@ def _item_row(task: str, category: str | None, group: str | None, d: TaskDelta, 
     )  # fmt: skip
 
 
-def _value_row(task: str, category: str | None, group: str | None, ref: float | None, run: float | None) -> TaskRow:
-    """A row without item-level data: Δ if both values exist, never a CI, p or flip count."""
+def _value_row(
+    task: str, category: str | None, group: str | None, ref: float | None, run: float | None, unpaired: bool = False
+) -> TaskRow:
+    """A row without paired item data: Δ if both values exist, never a CI, p or flip count."""
     delta = run - ref if ref is not None and run is not None else None
     return TaskRow(
         task, category, group, ref, run, delta, ci=None, p_mcnemar=None, forgotten=None, gained=None, n=None,
-        dropped_ref=0, dropped_other=0, item_level=False, significant=False,
+        dropped_ref=0, dropped_other=0, item_level=False, significant=False, unpaired=unpaired,
     )  # fmt: skip
 
 
@@ -359,8 +397,11 @@ def _compare(
     extras: Sequence[str],
     subgroups: Mapping[str, Mapping[str, str]],
     settings: ReportSettings,
+    reference: Mapping[str, Sequence[str]] | None = None,
+    reasons: Mapping[str, str] | None = None,
 ) -> Comparison:
     rows: list[TaskRow] = []
+    notes: list[str] = []
     points: dict[str, TaskPoint] = {}
     task_category = [(t, c) for c, m in categories.items() for t in m] + [(t, None) for t in extras]
     boot = {"n_boot": settings.n_boot, "confidence": settings.confidence}
@@ -369,7 +410,23 @@ def _compare(
         groups = _group_order(subgroups.get(task, {}))
         if (ref, task) in data.items and (run, task) in data.items:
             paired = align_items(data.items[ref, task], data.items[run, task], task=task, names=(ref, run))
-            d = paired_task_delta(paired, rng=task_rng(settings.seed, ref, run, task), **boot)
+            common = paired.n + paired.mismatched
+            if paired.unpairable:
+                notes.append(
+                    f"{task}: runs score different items (prompt or data differ: 0/{common} fingerprints "
+                    "match); Δ is unpaired task-level, no CI"
+                )
+                row = _value_row(task, category, None, data.score(ref, task), data.score(run, task), unpaired=True)
+                rows.append(row)
+                points[task] = TaskPoint(row.ref_score, row.score, None)  # type: ignore[arg-type]
+                continue
+            if paired.mismatched:
+                notes.append(
+                    f"{task}: {paired.mismatched}/{common} common items differ between the runs (prompt or data); "
+                    f"paired statistics use the {paired.n} matching items only"
+                )
+            key = data_key(paired)  # seeds from the data, never from labels
+            d = paired_task_delta(paired, rng=task_rng(settings.seed, key, task), **boot)
             rows.append(_item_row(task, category, None, d, settings.alpha))
             points[task] = TaskPoint(d.ref_mean, d.other_mean, d.replicates)
             if task in subgroups:
@@ -378,7 +435,7 @@ def _compare(
                 for group in [*groups, UNMAPPED_GROUP]:
                     mask = labels == group
                     if mask.any():
-                        rng = task_rng(settings.seed, ref, run, task, group)
+                        rng = task_rng(settings.seed, key, task, group)
                         g = paired_task_delta(paired.select(mask), rng=rng, **boot)
                         rows.append(_item_row(task, category, group, g, settings.alpha))
         elif data.has(ref, task) and data.has(run, task):
@@ -392,8 +449,10 @@ def _compare(
                     rows.append(_value_row(task, category, group, ref_g, run_g))
         else:
             rows.append(_value_row(task, category, None, data.score(ref, task), data.score(run, task)))
-    cats, avg = aggregate_deltas(categories, points, confidence=settings.confidence)
-    return Comparison(ref, run, kind, rows, cats, avg)
+    cats, avg = aggregate_deltas(
+        categories, points, confidence=settings.confidence, reference=reference, reasons=reasons
+    )
+    return Comparison(ref, run, kind, rows, cats, avg, notes)
 
 
 def build_report(
@@ -410,6 +469,8 @@ def build_report(
     seed: int = 0,
     confidence: float = DEFAULT_CONFIDENCE,
     alpha: float = 0.05,
+    reference_categories: Mapping[str, Sequence[str]] | None = None,
+    missing_reasons: Mapping[str, str] | None = None,
 ) -> ComparisonReport:
     """Compute the whole comparison of ``tuned`` runs against ``base``.
 
@@ -418,7 +479,9 @@ def build_report(
     display rows (e.g. ``{"mmlu": MMLU_SUBGROUPS}``): computed from item subsets, or, for task-level
     imports, taken from ``task_scores`` rows whose optional ``subset`` column names a group.
     ``pairs`` are (w/o, w/) run labels whose direct Δ is also reported; None detects them from labels
-    like "w/o SAM" / "w/ SAM", ``[]`` disables.
+    like "w/o SAM" / "w/ SAM", ``[]`` disables. ``reference_categories`` (category → expected
+    tasks, e.g. the paper's) makes coverage count tasks the suite lacks as missing, with
+    ``missing_reasons`` (task → why) shown next to them.
     """
     if not tuned:
         raise CfbenchError("no tuned run to compare; pass at least one run besides the base")
@@ -452,13 +515,17 @@ def build_report(
     settings = ReportSettings(n_boot=n_boot, seed=seed, confidence=confidence, alpha=alpha)
     subgroups = dict(subgroups or {})
     extras = tuple(t for t in extras)
-    rows = [_run_row(data, run, cats, extras) for run in (base, *tuned)]
-    comparisons = [_compare(data, base, run, "base", cats, extras, subgroups, settings) for run in tuned]
+    ref_cats = {k: tuple(v) for k, v in (reference_categories or {}).items()}
+    why = dict(missing_reasons or {})
+    rows = [_run_row(data, run, cats, extras, ref_cats, why) for run in (base, *tuned)]
+    comparisons = [
+        _compare(data, base, run, "base", cats, extras, subgroups, settings, ref_cats, why) for run in tuned
+    ]
     for without, with_ in detect_pairs(tuned) if pairs is None else pairs:
         for label in (without, with_):
             if label not in tuned:
                 raise CfbenchError(
                     f"pair run '{label}' is not among the tuned runs {list(tuned)}; pass it as a tuned run"
                 )
-        comparisons.append(_compare(data, without, with_, "pair", cats, extras, subgroups, settings))
+        comparisons.append(_compare(data, without, with_, "pair", cats, extras, subgroups, settings, ref_cats, why))
     return ComparisonReport(base, tuned, cats, extras, rows, comparisons, settings)

@@ -9,7 +9,10 @@ See ``docs/results-schema.md`` for the meaning of every column.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -85,9 +88,24 @@ ITEMS_SCHEMA = pa.schema(
         pa.field("logprobs", pa.list_(pa.float64())),
         pa.field("n_tokens", pa.list_(pa.int64())),
         pa.field("is_greedy", pa.list_(pa.bool_())),
+        # Fingerprint of the item as scored (see item_fingerprint); null for older items and for
+        # imports that cannot reconstruct the prompt. Added in 0.1 without a schema bump (nullable).
+        pa.field("item_hash", pa.string()),
     ],
     metadata=_META,
 )
+
+
+def item_fingerprint(context: str, continuations: Sequence[str], gold: int) -> str:
+    """Short sha256 of one item as the model saw it: rendered context, scored continuations, gold.
+
+    Two runs' rows with the same ``doc_id`` are the same item only if this matches; ``compare``
+    pairs on it. ``continuations`` are the exact strings scored after the context (target delimiter
+    included, e.g. ``" granite"``), which is what both cfbench's requests and lm-eval's logged
+    ``arguments`` hold, so a native run and an lm-eval import of the same prompt hash alike.
+    """
+    payload = json.dumps([context, list(continuations), int(gold)], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 #: table name -> (schema, key columns that identify one logical row; readers de-duplicate on them).
 TABLES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
@@ -95,6 +113,68 @@ TABLES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
     "task_scores": (TASK_SCORES_SCHEMA, ("run_id", "task", "metric", "subset")),
     "items": (ITEMS_SCHEMA, ("cache_key", "task", "doc_id")),
 }
+
+# Flatness and weight diagnostics (cfbench.analysis; docs/analysis.md). One row per grid / curve point.
+LANDSCAPE_SCHEMA = pa.schema(
+    [
+        pa.field("landscape_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # "surface" (alpha, beta) or "interpolation" (alpha = t)
+        pa.field("checkpoint_name", pa.string(), nullable=False),
+        pa.field("checkpoint_hash", pa.string()),
+        pa.field("base_hash", pa.string()),  # interpolation: the base the line starts from
+        pa.field("data", pa.string(), nullable=False),
+        pa.field("i", pa.int64(), nullable=False),
+        pa.field("j", pa.int64(), nullable=False),
+        pa.field("alpha", pa.float64(), nullable=False),
+        pa.field("beta", pa.float64(), nullable=False),
+        pa.field("loss", pa.float64(), nullable=False),
+        pa.field("settings_json", pa.string(), nullable=False),
+    ],
+    metadata=_META,
+)
+
+# One scalar diagnostic of one checkpoint (sc, ag, mag, hessian_trace, top_eigenvalue, displacement, ...).
+DIAGNOSTICS_SCHEMA = pa.schema(
+    [
+        pa.field("diag_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("checkpoint_name", pa.string(), nullable=False),
+        pa.field("checkpoint_hash", pa.string()),
+        pa.field("base_hash", pa.string()),
+        pa.field("source", pa.string(), nullable=False),  # landscape, sharpness, diff
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("settings_json", pa.string(), nullable=False),
+    ],
+    metadata=_META,
+)
+
+# Per-parameter rows of `cfbench diff`.
+WEIGHT_DIFF_SCHEMA = pa.schema(
+    [
+        pa.field("diff_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("base_name", pa.string(), nullable=False),
+        pa.field("base_hash", pa.string()),
+        pa.field("tuned_name", pa.string(), nullable=False),
+        pa.field("tuned_hash", pa.string()),
+        pa.field("param", pa.string(), nullable=False),
+        pa.field("shape", pa.list_(pa.int64()), nullable=False),
+        pa.field("numel", pa.int64(), nullable=False),
+        pa.field("norm_base", pa.float64(), nullable=False),
+        pa.field("norm_delta", pa.float64(), nullable=False),
+        pa.field("rel_delta", pa.float64(), nullable=False),
+        pa.field("effective_rank", pa.float64()),
+        pa.field("top_singular", pa.list_(pa.float64())),
+        pa.field("svd", pa.string(), nullable=False),
+    ],
+    metadata=_META,
+)
+
+TABLES["landscape"] = (LANDSCAPE_SCHEMA, ("landscape_id", "kind", "i", "j"))
+TABLES["diagnostics"] = (DIAGNOSTICS_SCHEMA, ("diag_id", "metric"))
+TABLES["weight_diff"] = (WEIGHT_DIFF_SCHEMA, ("diff_id", "param"))
 
 
 def _now() -> datetime:
