@@ -237,8 +237,10 @@ def test_opencompass_paper_categories(tmp_path: Path) -> None:
     hf, sft = board.loc["llama-2-7b-hf"], board.loc["llama-2-7b-sft"]
     assert hf["Reasoning"] == pytest.approx((74.86 + 56.07 + 51.69 + 51.26 + 67.00 + 74.03 + 50.36) / 700)
     assert hf["hellaswag"] == pytest.approx(0.7403)  # accuracy stands in for acc_norm
-    assert math.isnan(sft["Reasoning"])  # COPA missing
-    assert math.isnan(hf["Understanding"]) and math.isnan(hf["AVG"])  # csl_dev never evaluated
+    # COPA missing: the same partial mean `compare` shows, marked partial (issue 8 item 3)
+    assert sft["Reasoning"] == pytest.approx((70.43 + 53.89 + 52.25 + 50.18 + 73.19 + 49.69) / 600)
+    assert "Reasoning" in sft["partial"].split(",") and "Reasoning" not in hf["partial"].split(",")
+    assert "Understanding" in hf["partial"].split(",") and "AVG" in hf["partial"].split(",")  # csl_dev never evaluated
     assert hf["DK"] == pytest.approx(0.4617) and sft["Exams"] == pytest.approx(0.3729)
 
 
@@ -318,7 +320,8 @@ def test_cli_import_and_leaderboard(tmp_path: Path, cli: typer.Typer, monkeypatc
     fake.load_suite = lambda name: types.SimpleNamespace(categories={"DK": ["mmlu"], "Exams": ["arc_challenge"]})
     monkeypatch.setitem(sys.modules, "cfbench.tasks.registry", fake)
     res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--suite", "paper", "--format", "markdown"])
-    header, _, row1, _, row3 = res.stdout.splitlines()
+    caption, _, header, _, row1, _, row3 = res.stdout.splitlines()
+    assert "×100" in caption
     assert header.endswith("| DK | Exams | AVG |")
     assert row1.startswith("| llama-2-7b-hf |") and "| 46.17 | 39.32 | 42.7" in row1  # AVG 42.745
     assert row3.startswith("| tiny |") and row3.endswith("| 35.09 | 66.67 | 50.88 |")

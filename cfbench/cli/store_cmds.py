@@ -18,7 +18,8 @@ from cfbench.errors import CfbenchError
 
 
 class BoardFormat(str, Enum):
-    """table/markdown/html are for people (scores ×100); parquet/csv for tools (fractions)."""
+    """table/markdown/html are for people (scores ×100, said in their header); parquet/csv for tools
+    (fractions in [0, 1], plus a ``partial`` column naming the partial category/AVG columns)."""
 
     table = "table"
     markdown = "markdown"
@@ -91,7 +92,12 @@ def register(app: typer.Typer) -> None:
         from cfbench.store import ResultStore
         from cfbench.store.leaderboard import leaderboard, to_html, to_markdown
 
-        board = leaderboard(ResultStore(results), suite=suite_categories(suite) if suite else None, sort=sort)
+        cats = suite_categories(suite) if suite else None
+        # A suite that reuses the paper's category names (offline) is judged against the paper's task
+        # lists, exactly as `compare` does, so both show the same partial (†) categories and AVG.
+        paper = suite_categories("paper") if cats and suite != "paper" else {}
+        reference = {k: v for k, v in paper.items() if k in (cats or {})} or None
+        board = leaderboard(ResultStore(results), suite=cats, sort=sort, reference=reference)
         if board.empty:
             typer.echo(f"no runs in {results} yet: add some with `cfbench eval` or `cfbench import`", err=True)
         if fmt is BoardFormat.parquet:

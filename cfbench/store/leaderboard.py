@@ -1,9 +1,14 @@
 """One row per run, one column per task: the table every comparison starts from.
 
-Scores stay fractions here; display formats multiply by 100 (see :func:`format_leaderboard`).
-Category columns (the paper's DK / Understanding / Reasoning / Exams) are plain means of their
-tasks' primary metric and are left empty when a run lacks any of those tasks, because a mean over
-a different subset of tasks would not be comparable across runs; AVG is the mean of the categories.
+Scale: the frame and the machine formats (csv, parquet) hold fractions in [0, 1]; every human
+format (table, markdown, html) shows ×100 with two decimals and says so in its header.
+
+Category columns (the paper's DK / Understanding / Reasoning / Exams) and AVG are computed by
+:func:`cfbench.report.table.category_scores`, the same function ``compare`` uses, so both show the
+same numbers for the same runs: a category is the mean of the tasks a run has, AVG the mean of the
+scored categories. Where that is not the full set (judged against ``reference``, the paper's task
+lists when a suite uses its category names) the value is *partial*: the ``partial`` column names
+those columns and human formats mark them with †.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from cfbench.store.store import ResultStore
 DEFAULT_METRIC = "acc"
 INFO_COLUMNS = ["name", "run_id", "source", "checkpoint_hash", "method", "backend", "created_at"]
 AVG = "AVG"
+#: Comma-separated names of the category/AVG columns that are partial for the run ("" if none).
+PARTIAL_COLUMN = "partial"
+SCALE_NOTE = "scores ×100; † partial (a task or category missing)"
 
 
 def primary_metric(task: str, overrides: Mapping[str, str] | None = None) -> str:
@@ -37,7 +45,7 @@ def primary_metric(task: str, overrides: Mapping[str, str] | None = None) -> str
 
 def score_columns(df: pd.DataFrame) -> list[str]:
     """The numeric score columns of a leaderboard frame (everything but the run info)."""
-    return [c for c in df.columns if c not in INFO_COLUMNS]
+    return [c for c in df.columns if c not in INFO_COLUMNS and c != PARTIAL_COLUMN]
 
 
 def leaderboard(
@@ -45,6 +53,7 @@ def leaderboard(
     suite: Mapping[str, Sequence[str]] | None = None,
     sort: str | None = None,
     metrics: Mapping[str, str] | None = None,
+    reference: Mapping[str, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """Pivot the store's task scores to one row per run and one column per task.
 
@@ -75,9 +84,19 @@ def leaderboard(
         table[task] = [values.get((r, task, m), values.get((r, task, DEFAULT_METRIC), nan)) for r in table["run_id"]]
 
     if suite:
-        for category, tasks in suite.items():
-            table[category] = table[list(tasks)].mean(axis=1, skipna=False) if tasks else nan
-        table[AVG] = table[list(suite)].mean(axis=1, skipna=False)
+        from cfbench.report.table import category_scores
+
+        cat_values: dict[str, list[float]] = {c: [] for c in [*suite, AVG]}
+        partial: list[str] = []
+        for _, row in table.iterrows():
+            have = {t: float(row[t]) for t in suite_tasks if not pd.isna(row[t])}
+            cats, avg = category_scores(have, suite, reference)
+            for cs in [*cats.values(), avg]:
+                cat_values[cs.name].append(nan if cs.score is None else cs.score)
+            partial.append(",".join(cs.name for cs in [*cats.values(), avg] if cs.coverage.partial))
+        for name, vals in cat_values.items():
+            table[name] = pd.Series(vals, index=table.index, dtype="float64")
+        table[PARTIAL_COLUMN] = partial
 
     if sort is not None:
         if sort not in table.columns:
@@ -90,10 +109,16 @@ def leaderboard(
 def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Scores ×100 with two decimals, short run ids, readable times, blanks for missing values."""
     out = pd.DataFrame(index=df.index)
+    partial = [set(str(p).split(",")) for p in df[PARTIAL_COLUMN]] if PARTIAL_COLUMN in df else None
     for col in df.columns:
         s = df[col]
+        if col == PARTIAL_COLUMN:
+            continue  # shown as † on the values themselves
         if col in score_columns(df):
-            out[col] = [("" if pd.isna(v) else f"{100 * v:.2f}") for v in s]
+            out[col] = [
+                ("" if pd.isna(v) else f"{100 * v:.2f}" + ("†" if partial is not None and col in partial[i] else ""))
+                for i, v in enumerate(s)
+            ]
         elif col in ("run_id", "checkpoint_hash"):  # prefixes are enough to tell runs apart
             out[col] = [("" if v is None or pd.isna(v) else str(v)[:12 if col != "run_id" else 8]) for v in s]
         elif col == "created_at":
@@ -108,7 +133,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     shown = _display_frame(df)
     cols = [str(c) for c in shown.columns]
     right = set(score_columns(df))
-    lines = ["| " + " | ".join(cols) + " |",
+    lines = [f"Leaderboard ({SCALE_NOTE})", "", "| " + " | ".join(cols) + " |",
              "|" + "|".join("---:" if c in right else "---" for c in shown.columns) + "|"]
     for row in shown.itertuples(index=False):
         lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
@@ -123,7 +148,11 @@ def to_html(df: pd.DataFrame) -> str:
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>\n"
         for row in shown.itertuples(index=False)
     )
-    return f'<table class="cfbench-leaderboard">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n'
+    caption = f"<caption>Leaderboard ({html.escape(SCALE_NOTE)})</caption>"
+    return (
+        f'<table class="cfbench-leaderboard">\n{caption}\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}'
+        "</tbody>\n</table>\n"
+    )
 
 
 def natural_width(df: pd.DataFrame) -> int:
@@ -139,7 +168,7 @@ def to_rich_table(df: pd.DataFrame, title: str | None = None, transpose: bool = 
 
     shown = _display_frame(df)
     right = set(score_columns(df))
-    table = Table(title=title)
+    table = Table(title=f"{title} ({SCALE_NOTE})" if title else SCALE_NOTE)
     if transpose:
         table.add_column("")
         for name in shown["name"] if "name" in shown else shown.index.astype(str):
