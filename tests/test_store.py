@@ -352,7 +352,7 @@ def _board_store(root: Path) -> ResultStore:
 
 def test_leaderboard_pivot_categories_and_avg(tmp_path: Path) -> None:
     board = leaderboard(_board_store(tmp_path), suite=PAPER, metrics=METRICS).set_index("name")
-    assert list(board.columns[-5:]) == ["DK", "Understanding", "Reasoning", "Exams", "AVG"]
+    assert list(board.columns[-6:]) == ["DK", "Understanding", "Reasoning", "Exams", "AVG", "partial"]
     assert list(board.columns[6:14]) == ["mmlu", "race_middle", "race_high", "boolq", "copa", "hellaswag",
                                          "arc_challenge", "openbookqa"]
     b, s, oc = board.loc["base"], board.loc["sft"], board.loc["oc"]
@@ -363,7 +363,9 @@ def test_leaderboard_pivot_categories_and_avg(tmp_path: Path) -> None:
     assert s["DK"] == pytest.approx(0.36) and s["Reasoning"] == pytest.approx((0.76 + 0.60 + 0.44) / 3)
     assert s["AVG"] == pytest.approx((0.36 + 0.40 + 0.60 + 0.35) / 4)
     assert oc["hellaswag"] == 0.47  # no acc_norm: falls back to acc
-    assert math.isnan(oc["copa"]) and math.isnan(oc["Reasoning"]) and math.isnan(oc["AVG"])
+    # no COPA: the partial means compare shows, named in `partial` (issue 8 item 3)
+    assert math.isnan(oc["copa"]) and oc["Reasoning"] == pytest.approx((0.70 + 0.47) / 2)
+    assert oc["partial"] == "Reasoning,AVG" and b["partial"] == ""
     assert oc["Exams"] == 0.35 and oc["openbookqa"] == 0.2 and math.isnan(b["openbookqa"])
     assert b["checkpoint_hash"] == "h0" and s["method"] == "sam" and oc["source"] == "opencompass"
 
@@ -371,7 +373,7 @@ def test_leaderboard_pivot_categories_and_avg(tmp_path: Path) -> None:
 def test_leaderboard_sort_and_errors(tmp_path: Path) -> None:
     store = _board_store(tmp_path)
     assert leaderboard(store, metrics=METRICS)["name"].tolist() == ["base", "sft", "oc"]
-    assert leaderboard(store, suite=PAPER, sort="AVG", metrics=METRICS)["name"].tolist() == ["base", "sft", "oc"]
+    assert leaderboard(store, suite=PAPER, sort="AVG", metrics=METRICS)["name"].tolist() == ["base", "oc", "sft"]
     assert leaderboard(store, sort="boolq", metrics=METRICS)["name"].tolist() == ["sft", "base", "oc"]
     assert leaderboard(store, sort="name", metrics=METRICS)["name"].tolist() == ["base", "oc", "sft"]
     with pytest.raises(CfbenchError, match="can't sort by 'nope'"):
@@ -382,8 +384,9 @@ def test_leaderboard_renderings_show_percent(tmp_path: Path) -> None:
     board = leaderboard(_board_store(tmp_path), suite=PAPER, metrics=METRICS)
     md = to_markdown(board)
     lines = md.splitlines()
-    assert lines[0].startswith("| name | run_id | source |") and lines[1].startswith("|---|")
-    assert "| 76.00 |" in lines[3] and "| 44.00 |" in lines[3]  # sft boolq, hellaswag
+    assert "×100" in lines[0]
+    assert lines[2].startswith("| name | run_id | source |") and lines[3].startswith("|---|")
+    assert "| 76.00 |" in lines[5] and "| 44.00 |" in lines[5]  # sft boolq, hellaswag
     assert "<td>70.00</td>" in to_html(board)
     assert natural_width(board) > 100
 
