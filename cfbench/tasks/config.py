@@ -163,6 +163,11 @@ def parse_task_config(raw: Any, path: Path) -> TaskConfig:
         bundled=data.get("bundled"),
         local={split: _local_files(path, split, entries) for split, entries in local.items()},
     )
+    from cfbench.tasks.templates import check_spec
+
+    for key in ("doc_to_text", "doc_to_choice", "doc_to_target", "description", "mc2_choices", "mc2_labels"):
+        if key in raw:  # task configs are data: a template that reaches past the document is refused on load
+            check_spec(raw[key], f"task config {path}: {key}")
     if raw["task"] != path.stem:
         raise _fail(path, f"task name {raw['task']!r} must equal the file name {path.stem!r}")
     kwargs = {k: raw[k] for k in raw if k not in ("data",)}
