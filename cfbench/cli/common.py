@@ -80,3 +80,16 @@ def parse_task_limits(specs: list[str] | None) -> dict[str, int]:
         get_task_config(task.strip())
         out[task.strip()] = int(n)
     return out
+
+
+def check_out_path(path: Path | None, flag: str = "--out") -> None:
+    """Fail before any scoring when an output file could not be written: one line, no partial work."""
+    if path is None:
+        return
+    parent = path.expanduser().resolve().parent
+    if path.is_dir():
+        raise CfbenchError(f"{flag} {path} is a folder: give a file path, e.g. {path / 'report.md'}")
+    if not parent.is_dir():
+        raise CfbenchError(
+            f"{flag} {path}: folder {parent} does not exist; create it (mkdir -p {parent}) or pick another path"
+        )

@@ -22,6 +22,7 @@ from cfbench.cli.common import (
     Results,
     Suite,
     TaskLimit,
+    check_out_path,
     parse_model_args,
     parse_task_limits,
 )
@@ -94,6 +95,8 @@ def register(app: typer.Typer) -> None:
         """Paper-style forgetting table: DK, Understanding, Reasoning, Exams, AVG, Δ (+ CIs, McNemar, flips)."""
         from cfbench.compare import compare
 
+        check_out_path(out, "--out")
+        check_out_path(plot, "--plot")
         label_list = [x.strip() for x in labels.split(",")] if labels else None
         if pair and len(tuned) != 2:
             raise CfbenchError(f"--pair needs exactly two tuned runs (w/o, then w/), got {len(tuned)}")

@@ -97,6 +97,9 @@ def register(app: typer.Typer) -> None:
         # lists, exactly as `compare` does, so both show the same partial (†) categories and AVG.
         paper = suite_categories("paper") if cats and suite != "paper" else {}
         reference = {k: v for k, v in paper.items() if k in (cats or {})} or None
+        from cfbench.cli.common import check_out_path
+
+        check_out_path(out, "--out")
         board = leaderboard(ResultStore(results), suite=cats, sort=sort, reference=reference)
         if board.empty:
             typer.echo(f"no runs in {results} yet: add some with `cfbench eval` or `cfbench import`", err=True)
@@ -148,5 +151,26 @@ def register(app: typer.Typer) -> None:
         store = ResultStore(results)
         store.compact()
         typer.echo(f"compacted {results}")
+
+    @store_app.command("check")
+    def check_cmd(
+        results: Results = "results",  # type: ignore[assignment]
+        fix: Annotated[bool, typer.Option("--fix", help="Move bad parts to RESULTS/_quarantine/.")] = False,
+    ) -> None:
+        """Verify every Parquet part (readable, right schema); exit 1 if any is bad and --fix was not given."""
+        from cfbench.store.check import check_store, move_aside
+
+        bad = check_store(Path(results))
+        for b in bad:
+            typer.echo(f"bad part {b.path}: {b.problem}")
+        if not bad:
+            typer.echo(f"{results}: all parts readable")
+            return
+        if fix:
+            moved = move_aside(Path(results), bad)
+            typer.echo(f"moved {len(moved)} bad part(s) to {Path(results) / '_quarantine'}; re-run eval to re-score")
+            return
+        typer.echo("run again with --fix to move them aside")
+        raise typer.Exit(1)
 
     app.add_typer(store_app, name="store")

@@ -99,6 +99,7 @@ def resolve_checkpoint(spec: str, *, base: str | None = None, cache_dir: Path | 
         return _resolve_folder(spec, path, hashes)
     if path.is_file():
         if path.suffix == ".gguf":
+            _check_gguf_magic(path)
             folder = _convert_gguf(path, cache_dir, hashes)
             return ResolvedCheckpoint(path.stem, spec, folder, "gguf", folder_content_hash(folder, hashes))
         if path.suffix in STATE_DICT_SUFFIXES:
@@ -125,8 +126,11 @@ def _atomic_build(final: Path, build: Callable[[Path], None]) -> Path:
     """Run ``build(tmp)`` in a sibling temp dir and rename it to ``final``; reuse ``final`` if present."""
     if (final / "config.json").is_file():
         return final
+    from cfbench.fsutil import remove_stale_tmp, tmp_prefix
+
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    remove_stale_tmp(final.parent, f".tmp-{final.name}-")  # left by a conversion that was killed
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=tmp_prefix(f".tmp-{final.name}-")))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         build(tmp)
@@ -165,10 +169,62 @@ def _resolve_folder(spec: str, path: Path, hashes: HashCache) -> ResolvedCheckpo
         if len(ggufs) == 1:
             raise CfbenchError(f"{spec} has no config.json but holds a GGUF file: pass {ggufs[0]} instead")
         raise CfbenchError(f"{spec} is a folder without config.json: give {ACCEPTED_FORMS}")
+    check_hf_folder(path, spec)
     name = path.resolve().name
     if re.fullmatch(r"checkpoint-\d+", name):
         name = f"{path.resolve().parent.name}/{name}"
     return ResolvedCheckpoint(name, spec, path.resolve(), "hf-folder", folder_content_hash(path, hashes))
+
+
+def check_hf_folder(path: Path, spec: str) -> None:
+    """Refuse a folder transformers would fail on deep inside loading: one line naming the file and the fix.
+
+    Checks what is cheap and catches the usual damage: ``config.json`` that is not a JSON object,
+    no weight files, a shard index naming missing files, and ``.safetensors`` files whose header or
+    data is cut short (an interrupted copy or save) — safetensors verifies the header covers the file.
+    """
+    cfg = path / "config.json"
+    try:
+        parsed = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CfbenchError(f"{cfg} is not valid JSON ({exc}): restore the checkpoint's config.json") from exc
+    if not isinstance(parsed, dict) or ("model_type" not in parsed and "architectures" not in parsed):
+        raise CfbenchError(f"{cfg} is not a transformers model config (no model_type): restore the checkpoint")
+    safetensors = sorted(path.glob("*.safetensors"))
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if not safetensors and not bins:
+        raise CfbenchError(
+            f"{spec} has config.json but no weights (model*.safetensors or pytorch_model*.bin): "
+            "the save was incomplete — re-save or re-download the checkpoint"
+        )
+    for index in path.glob("*.index.json"):
+        try:
+            files = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CfbenchError(f"{index} is not valid JSON ({exc}): restore the checkpoint") from exc
+        missing = sorted(f for f in files if not (path / f).is_file())
+        if missing:
+            raise CfbenchError(f"{index} lists missing weight file(s) {', '.join(missing[:3])}: the copy is incomplete")
+    from safetensors import SafetensorError, safe_open
+
+    for f in safetensors:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                fh.keys()
+        except (SafetensorError, OSError) as exc:
+            raise CfbenchError(
+                f"{f} is truncated or corrupt ({str(exc).splitlines()[0]}): re-save or re-download the checkpoint"
+            ) from exc
+
+
+def _check_gguf_magic(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise CfbenchError(f"cannot read {path} ({exc.strerror})") from exc
+    if magic != b"GGUF":
+        raise CfbenchError(f"{path} is not a GGUF file (no GGUF magic bytes): check the file or re-download it")
 
 
 def _builtin_gguf(name: str) -> Path:

@@ -76,6 +76,8 @@ class ResultStore:
 
     def __init__(self, root: str | Path = DEFAULT_ROOT) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise CfbenchError(f"--results {self.root} is a file, not a results folder: pass a folder path")
         self._check_schema_version()
 
     def __repr__(self) -> str:
@@ -105,9 +107,12 @@ class ResultStore:
         path = self.root / SCHEMA_FILE
         if path.exists():
             return
-        self.root.mkdir(parents=True, exist_ok=True)
         info = {"schema_version": SCHEMA_VERSION, "tables": sorted(TABLES)}
-        self._atomic_write(path, lambda f: f.write(json.dumps(info, indent=2).encode() + b"\n"))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._atomic_write(path, lambda f: f.write(json.dumps(info, indent=2).encode() + b"\n"))
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
 
     # ---------------------------------------------------------------- low-level I/O
 
@@ -132,10 +137,19 @@ class ResultStore:
 
     def _write_part(self, name: str, table: pa.Table) -> Path:
         folder = self.root / name
-        folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"part-{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
-        self._atomic_write(final, lambda f: pq.write_table(table, f))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._atomic_write(final, lambda f: pq.write_table(table, f))
+        except OSError as exc:  # read-only mount, no permission, disk full: nothing half-written stays
+            raise self._unwritable(exc) from exc
         return final
+
+    def _unwritable(self, exc: OSError) -> CfbenchError:
+        return CfbenchError(
+            f"results store {self.root} is not writable ({exc.strerror or exc}): free space or fix permissions, "
+            "or pass a writable --results folder"
+        )
 
     def _parts(self, name: str) -> list[Path]:
         folder = self.root / name
@@ -153,6 +167,7 @@ class ResultStore:
             parts = self._parts(name)
             if not parts:
                 return schema.empty_table().select(cols)
+            self._verify_parts(name, parts)
             try:
                 dataset = ds.dataset([str(p) for p in parts], schema=schema, format="parquet")
                 table = dataset.to_table(filter=filter, columns=read_cols)
@@ -160,8 +175,23 @@ class ResultStore:
             except (FileNotFoundError, OSError):
                 # A concurrent compact() removed a part between listing and reading: list again.
                 if attempt == 4 or all(p.exists() for p in parts):
+                    self._verify_parts(name, parts)
                     raise
         return _dedupe(table, keys).select(cols)
+
+    def _verify_parts(self, name: str, parts: Sequence[Path]) -> None:
+        """Refuse to read a table with a corrupt, empty or foreign-schema part, naming it and the repair.
+
+        Reading such a part either fails deep inside pyarrow or, for a foreign schema, silently
+        yields null columns; both would turn into wrong or missing numbers further on.
+        """
+        from cfbench.store.check import part_problem, repair_hint
+
+        schema = TABLES[name][0]
+        for part in parts:
+            problem = part_problem(part, schema) if part.exists() else None
+            if problem:
+                raise CfbenchError(f"results store part {part} is bad ({problem}): {repair_hint(self.root)}")
 
     # ---------------------------------------------------------------- writing
 
@@ -202,6 +232,31 @@ class ResultStore:
         table = _items_table(df)
         self._ensure_schema_file()
         self._write_part("items", table)
+
+    def append_table(self, name: str, table: pa.Table) -> None:
+        """Write ``table`` as one new part of table ``name`` (any of ``TABLES``), cast to its schema.
+
+        Used by the diagnostics tables (cfbench.analysis), which have no record classes of their own.
+        """
+        if name not in TABLES:
+            raise CfbenchError(f"unknown results table {name!r}: use one of {', '.join(sorted(TABLES))}")
+        if table.num_rows == 0:
+            return
+        schema = TABLES[name][0]
+        try:
+            table = table.select(schema.names).cast(schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+            raise CfbenchError(
+                f"rows for table {name} do not match its schema ({exc}): see docs/results-schema.md"
+            ) from None
+        self._ensure_schema_file()
+        self._write_part(name, table)
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """Every (de-duplicated) row of table ``name``; empty with the schema's columns when absent."""
+        if name not in TABLES:
+            raise CfbenchError(f"unknown results table {name!r}: use one of {', '.join(sorted(TABLES))}")
+        return _to_pandas(self._read(name))
 
     # ---------------------------------------------------------------- reading
 

@@ -160,7 +160,20 @@ class Task:
         k = self.cfg.num_fewshot if num_fewshot is None else num_fewshot
         if k and not self.cfg.fewshot_split:
             raise CfbenchError(f"{self.name} has no fewshot_split; use --num-fewshot 0")
-        return [self.render(doc, i, k) for i, doc in self.selected_docs(limit)]
+        selected = self.selected_docs(limit)
+        if not selected:
+            hit = self.require()
+            raise CfbenchError(
+                f"{self.name}: the {self.cfg.split} split at {hit.where} ({hit.source}) has no documents: "
+                "supply a non-empty dataset (see `cfbench tasks`)"
+            )
+        out = []
+        for i, doc in selected:
+            try:
+                out.append(self.render(doc, i, k))
+            except CfbenchError as exc:  # name the document, so a bad row can be found in the data
+                raise CfbenchError(f"{self.name} doc {i} ({self.cfg.split} split): {exc}") from exc
+        return out
 
     def selected_docs(self, limit: int | None = None) -> list[tuple[int, Row]]:
         """``(doc_id, doc)`` of the first ``limit`` documents — per subset (e.g. per MMLU subject) when

@@ -35,8 +35,11 @@ def check_output_dir(out: Path, overwrite: bool, flag: str = "--overwrite") -> N
 def atomic_dir(out: Path) -> Iterator[Path]:
     """Yield a temp folder next to ``out``; on success it replaces ``out``, on error it is deleted."""
     out = Path(out)
+    from cfbench.fsutil import remove_stale_tmp, tmp_prefix
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    remove_stale_tmp(out.parent, f".{out.name}.tmp-")  # left by a save that was killed mid-write
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=tmp_prefix(f".{out.name}.tmp-")))
     tmp.chmod(0o755)
     try:
         yield tmp
