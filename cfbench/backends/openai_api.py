@@ -96,6 +96,15 @@ class OpenAIBackend:
 
     name = "openai"
 
+    def __new__(cls, *args: Any, **options: Any) -> OpenAIBackend:
+        """Several base URLs (``"u1;u2"`` or a list) build a load-balancing pool (:mod:`cfbench.scale.openai_pool`)."""
+        url = options.get("base_url")
+        if cls is OpenAIBackend and (isinstance(url, list | tuple) or ";" in str(url or "")):
+            from cfbench.scale.openai_pool import OpenAIPool
+
+            return super().__new__(OpenAIPool)
+        return super().__new__(cls)
+
     @classmethod
     def key_settings(cls, model_path: str | Path, options: dict[str, Any]) -> dict[str, Any]:
         """What changes the numbers, from the server's own answers (the cache key's backend part).
@@ -108,6 +117,8 @@ class OpenAIBackend:
         base_url = options.get("base_url")
         if not base_url:
             raise CfbenchError("the openai backend needs the server's address: pass base_url=http://HOST:PORT/v1")
+        if isinstance(base_url, list | tuple) or ";" in str(base_url):  # a pool: all serve one model (checked)
+            base_url = str(base_url[0] if isinstance(base_url, list | tuple) else base_url.split(";")[0]).strip()
         listed, version = probe_server(str(base_url), options.get("api_key"))
         model = options.get("model")
         if model is None:
