@@ -43,6 +43,7 @@ COMMAND_MODULES: list[str] = [
     "cfbench.cli.train_cmds",
     "cfbench.cli.demo_cmd",
     "cfbench.cli.store_cmds",
+    "cfbench.cli.analysis_cmds",
 ]
 
 for _name in COMMAND_MODULES:

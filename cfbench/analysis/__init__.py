@@ -1,0 +1,13 @@
+"""Flatness and weight diagnostics: why one checkpoint forgot more than another, before (or beside) evaluation.
+
+* :mod:`cfbench.analysis.metrics` — the paper's SC / AG / MAG (Li et al. 2024, Appendix A.3) on a loss grid.
+* :mod:`cfbench.analysis.directions` — seeded Gaussian / filter-normalised directions, per parameter name.
+* :mod:`cfbench.analysis.landscape` — the 2-D loss surface and the loss along the fine-tuning direction.
+* :mod:`cfbench.analysis.sharpness` — Hessian-vector products, Hutchinson trace, top eigenvalue.
+* :mod:`cfbench.analysis.diff` — what moved: per-layer ‖ΔW‖, relative change, effective rank.
+* :mod:`cfbench.analysis.results` — storing all of it and looking it up for ``cfbench compare``.
+"""
+
+from cfbench.analysis.metrics import ag, flatness_metrics, mag, sc, snake_path
+
+__all__ = ["ag", "flatness_metrics", "mag", "sc", "snake_path"]
