@@ -110,7 +110,7 @@ def test_simple_evaluate_same_accuracy(model_path: Path, task_manager: Any) -> N
 
 @pytest.mark.slow
 def test_lm_eval_command_line_runs_cfbench_hf(tmp_path: Path) -> None:
-    """The documented command: lm-eval's CLI with cfbench's models registered first."""
+    """The documented command: ``cfbench-lm-eval`` is lm-eval's CLI with cfbench's models registered first."""
     task_dir = tmp_path / "tasks"
     task_dir.mkdir()
     import lm_eval
@@ -125,7 +125,7 @@ def test_lm_eval_command_line_runs_cfbench_hf(tmp_path: Path) -> None:
         "training_split: null\ntest_split: null\n"
     )
     cmd = [
-        sys.executable, "-m", "cfbench.backends.lmeval_models", "run",
+        str(Path(sys.executable).parent / "cfbench-lm-eval"), "run",  # the README's command (console script)
         "--model", "cfbench-hf", "--model_args", "pretrained=smollm2-135m,dtype=float32",
         "--tasks", "arc_c_offline", "--include_path", str(task_dir), "--limit", "3", "--device", "cpu",
     ]  # fmt: skip
