@@ -89,6 +89,15 @@ def register(app: typer.Typer) -> None:
         ),
         out: Annotated[Path | None, typer.Option("--out", help="Write the report here instead of stdout.")] = None,
         plot: Annotated[Path | None, typer.Option("--plot", help="Also write a PNG of Δ with CI error bars.")] = None,
+        diagnostics: Annotated[
+            bool,
+            typer.Option(
+                "--diagnostics", help="Also show stored flatness/sharpness/displacement (cfbench landscape/diff)."
+            ),
+        ] = False,
+        diagnostics_plot: Annotated[
+            Path | None, typer.Option("--diagnostics-plot", help="PNG: forgetting (Δ AVG) vs each diagnostic.")
+        ] = None,
         n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the CIs.")] = 2000,
         seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     ) -> None:
@@ -97,6 +106,7 @@ def register(app: typer.Typer) -> None:
 
         check_out_path(out, "--out")
         check_out_path(plot, "--plot")
+        check_out_path(diagnostics_plot, "--diagnostics-plot")
         label_list = [x.strip() for x in labels.split(",")] if labels else None
         if pair and len(tuned) != 2:
             raise CfbenchError(f"--pair needs exactly two tuned runs (w/o, then w/), got {len(tuned)}")
@@ -123,6 +133,8 @@ def register(app: typer.Typer) -> None:
 
             plot_report(res.report, plot, include_pairs=pair)
             err.print(f"wrote {plot}")
+        if diagnostics or diagnostics_plot:
+            _show_diagnostics(res, results, diagnostics_plot, err)
 
     @app.command("regress")
     def regress_cmd(
@@ -175,6 +187,41 @@ def register(app: typer.Typer) -> None:
         typer.echo(md)
         if any(x.failed for x in lines):
             raise typer.Exit(1)
+
+
+def _show_diagnostics(res: Any, results: Path, plot: Path | None, err: Console) -> None:
+    """Flatness/sharpness/displacement columns of the compared runs, next to their forgetting (Δ AVG)."""
+    from rich.table import Table
+
+    from cfbench.analysis.results import DIAGNOSTIC_COLUMNS, diagnostics_for_runs
+    from cfbench.store import ResultStore
+
+    frame = diagnostics_for_runs(ResultStore(results), [(r.label, r.record) for r in res.runs])
+    forgetting = {
+        c.run: 100 * c.avg.delta for c in res.report.base_comparisons if c.avg.delta is not None
+    }  # Δ AVG in points; partial AVGs are marked in the report above
+    present = [m for m in DIAGNOSTIC_COLUMNS if frame[m].notna().any()]
+    if not present:
+        err.print(
+            "[yellow]note:[/yellow] no stored diagnostics for these checkpoints: run `cfbench landscape` / "
+            "`cfbench diff` on them first"
+        )
+        return
+    table = Table(title="Diagnostics (cfbench landscape / diff) vs forgetting")
+    for col in ("run", "Δ AVG (points)", *present):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for _, row in frame.iterrows():
+        d = forgetting.get(row["run"])
+        table.add_row(
+            str(row["run"]), "-" if d is None else f"{d:+.2f}",
+            *("-" if row[m] != row[m] else f"{row[m]:.4g}" for m in present),
+        )  # fmt: skip
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    if plot:
+        from cfbench.analysis.plot import plot_forgetting_vs
+
+        plot_forgetting_vs(frame, forgetting, plot, present)
+        err.print(f"wrote {plot}")
 
 
 def emit_report(report: Any, fmt: ReportFormat, out: Path | None) -> None:
