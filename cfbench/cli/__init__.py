@@ -23,16 +23,25 @@ app = typer.Typer(
 
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the cfbench version and exit.", is_eager=True),
-) -> None:
-    """cfbench: what did fine-tuning make my model forget?"""
-    if version:
+def _print_version(value: bool) -> None:
+    """Eager option callback: runs while options are parsed, so ``--version`` works without a command.
+
+    A check inside the root callback body never runs: ``no_args_is_help`` / "Missing command" fires first.
+    """
+    if value:
         from cfbench import __version__
 
         typer.echo(f"cfbench {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the cfbench version and exit.", is_eager=True, callback=_print_version
+    ),
+) -> None:
+    """cfbench: what did fine-tuning make my model forget?"""
 
 
 # Modules that define ``register(app)``; order is the order shown in --help.
