@@ -80,24 +80,24 @@ def test_merge_of_a_truncated_checkpoint_is_one_line(broken: dict[str, Path], ti
     assert not (tmp_path / "m").exists()
 
 
-@needs_data
-def test_data_row_missing_a_field_names_task_doc_and_field(tiny_model: Path, tmp_path: Path) -> None:
+def eval_copa_on(tiny_model: Path, tmp_path: Path, jsonl: str) -> subprocess.CompletedProcess[str]:
+    """``cfbench eval`` of COPA from a data dir whose validation split is ``jsonl``."""
     dd = tmp_path / "data" / "copa"
     dd.mkdir(parents=True)
-    (dd / "validation.jsonl").write_text('{"premise": "p", "choice1": "a", "choice2": "b", "label": 0}\n')
-    res = cfbench("eval", str(tiny_model), "--tasks", "copa", "--data-dir", str(tmp_path / "data"), "--results",
-                  str(tmp_path / "r"))  # fmt: skip
+    (dd / "validation.jsonl").write_text(jsonl)
+    return cfbench("eval", str(tiny_model), "--tasks", "copa", "--data-dir", str(tmp_path / "data"), "--results",
+                   str(tmp_path / "r"))  # fmt: skip
+
+
+@needs_data
+def test_data_row_missing_a_field_names_task_doc_and_field(tiny_model: Path, tmp_path: Path) -> None:
+    res = eval_copa_on(tiny_model, tmp_path, '{"premise": "p", "choice1": "a", "choice2": "b", "label": 0}\n')
     one_error_line(res, "copa doc 0", "'question' is undefined")
 
 
 @needs_data
 def test_empty_dataset_names_the_task_not_a_percentage(tiny_model: Path, tmp_path: Path) -> None:
-    dd = tmp_path / "data" / "copa"
-    dd.mkdir(parents=True)
-    (dd / "validation.jsonl").write_text("")
-    res = cfbench("eval", str(tiny_model), "--tasks", "copa", "--data-dir", str(tmp_path / "data"), "--results",
-                  str(tmp_path / "r"))  # fmt: skip
-    line = one_error_line(res, "copa", "no documents")
+    line = one_error_line(eval_copa_on(tiny_model, tmp_path, ""), "copa", "no documents")
     assert "percentages" not in line
 
 
