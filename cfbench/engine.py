@@ -411,10 +411,10 @@ def run_plan(
                 )
     finally:
         lazy.close()
-    order = {t: i for i, t in enumerate([*(tp.name for tp in plan.tasks), *(m.task for m in plan.missing)])}
-    requested = plan.suite.tasks if not plan.explicit_tasks else None
-    if requested is not None:
-        order = {t: i for i, t in enumerate(requested)}
+    # Outcomes in the suite's order (explicit --tasks: scored tasks first, then those without data).
+    scored_first = [*(tp.name for tp in plan.tasks), *(m.task for m in plan.missing)]
+    names = scored_first if plan.explicit_tasks else plan.suite.tasks
+    order = {t: i for i, t in enumerate(names)}
     outcomes.sort(key=lambda o: order.get(o.task, len(order)))
 
     limit, task_limits, suite_obj = plan.limit, plan.task_limits, plan.suite

@@ -295,14 +295,14 @@ class ResultStore:
         table = self._read("items", ds.field("cache_key") == cache_key, ["doc_id"])
         return {int(x) for x in table.column("doc_id").to_pylist()}
 
-    def find_run(self, name_or_id: str) -> RunRecord:
-        """The run with this id (or unique id prefix), else the latest run with this name."""
-        runs = self.runs()
+    def match_run(self, name_or_id: str, runs: pd.DataFrame | None = None) -> RunRecord | None:
+        """The run with this id, else the latest run with this name, else the one with this id prefix; or None.
+
+        An id prefix (≥ 6 characters) that matches several runs is an error, never a guess.
+        """
+        runs = self.runs() if runs is None else runs
         if runs.empty:
-            raise CfbenchError(
-                f"no runs in {self.root} yet: score a checkpoint with `cfbench eval` or add results "
-                "with `cfbench import`, or point --results at another folder"
-            )
+            return None
         match = runs[runs["run_id"] == name_or_id]
         if match.empty:
             match = runs[runs["name"] == name_or_id]
@@ -313,7 +313,18 @@ class ResultStore:
                     f"run id prefix {name_or_id!r} matches {match['run_id'].nunique()} runs in "
                     f"{self.root}: give more characters of the id"
                 )
-        if match.empty:
+        return None if match.empty else _record_from_row(match.iloc[-1].to_dict())
+
+    def find_run(self, name_or_id: str) -> RunRecord:
+        """:meth:`match_run`, or an error with the closest run names."""
+        runs = self.runs()
+        if runs.empty:
+            raise CfbenchError(
+                f"no runs in {self.root} yet: score a checkpoint with `cfbench eval` or add results "
+                "with `cfbench import`, or point --results at another folder"
+            )
+        found = self.match_run(name_or_id, runs)
+        if found is None:
             names = sorted(set(runs["name"]))
             near = difflib.get_close_matches(name_or_id, names, n=5, cutoff=0.5)
             hint = f"did you mean {', '.join(near)}?" if near else f"known runs: {', '.join(names[:10])}"
@@ -322,7 +333,7 @@ class ResultStore:
                 f"no run named {name_or_id!r} (or with that id) in {self.root}: {hint}{more}; "
                 "`cfbench leaderboard` lists every run"
             )
-        return _record_from_row(match.iloc[-1].to_dict())
+        return found
 
     # ---------------------------------------------------------------- maintenance
 
