@@ -29,6 +29,7 @@ class RunRef:
     record: RunRecord
     evaluated_now: bool = False
     scored_items: int = 0
+    store: ResultStore | None = None  # the run's own store when it is not the compared one (paper: runs)
 
 
 def resolve_runs(
@@ -72,7 +73,9 @@ def resolve_runs(
             ref = RunRef(ref_.spec, store.find_run(res.run_id), evaluated_now=True, scored_items=res.scored_items)
         else:
             assert ref_.record is not None
-            ref = RunRef(ref_.record.name, ref_.record)
+            # A paper run keeps its prefix in tables: the reader sees that its numbers are the paper's.
+            label = f"paper:{ref_.record.name}" if ref_.record.source == "paper" else ref_.record.name
+            ref = RunRef(label, ref_.record, store=ref_.store)
         ref.label = labels[i] if labels else ref.label
         if ref.label in seen:  # the same name twice (e.g. a checkpoint against itself) stays distinguishable
             seen[ref.label] += 1
@@ -111,8 +114,10 @@ def gather(
     item_frames, score_frames = [], []
     wanted = set(tasks)
     used = used if used is not None else {}
+    home = store
     for ref in refs:
         rid = ref.record.run_id
+        store = ref.store or home
         items = store.items(run_ids=[rid], tasks=list(wanted))
         if not items.empty:
             selection = (ref.record.extra or {}).get("doc_ids") or {}

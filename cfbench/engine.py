@@ -359,6 +359,41 @@ def progress_mode(progress: bool | str) -> str:
     return str(progress)
 
 
+def checkpoint_provenance(path: Path | str, spec: str | None = None) -> dict[str, Any]:
+    """``method``, ``base`` and ``hparams`` from the cfbench manifest next to a checkpoint, else ``{}``.
+
+    ``cfbench finetune`` / ``merge`` write ``cfbench_manifest.json`` into the checkpoint folder; without
+    this, a run of one of cfbench's own fine-tunes was stored with no method or base, and the
+    leaderboard could not tell an AdamW run from a SAM run. Explicit arguments to :func:`run_plan`
+    win; a missing or unreadable manifest just means "unknown" (the run is still scored).
+    """
+    from cfbench.train._io import MANIFEST
+
+    candidates = [Path(path)]
+    if spec:
+        candidates.append(Path(spec).expanduser())
+    for cand in candidates:
+        if not cand.exists():  # a built-in name or hub id: nothing next to it
+            continue
+        file = (cand if cand.is_dir() else cand.parent) / MANIFEST
+        try:
+            manifest = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+        except (OSError, ValueError):
+            manifest = None
+        if not isinstance(manifest, dict) or "cfbench_manifest" not in manifest:
+            continue
+        base = manifest.get("base")
+        out: dict[str, Any] = {}
+        if manifest.get("method"):
+            out["method"] = str(manifest["method"])
+        if isinstance(base, dict) and (base.get("name") or base.get("spec")):
+            out["base"] = str(base.get("name") or base.get("spec"))
+        if isinstance(manifest.get("hyperparameters"), dict):
+            out["hparams"] = manifest["hyperparameters"]
+        return out
+    return {}
+
+
 def run_plan(
     plan: EvalPlan,
     *,
@@ -426,15 +461,16 @@ def run_plan(
     if existing is not None and scored_total == 0:
         return EvalResult(existing, name or ckpt.name, ckpt.content_hash, outcomes, True, time.perf_counter() - t0)
 
+    made = checkpoint_provenance(ckpt.path, ckpt.spec)
     run = RunRecord(
         name=name or ckpt.name,
         checkpoint_name=ckpt.name,
         source="cfbench",
         checkpoint_path=str(ckpt.path),
         checkpoint_hash=ckpt.content_hash,
-        base=tuned_from,
-        method=method,
-        hparams=dict(hparams or {}),
+        base=tuned_from or made.get("base"),
+        method=method or made.get("method"),
+        hparams=dict(hparams or made.get("hparams") or {}),
         suite=suite_obj.name if not plan.explicit_tasks else "custom",
         suite_hash=suite_obj.suite_hash() if not plan.explicit_tasks else _digest([o.config_hash for o in scored]),
         task_hashes={o.task: o.config_hash for o in scored},

@@ -6,7 +6,9 @@ both meanings, never a silent guess: guessing "checkpoint" once re-scored a whol
 who meant the run they had just stored under that name. The prefixes pick one meaning explicitly:
 
 * ``run:NAME`` — the stored run NAME (or run id / unique id prefix);
-* ``ckpt:SPEC`` — the checkpoint SPEC (also: any path written with ``./`` or ``/``).
+* ``ckpt:SPEC`` — the checkpoint SPEC (also: any path written with ``./`` or ``/``);
+* ``paper:NAME`` — the paper's published run NAME (cfbench.paper), whichever ``--results`` store is
+  in use: those runs live in cfbench's own read-only store, never in the user's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from cfbench.store import ResultStore, RunRecord
 
 RUN_PREFIX = "run:"
 CKPT_PREFIX = "ckpt:"
+PAPER_PREFIX = "paper:"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Ref:
     kind: Literal["run", "checkpoint"]
     spec: str  # the argument without its prefix
     record: RunRecord | None = None  # for kind == "run"
+    store: ResultStore | None = None  # where the run's scores are, when not the user's store (paper:)
 
 
 def checkpoint_meaning(spec: str) -> str | None:
@@ -50,6 +54,11 @@ def resolve_ref(spec: str, store: ResultStore) -> Ref:
     if spec.startswith(RUN_PREFIX):
         name = spec[len(RUN_PREFIX) :]
         return Ref("run", name, store.find_run(name))
+    if spec.startswith(PAPER_PREFIX):
+        from cfbench.paper import find_paper_run, paper_store
+
+        name = spec[len(PAPER_PREFIX) :]
+        return Ref("run", name, find_paper_run(name), paper_store())
     if spec.startswith(CKPT_PREFIX):
         return Ref("checkpoint", spec[len(CKPT_PREFIX) :])
     explicit_path = spec.startswith(("./", "../", "/", "~"))

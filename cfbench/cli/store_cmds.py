@@ -28,6 +28,15 @@ class BoardFormat(str, Enum):
     csv = "csv"
 
 
+class PaperRows(str, Enum):
+    """Which of the paper's reference runs the leaderboard shows next to the store's runs."""
+
+    auto = "auto"  # Table 2(a)'s rows with --suite paper, none otherwise
+    table2a = "table2a"
+    all = "all"
+    none = "none"
+
+
 class ImportFormat(str, Enum):
     """Which harness wrote the file; ``auto`` tells from its name and contents."""
 
@@ -58,19 +67,30 @@ def _emit(text: str, out: Path | None) -> None:
         out.write_text(text, encoding="utf-8")
 
 
-def _print_table(board: object, title: str, out: Path | None) -> None:
-    """Rich table; when runs-as-rows doesn't fit the terminal, runs become columns instead."""
+def _print_table(board: object, title: str, out: Path | None, categories: list[str], chosen: bool) -> None:
+    """Rich table, one line per run: columns that don't fit the terminal are hidden (and named on stderr).
+
+    ``chosen`` (the user gave --columns) shows exactly those columns, however wide.
+    """
     from rich.console import Console
 
-    from cfbench.store.leaderboard import natural_width, to_rich_table
+    from cfbench.store.leaderboard import fit_width, to_rich_table
 
     if out is not None:
         with open(out, "w", encoding="utf-8") as f:
             Console(file=f, width=1000).print(to_rich_table(board, title))  # type: ignore[arg-type]
         return
     console = Console()
-    transpose = natural_width(board) > console.width  # type: ignore[arg-type]
-    console.print(to_rich_table(board, title, transpose=transpose))  # type: ignore[arg-type]
+    hidden: list[str] = []
+    if not chosen:
+        board, hidden = fit_width(board, console.width, categories)  # type: ignore[arg-type]
+    console.print(to_rich_table(board, title))  # type: ignore[arg-type]
+    if hidden:
+        typer.echo(
+            f"hidden to fit {console.width} columns: {', '.join(hidden)} (choose with --columns, or use "
+            "--format markdown/csv for everything)",
+            err=True,
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -84,14 +104,33 @@ def register(app: typer.Typer) -> None:
         ] = None,
         fmt: Annotated[BoardFormat, typer.Option("--format", help="Output format.")] = BoardFormat.table,
         sort: Annotated[
-            str | None, typer.Option("--sort", help="Sort by this column (scores best first).")
+            str | None,
+            typer.Option(
+                "--sort",
+                help="Sort by this shown column: scores best first, other columns ascending; -COL descending, "
+                "+COL ascending.",
+            ),
         ] = None,
+        desc: Annotated[bool, typer.Option("--desc", help="Sort --sort's column descending.")] = False,
+        columns: Annotated[
+            str | None,
+            typer.Option("--columns", help="Comma-separated columns to show, in this order (default: all that fit)."),
+        ] = None,
+        paper_rows: Annotated[
+            PaperRows,
+            typer.Option(
+                "--paper",
+                help="The paper's reference runs to show first: auto = Table 2(a)'s rows with --suite paper.",
+            ),
+        ] = PaperRows.auto,
         out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
     ) -> None:
         """One row per run, one column per task's primary metric (plus categories and AVG with --suite)."""
         from cfbench.store import ResultStore
-        from cfbench.store.leaderboard import leaderboard, to_html, to_markdown
+        from cfbench.store.leaderboard import leaderboard, select_columns, to_html, to_markdown
 
+        if desc and sort is None:
+            raise CfbenchError("--desc needs --sort COLUMN")
         cats = suite_categories(suite) if suite else None
         # A suite that reuses the paper's category names (offline) is judged against the paper's task
         # lists, exactly as `compare` does, so both show the same partial (†) categories and AVG.
@@ -100,7 +139,16 @@ def register(app: typer.Typer) -> None:
         from cfbench.cli.common import check_out_path
 
         check_out_path(out, "--out")
-        board = leaderboard(ResultStore(results), suite=cats, sort=sort, reference=reference)
+        which = paper_rows.value if paper_rows is not PaperRows.auto else ("table2a" if suite == "paper" else "none")
+        also = None
+        if which != "none":
+            from cfbench.paper import paper_frames
+
+            also = paper_frames(which)
+        board = leaderboard(ResultStore(results), suite=cats, sort=sort, reference=reference, also=also,
+                            descending=desc)  # fmt: skip
+        if columns:
+            board = select_columns(board, [c.strip() for c in columns.split(",") if c.strip()])
         if board.empty:
             typer.echo(f"no runs in {results} yet: add some with `cfbench eval` or `cfbench import`", err=True)
         if fmt is BoardFormat.parquet:
@@ -114,9 +162,41 @@ def register(app: typer.Typer) -> None:
         elif fmt is BoardFormat.html:
             _emit(to_html(board), out)
         else:
-            _print_table(board, f"cfbench leaderboard ({results})" + (f", suite {suite}" if suite else ""), out)
+            title = f"cfbench leaderboard ({results})" + (f", suite {suite}" if suite else "")
+            _print_table(board, title, out, list(cats or {}), chosen=bool(columns))
         if out is not None:
             typer.echo(f"wrote {out}", err=True)
+
+    @app.command("runs")
+    def runs_cmd(
+        results: Results = "results",  # type: ignore[assignment]
+        source: Annotated[
+            str | None,
+            typer.Option("--source", help="Only runs of this source: cfbench, lm-eval, opencompass or paper."),
+        ] = None,
+    ) -> None:
+        """List stored runs (name, id, source, checkpoint, method, base); --source paper lists the paper's."""
+        from cfbench.store import ResultStore
+        from cfbench.store.schema import SOURCES
+
+        if source is not None and source not in SOURCES:
+            raise CfbenchError(f"--source {source!r} is unknown: use one of {', '.join(SOURCES)}")
+        if source == "paper":
+            from cfbench.paper import paper_frames
+
+            runs = paper_frames("all")[0]
+            where = "cfbench's read-only paper store (docs/paper-results.md)"
+        else:
+            runs = ResultStore(results).runs()
+            runs = runs if source is None else runs[runs["source"] == source]
+            where = str(results)
+        if runs.empty:
+            typer.echo(f"no {source + ' ' if source else ''}runs in {where}", err=True)
+            return
+        from cfbench.store.leaderboard import runs_listing
+
+        typer.echo(runs_listing(runs), nl=False)
+        typer.echo(f"{len(runs)} run(s) in {where}", err=True)
 
     @app.command("import")
     def import_cmd(

@@ -72,7 +72,13 @@ def check_store(root: Path, tables: list[str] | None = None) -> list[BadPart]:
 
 
 def move_aside(root: Path, bad: list[BadPart]) -> list[Path]:
-    """Move bad parts to ``ROOT/_quarantine/TABLE/`` (never deleted: a person may want to look)."""
+    """Move bad parts to ``ROOT/_quarantine/TABLE/`` (never deleted: a person may want to look).
+
+    A read-only store (the paper's reference runs) is refused: its parts are rebuilt, not moved.
+    """
+    from cfbench.store.store import ResultStore
+
+    ResultStore(root).require_writable()
     moved = []
     for b in bad:
         dest_dir = Path(root) / QUARANTINE / b.table

@@ -24,7 +24,18 @@ from cfbench.store.store import ResultStore
 
 #: Fallback when the task registry doesn't know a task (e.g. an imported extra task).
 DEFAULT_METRIC = "acc"
-INFO_COLUMNS = ["name", "run_id", "source", "checkpoint_hash", "method", "backend", "created_at"]
+#: Run columns, before the scores. ``n`` is the number of items behind the run's task scores (blank for
+#: runs that report none, e.g. the paper's); ``few-shot`` is the run's num_fewshot override (blank: each
+#: task's own default).
+INFO_COLUMNS = [
+    "name", "run_id", "source", "checkpoint_hash", "base", "method", "suite", "limit", "n", "few-shot", "backend",
+    "created_at",
+]  # fmt: skip
+#: Store column behind each renamed info column.
+_RUN_FIELDS = {"few-shot": "num_fewshot"}
+#: When a terminal table is too wide, info columns are hidden in this order (then extra tasks, then suite tasks).
+DROP_ORDER = ["created_at", "checkpoint_hash", "run_id", "backend", "few-shot", "limit", "n", "suite", "base",
+              "source", "method"]  # fmt: skip
 AVG = "AVG"
 #: Comma-separated names of the category/AVG columns that are partial for the run ("" if none).
 PARTIAL_COLUMN = "partial"
@@ -54,6 +65,8 @@ def leaderboard(
     sort: str | None = None,
     metrics: Mapping[str, str] | None = None,
     reference: Mapping[str, Sequence[str]] | None = None,
+    also: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    descending: bool = False,
 ) -> pd.DataFrame:
     """Pivot the store's task scores to one row per run and one column per task.
 
@@ -61,11 +74,19 @@ def leaderboard(
     but has ``acc`` shows ``acc`` (OpenCompass imports report only accuracy, as the paper's table
     does). ``suite`` is a category map ``{category: [task, ...]}``: its tasks come first (in its
     order, shown even when no run has them), then one column per category and ``AVG``; other tasks
-    in the store follow. ``sort`` names a column: scores sort best-first, text ascending; the
-    default is oldest run first. Partial scores (``subset`` set, e.g. MMLU groups) are not shown.
+    in the store follow. ``sort`` names a column (see :func:`sort_board`); the default is oldest run
+    first. Partial scores (``subset`` set, e.g. MMLU groups) are not shown. ``also`` is a ``(runs,
+    task_scores)`` pair from another store shown before the store's own runs (the paper's reference
+    runs, :func:`cfbench.paper.paper_frames`).
     """
     runs = store.runs()
     scores = store.task_scores()
+    if also is not None:
+        runs = pd.concat([also[0], runs], ignore_index=True) if len(also[0]) else runs
+        scores = pd.concat([also[1], scores], ignore_index=True) if len(also[1]) else scores
+        # --results pointed at the paper store itself: each run once.
+        runs = runs.drop_duplicates("run_id").reset_index(drop=True)
+        scores = scores.drop_duplicates(["run_id", "task", "metric", "subset"])
     scores = scores[scores["subset"].isna()]
 
     suite_tasks: list[str] = []
@@ -77,7 +98,7 @@ def leaderboard(
     values: dict[tuple[str, str, str], float] = {}
     for r, t, m, v in zip(scores["run_id"], scores["task"], scores["metric"], scores["value"], strict=True):
         values[(r, t, m)] = float(v)  # later duplicates win
-    table = runs[INFO_COLUMNS].reset_index(drop=True)
+    table = run_info(runs, scores)
     nan = float("nan")
     for task in columns:
         m = chosen[task]
@@ -99,11 +120,86 @@ def leaderboard(
         table[PARTIAL_COLUMN] = partial
 
     if sort is not None:
-        if sort not in table.columns:
-            raise CfbenchError(f"can't sort by {sort!r}: choose one of {', '.join(map(str, table.columns))}")
-        numeric = pd.api.types.is_numeric_dtype(table[sort])
-        table = table.sort_values(sort, ascending=not numeric, na_position="last", kind="stable")
+        table = sort_board(table, sort, descending=descending)
     return table.reset_index(drop=True)
+
+
+def run_info(runs: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """The info columns of each run (``scores``: task-level rows, used for ``n``)."""
+    table = pd.DataFrame({c: runs[_RUN_FIELDS.get(c, c)] for c in INFO_COLUMNS if c != "n"}).reset_index(drop=True)
+    # One metric row per task carries the task's item count; several metrics of a task repeat it.
+    per_task = scores.dropna(subset=["n_items"]).groupby(["run_id", "task"])["n_items"].max()
+    n = per_task.groupby(level="run_id").sum()
+    table.insert(INFO_COLUMNS.index("n"), "n",
+                 pd.array([n.get(r, pd.NA) for r in table["run_id"]], dtype="Int64"))  # fmt: skip
+    return table
+
+
+def sort_board(table: pd.DataFrame, spec: str, descending: bool = False) -> pd.DataFrame:
+    """Sort by column ``spec``: ``COL`` sorts scores best-first and other columns ascending;
+    ``-COL`` (or ``descending``) sorts descending, ``+COL`` ascending. Missing values go last.
+
+    An unknown column is one error line listing the valid names.
+    """
+    col, order = spec, None
+    if spec[:1] in "+-" and spec not in table.columns:
+        col, order = spec[1:], spec[0] == "+"
+    if col not in table.columns:
+        raise CfbenchError(
+            f"can't sort by {col!r}: choose one of {', '.join(map(str, table.columns))} "
+            "(prefix - for descending, + for ascending)"
+        )
+    if descending:
+        order = False
+    if order is None:  # scores best-first, everything else ascending
+        order = not (col in score_columns(table) and pd.api.types.is_numeric_dtype(table[col]))
+    return table.sort_values(col, ascending=order, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def select_columns(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Only ``columns`` (in that order; ``partial`` follows when present); unknown names are one error line."""
+    unknown = [c for c in columns if c not in df.columns]
+    if unknown:
+        raise CfbenchError(
+            f"--columns: no column {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(str(c) for c in df.columns if c != PARTIAL_COLUMN)}"
+        )
+    keep = list(dict.fromkeys(columns))
+    return df[keep + ([PARTIAL_COLUMN] if PARTIAL_COLUMN in df.columns and PARTIAL_COLUMN not in keep else [])]
+
+
+def fit_width(
+    df: pd.DataFrame, width: int, categories: Sequence[str] = (), keep: Sequence[str] = ("name", AVG)
+) -> tuple[pd.DataFrame, list[str]]:
+    """Hide columns until one row per run fits ``width`` characters; returns (frame, hidden columns).
+
+    Info columns go first (:data:`DROP_ORDER`), then task columns from the right (tasks outside the
+    suite before suite tasks), then ``categories`` — ``keep`` (the run name and AVG) stay. The name
+    column itself is cut with an ellipsis by the renderer if even that is too wide.
+    """
+    hidden: list[str] = []
+    tasks = [c for c in score_columns(df) if c not in categories and c != AVG]
+    order = [c for c in DROP_ORDER if c in df.columns] + tasks[::-1] + [c for c in categories if c in df.columns][::-1]
+    order = [c for c in order if c not in keep]
+    for col in order:
+        if natural_width(df) <= width:
+            break
+        df = df.drop(columns=[col])
+        hidden.append(col)
+    return df, hidden
+
+
+def runs_listing(runs: pd.DataFrame) -> str:
+    """Plain aligned text, one line per run (``cfbench runs``): name, short id, source, checkpoint, method, base."""
+    cols = {"name": "name", "run_id": "id", "source": "source", "checkpoint_name": "checkpoint", "method": "method",
+            "base": "base"}  # fmt: skip
+    cells = [[("" if pd.isna(v) else str(v)[:8] if c == "run_id" else str(v)) for c, v in row.items()]
+             for _, row in runs[list(cols)].iterrows()]  # fmt: skip
+    header = list(cols.values())
+    widths = [max(len(x) for x in col) for col in zip(header, *cells, strict=False)]
+    return "".join(
+        "  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() + "\n" for line in [header, *cells]
+    )
 
 
 def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -178,7 +274,10 @@ def to_rich_table(df: pd.DataFrame, title: str | None = None, transpose: bool = 
                 table.add_row(str(col), *[str(v) for v in shown[col]])
         return table
     for col in shown.columns:
-        table.add_column(str(col), justify="right" if col in right else "left")
+        table.add_column(
+            str(col), justify="right" if col in right else "left", no_wrap=True, overflow="ellipsis",
+            max_width=40 if col == "name" else None,
+        )  # fmt: skip
     for row in shown.itertuples(index=False):
         table.add_row(*[str(v) for v in row])
     return table

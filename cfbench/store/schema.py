@@ -24,7 +24,9 @@ from cfbench import __version__
 #: Version of the on-disk layout; a store whose ``_schema.json`` is newer is refused on open.
 SCHEMA_VERSION = 1
 
-SOURCES = ("cfbench", "lm-eval", "opencompass")
+#: Where a run's numbers come from. ``paper`` runs are the founding paper's printed numbers
+#: (cfbench.paper); they live only in the read-only store cfbench ships, never in a user's store.
+SOURCES = ("cfbench", "lm-eval", "opencompass", "paper")
 
 _META = {b"cfbench.schema_version": str(SCHEMA_VERSION).encode()}
 

@@ -102,8 +102,34 @@ class ResultStore:
                 f"{SCHEMA_VERSION}: upgrade cfbench (pip install -U cfbench) or pass another --results DIR"
             )
 
+    @property
+    def read_only(self) -> str | None:
+        """Why this store must not be changed (its ``_schema.json`` ``read_only`` note), or None.
+
+        The paper's reference runs (cfbench.paper) are shipped as such a store: every write and
+        every maintenance command that moves or deletes parts refuses it, so no command can alter
+        the published numbers.
+        """
+        path = self.root / SCHEMA_FILE
+        if not path.is_file():
+            return None
+        try:
+            note = json.loads(path.read_text(encoding="utf-8")).get("read_only")
+        except (OSError, ValueError, AttributeError):
+            return None  # _check_schema_version reports an unreadable file
+        return str(note) if note else None
+
+    def require_writable(self) -> None:
+        """Refuse (one line) to change a read-only store."""
+        note = self.read_only
+        if note:
+            raise CfbenchError(
+                f"results store {self.root} is read-only ({note}): pass another --results folder for your own runs"
+            )
+
     def _ensure_schema_file(self) -> None:
         self._check_schema_version()
+        self.require_writable()
         path = self.root / SCHEMA_FILE
         if path.exists():
             return
@@ -202,6 +228,12 @@ class ResultStore:
         Everything is validated before anything is written; then items, scores and finally the run
         row are written, so a run that is visible always has its scores and items.
         """
+        self.require_writable()
+        if run.source == "paper":
+            raise CfbenchError(
+                f"run {run.name!r} has source 'paper': the paper's runs ship with cfbench and are not stored "
+                "again; refer to them as paper:NAME (`cfbench runs --source paper` lists the names)"
+            )
         row = _run_row(run)
         score_rows = _score_rows(run.run_id, scores)
         runs_table = _table_from_rows(RUNS_SCHEMA, [row], "run")
@@ -227,6 +259,7 @@ class ResultStore:
         column, a null in a required column, a duplicate ``(cache_key, task, doc_id)``, or a value
         that doesn't cast is a :class:`CfbenchError` and nothing is written.
         """
+        self.require_writable()
         if len(df) == 0:
             return
         table = _items_table(df)
@@ -238,6 +271,7 @@ class ResultStore:
 
         Used by the diagnostics tables (cfbench.analysis), which have no record classes of their own.
         """
+        self.require_writable()
         if name not in TABLES:
             raise CfbenchError(f"unknown results table {name!r}: use one of {', '.join(sorted(TABLES))}")
         if table.num_rows == 0:
@@ -343,7 +377,9 @@ class ResultStore:
         The merged part is renamed in before the old parts are deleted, so a reader never misses a
         row (it may briefly see both, which de-duplication hides). Parts appended meanwhile are left
         alone. Also removes temp files that crashed writers left behind more than an hour ago.
+        A read-only store (the paper's) is refused.
         """
+        self.require_writable()
         for name, (schema, keys) in TABLES.items():
             self._remove_stale_tmp(name)
             parts = self._parts(name)
