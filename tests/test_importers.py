@@ -319,14 +319,17 @@ def test_cli_import_and_leaderboard(tmp_path: Path, cli: typer.Typer, monkeypatc
     fake = types.ModuleType("cfbench.tasks.registry")
     fake.load_suite = lambda name: types.SimpleNamespace(categories={"DK": ["mmlu"], "Exams": ["arc_challenge"]})
     monkeypatch.setitem(sys.modules, "cfbench.tasks.registry", fake)
-    res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--suite", "paper", "--format", "markdown"])
+    # --paper none: only this store's runs (by default --suite paper also shows the paper's Table 2(a) rows)
+    res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--suite", "paper", "--format", "markdown",
+                              "--paper", "none"])
     caption, _, header, _, row1, _, row3 = res.stdout.splitlines()
     assert "×100" in caption
     assert header.endswith("| DK | Exams | AVG |")
     assert row1.startswith("| llama-2-7b-hf |") and "| 46.17 | 39.32 | 42.7" in row1  # AVG 42.745
     assert row3.startswith("| tiny |") and row3.endswith("| 35.09 | 66.67 | 50.88 |")
 
-    res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--suite", "paper", "--format", "csv"])
+    res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--suite", "paper", "--format", "csv",
+                              "--paper", "none"])
     board = pd.read_csv(pd.io.common.StringIO(res.stdout)).set_index("name")
     assert board.loc["llama-2-7b-hf", "AVG"] == pytest.approx((0.4617 + 0.3932) / 2)
 

@@ -135,7 +135,7 @@ def test_paper_store_is_read_only(tmp_path: Path) -> None:
     for attempt in (
         lambda: store.append_run(run, [TaskScore(task="copa", metric="acc", value=0.5)]),
         lambda: store.append_items(pd.DataFrame({"cache_key": ["k"], "task": ["copa"], "doc_id": [0], "gold": [0],
-                                                 "pred": [0]})),  # fmt: skip
+                                                 "pred": [0]})),
         lambda: store.append_table("diagnostics", pa.table({"x": [1]})),
         store.compact,
         lambda: move_aside(root, [BadPart("runs", next((root / "runs").glob("*.parquet")), "test")]),

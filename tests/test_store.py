@@ -28,7 +28,7 @@ from cfbench.store import (
     TaskScore,
     leaderboard,
 )
-from cfbench.store.leaderboard import natural_width, to_html, to_markdown
+from cfbench.store.leaderboard import INFO_COLUMNS, natural_width, to_html, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -353,7 +353,8 @@ def _board_store(root: Path) -> ResultStore:
 def test_leaderboard_pivot_categories_and_avg(tmp_path: Path) -> None:
     board = leaderboard(_board_store(tmp_path), suite=PAPER, metrics=METRICS).set_index("name")
     assert list(board.columns[-6:]) == ["DK", "Understanding", "Reasoning", "Exams", "AVG", "partial"]
-    assert list(board.columns[6:14]) == ["mmlu", "race_middle", "race_high", "boolq", "copa", "hellaswag",
+    first = len(INFO_COLUMNS) - 1  # the info columns (name is the index), then the suite's tasks
+    assert list(board.columns[first : first + 8]) == ["mmlu", "race_middle", "race_high", "boolq", "copa", "hellaswag",
                                          "arc_challenge", "openbookqa"]
     b, s, oc = board.loc["base"], board.loc["sft"], board.loc["oc"]
     assert b["hellaswag"] == 0.50  # primary metric acc_norm, not acc 0.45
