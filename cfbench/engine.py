@@ -272,6 +272,7 @@ def plan_evaluation(
     strict = bool(tasks) if strict_data is None else strict_data
     sources = default_sources(data_dir)
     store = ResultStore(Path(results))
+    store.require_writable()  # before any model is loaded: a read-only store (the paper's) takes no runs
     ckpt = resolve_checkpoint(checkpoint, base=base)
     require_finite_weights(ckpt.path, ckpt.content_hash, ckpt.name)
     bkey = backend_key(backend, options, ckpt.path)

@@ -149,3 +149,12 @@ def test_paper_store_is_read_only(tmp_path: Path) -> None:
 
     with pytest.raises(CfbenchError, match="source 'paper'"):  # nor can a user store take paper runs
         ResultStore(tmp_path / "mine").append_run(*paper_runs()[0])
+
+
+def test_eval_into_the_paper_store_is_refused_before_scoring(tmp_path: Path) -> None:
+    from cfbench.engine import plan_evaluation
+
+    root = tmp_path / "paper"
+    shutil.copytree(ROOT / "results" / "paper", root)
+    with pytest.raises(CfbenchError, match=r"is read-only .*pass another --results folder"):
+        plan_evaluation("no-such-checkpoint", results=root)  # refused before the checkpoint is even resolved
