@@ -276,7 +276,7 @@ def to_rich_table(df: pd.DataFrame, title: str | None = None, transpose: bool = 
     for col in shown.columns:
         table.add_column(
             str(col), justify="right" if col in right else "left", no_wrap=True, overflow="ellipsis",
-            max_width=40 if col == "name" else None,
+            max_width=48 if col == "name" else None,
         )  # fmt: skip
     for row in shown.itertuples(index=False):
         table.add_row(*[str(v) for v in row])
