@@ -101,8 +101,30 @@ def _metric_present(task: str, has: Any) -> str | None:
     return None
 
 
+def run_items(store: ResultStore, record: RunRecord, tasks: Sequence[str]) -> pd.DataFrame:
+    """All stored item columns of the items ``record`` scored on ``tasks``, one row per (task, doc_id).
+
+    A run scored with ``--limit N`` contributes exactly the documents it selected, even when the
+    shared item cache holds more.
+    """
+    items = store.items(run_ids=[record.run_id], tasks=list(tasks))
+    if items.empty:
+        return items
+    selection = (record.extra or {}).get("doc_ids") or {}
+    if selection:  # a --limit run covers exactly these documents, even if the cache holds more
+        keep = pd.Series(False, index=items.index)
+        for task, ids in selection.items():
+            keep |= (items["task"] == task) & items["doc_id"].isin(ids)
+        items = items[keep]
+    return items.drop_duplicates(["task", "doc_id"], keep="last")
+
+
 def gather(
-    store: ResultStore, refs: Sequence[RunRef], tasks: Sequence[str], used: dict[str, set[str]] | None = None
+    store: ResultStore,
+    refs: Sequence[RunRef],
+    tasks: Sequence[str],
+    used: dict[str, set[str]] | None = None,
+    raw: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Item rows (``run, task, doc_id, subset, score, item_hash, task_hash``) and task-level rows
     (``run, task, value, subset``).
@@ -110,6 +132,7 @@ def gather(
     A run scored with ``--limit N`` contributes exactly the documents it selected, even when the
     shared item cache holds more. ``item_hash`` (the item's fingerprint, null for items stored before
     it existed) and ``task_hash`` decide which items may be paired (:func:`cfbench.report.stats.align_items`).
+    ``raw`` (if given) receives each run's full item rows by label (:func:`run_items`), for the drift metrics.
     """
     item_frames, score_frames = [], []
     wanted = set(tasks)
@@ -118,15 +141,10 @@ def gather(
     for ref in refs:
         rid = ref.record.run_id
         store = ref.store or home
-        items = store.items(run_ids=[rid], tasks=list(wanted))
+        items = run_items(store, ref.record, list(wanted))
+        if raw is not None:
+            raw[ref.label] = items
         if not items.empty:
-            selection = (ref.record.extra or {}).get("doc_ids") or {}
-            if selection:  # a --limit run covers exactly these documents, even if the cache holds more
-                keep = pd.Series(False, index=items.index)
-                for task, ids in selection.items():
-                    keep |= (items["task"] == task) & items["doc_id"].isin(ids)
-                items = items[keep]
-            items = items.drop_duplicates(["task", "doc_id"], keep="last")
             for task, grp in items.groupby("task"):
                 metric = _metric_present(str(task), lambda m, g=grp: m in g and not g[m].isna().all())
                 if metric is None:
@@ -232,15 +250,23 @@ def compare(
     alpha: float = 0.05,
     confidence: float = 0.95,
     eval_kwargs: dict[str, Any] | None = None,
+    noise_floor: str | None = None,
 ) -> CompareResult:
-    """Score what is not yet stored and build the paper-style report of ``tuned`` against ``base``."""
+    """Score what is not yet stored and build the paper-style report of ``tuned`` against ``base``.
+
+    Besides accuracy, every registered item metric (:mod:`cfbench.metrics`) is attached to the report
+    as :class:`cfbench.signals.Signal` records per tuned run; ``noise_floor`` names a stored run of
+    the base checkpoint scored another way, against which divergences are judged.
+    """
     if not tuned:
         raise CfbenchError("compare needs a base and at least one tuned checkpoint or run")
     suite_obj = load_suite(suite)
     store = ResultStore(Path(results))
+    floor_record = _floor_record(noise_floor, store) if noise_floor is not None else None  # before any scoring
     refs = resolve_runs([base, *tuned], store, labels=labels, eval_kwargs={"suite": suite, **(eval_kwargs or {})})
     used: dict[str, set[str]] = {}
-    items, scores = gather(store, refs, suite_obj.tasks, used)
+    raw: dict[str, pd.DataFrame] = {}
+    items, scores = gather(store, refs, suite_obj.tasks, used, raw)
     reference, reasons = _reference_coverage(suite_obj)
     if items is None and scores is None:
         raise CfbenchError(f"none of the runs has scores for suite {suite!r}; score them with `cfbench eval` first")
@@ -260,6 +286,11 @@ def compare(
         reference_categories=reference,
         missing_reasons=reasons,
     )
+    drift_notes = _attach_drift(
+        report, store, refs, suite_obj, raw, floor_record,
+        n_boot=n_boot, seed=seed, confidence=confidence, data_dir=(eval_kwargs or {}).get("data_dir"),
+        reference=reference, reasons=reasons,
+    )  # fmt: skip
     notes = report.notes + [
         f"{task}: runs were scored with different metrics ({', '.join(sorted(ms))}); its Δ mixes them"
         for task, ms in sorted(used.items())
@@ -278,7 +309,83 @@ def compare(
             f"runs were scored with different --limit values {sorted(map(str, limits))}; "
             "Δ uses only the items both runs share"
         )
-    return CompareResult(report, refs, suite_obj, notes)
+    return CompareResult(report, refs, suite_obj, notes + drift_notes)
+
+
+def _floor_record(spec: str, store: ResultStore) -> RunRecord:
+    """``--noise-floor``: a stored run (scoring the base another way is the user's explicit step)."""
+    from cfbench.refs import resolve_ref
+
+    ref = resolve_ref(spec, store)
+    if ref.kind != "run" or ref.record is None:
+        raise CfbenchError(
+            f"--noise-floor {spec!r} is not a stored run: score the base checkpoint another way first (e.g. "
+            "`cfbench eval BASE --backend vllm`, `--dtype bfloat16` or `--model-args scoring_path=plain`) "
+            "and pass that run's name"
+        )
+    return ref.record
+
+
+def _check_floor(floor: RunRecord, base: RunRecord) -> None:
+    if floor.run_id == base.run_id:
+        raise CfbenchError(
+            f"--noise-floor {floor.name!r} is the base run itself: its floor would be exactly 0; pass a run of "
+            "the base checkpoint scored another way (backend, dtype or scoring path)"
+        )
+    if floor.checkpoint_hash and base.checkpoint_hash and floor.checkpoint_hash != base.checkpoint_hash:
+        raise CfbenchError(
+            f"--noise-floor {floor.name!r} scored checkpoint {floor.checkpoint_name!r}, not the base "
+            f"{base.checkpoint_name!r} (content hashes differ): the floor must be the base scored another way"
+        )
+
+
+def _attach_drift(
+    report: ComparisonReport,
+    store: ResultStore,
+    refs: Sequence[RunRef],
+    suite: Suite,
+    raw: dict[str, pd.DataFrame],
+    floor: RunRecord | None,
+    *,
+    n_boot: int,
+    seed: int,
+    confidence: float,
+    data_dir: Any,
+    reference: dict[str, tuple[str, ...]],
+    reasons: dict[str, str],
+) -> list[str]:
+    """Compute every registered item metric from the stored items and attach them as signals."""
+    from cfbench.metrics.drift import DriftSettings, drift_signals, load_choice_frames
+
+    records = {r.label: r.record for r in refs}
+    floor_label = None
+    notes: list[str] = []
+    if floor is not None:
+        _check_floor(floor, refs[0].record)
+        floor_label = f"noise floor {floor.name}"
+        while floor_label in records:
+            floor_label += "'"
+        records[floor_label] = floor
+    frames, notes = load_choice_frames(store, records, suite.tasks, items=raw, data_dir=data_dir)
+    if floor is not None:
+        base_keys = (refs[0].record.extra or {}).get("cache_keys") or {}
+        floor_keys = (floor.extra or {}).get("cache_keys") or {}
+        same = sorted(t for t in frames[floor_label] if t in base_keys and base_keys[t] == floor_keys.get(t))
+        for t in same:  # the very items the base scored: a floor of exactly 0 would judge nothing
+            del frames[floor_label][t]
+        if same:
+            notes.append(
+                f"noise floor: {floor.name} holds the base's own scored items for {', '.join(same)} (scored the same "
+                "way); no floor there"
+            )
+    result = drift_signals(
+        frames, refs[0].label, [r.label for r in refs[1:]], suite.categories, suite.extras, floor=floor_label,
+        settings=DriftSettings(n_boot, seed, confidence), reference=reference, reasons=reasons,
+    )  # fmt: skip
+    for run, sigs in result.signals.items():
+        if sigs:
+            report.add_signals(run, sigs)
+    return list(dict.fromkeys(notes + result.notes))
 
 
 # ---- nightly regression gate ----
@@ -370,8 +477,116 @@ def gate(report: ComparisonReport, budgets: Sequence[Budget], significance: floa
     return lines
 
 
-def gate_markdown(baseline: str, candidate: str, lines: Sequence[GateLine], significance: float) -> str:
-    ok = not any(x.failed for x in lines)
+@dataclass
+class DriftBudget:
+    """``[SCOPE:]METRIC=VALUE``: the most a registered item metric may move, in its own unit."""
+
+    scope: str  # "all", a category or a task
+    metric: str
+    value: float
+
+    @property
+    def label(self) -> str:
+        return self.metric if self.scope == "all" else f"{self.scope}:{self.metric}"
+
+
+@dataclass
+class DriftGateLine:
+    budget: DriftBudget
+    value: float | None
+    ci: tuple[float, float] | None
+    unit: str
+    failed: bool
+    reason: str
+
+
+def parse_drift_budgets(specs: Sequence[str], suite: Suite) -> list[DriftBudget]:
+    """``METRIC=VALUE`` (overall) or ``SCOPE:METRIC=VALUE`` (SCOPE a category, AVG or a task of the suite).
+
+    VALUE is finite and ≥ 0, in the metric's unit: for a divergence the largest allowed value, for a
+    signed metric (``better=higher``, e.g. gold_margin) the largest allowed drop.
+    """
+    from cfbench.metrics import get_metric, registered_metrics
+
+    scopes = {*suite.categories, *suite.tasks}
+    out = []
+    for spec in specs:
+        key, sep, val = spec.partition("=")
+        if not sep:
+            raise CfbenchError(f"--max-drift {spec!r} is not [SCOPE:]METRIC=VALUE; write e.g. --max-drift kl=0.01")
+        scope, colon, name = key.rpartition(":")
+        scope = scope if colon else "all"
+        scope = "all" if scope == "AVG" else scope
+        if name not in {m.name for m in registered_metrics()}:
+            get_metric(name)  # raises, naming the registered metrics
+        if scope != "all" and scope not in scopes:
+            raise CfbenchError(
+                f"--max-drift scope {scope!r} is not a category or task of suite {suite.name}: use one of "
+                f"{sorted({*suite.categories, 'AVG'})} or a task name, e.g. DK:{name}=0.01"
+            )
+        try:
+            v = float(val)
+        except ValueError as exc:
+            raise CfbenchError(f"--max-drift {spec!r}: {val!r} is not a number") from exc
+        if not math.isfinite(v):
+            # nan compares False with everything and inf allows anything: either would pass every gate.
+            raise CfbenchError(f"--max-drift {spec!r}: the budget must be a finite number, e.g. {name}=0.01")
+        if v < 0:
+            raise CfbenchError(f"--max-drift {spec!r}: the budget must be ≥ 0")
+        out.append(DriftBudget(scope, name, v))
+    return out
+
+
+def drift_gate(report: ComparisonReport, candidate: str, budgets: Sequence[DriftBudget]) -> list[DriftGateLine]:
+    """A drift budget fails when the whole CI is past it, so noise alone cannot fail a nightly run.
+
+    Lower-is-better metrics (divergences): fail iff the CI lower bound exceeds the budget. Higher-is-
+    better metrics (signed, e.g. gold_margin): fail iff the CI upper bound is below −budget (a drop
+    larger than the budget, with the CI). Without a CI (``--n-boot 0``) the value itself decides; a
+    metric that could not be computed fails, as a missing category does for ``--max-drop``.
+    """
+    from cfbench.metrics import get_metric
+
+    lines = []
+    signals = report.signals.get(candidate, [])
+    for b in budgets:
+        metric = get_metric(b.metric)
+        s = next((x for x in signals if x.name == b.metric and x.scope == b.scope), None)
+        if s is None:
+            lines.append(DriftGateLine(b, None, None, metric.unit, True, "not computed (no paired stored log-probs)"))
+            continue
+        lo, hi = s.ci if s.ci is not None else (s.value, s.value)
+        how = "CI" if s.ci is not None else "value (no CI)"
+        if metric.better == "lower":
+            failed = lo > b.value
+            reason = (f"{how} lower bound {lo:.4g} > {b.value:.4g}" if failed else f"within budget ({s.value:.4g})")
+        else:
+            failed = hi < -b.value
+            reason = (f"dropped: {how} upper bound {hi:.4g} < −{b.value:.4g}" if failed
+                      else f"within budget ({s.value:+.4g})")  # fmt: skip
+        reason += "".join(f"; {part}" for part in (s.note or "").split("; ") if part.startswith("partial"))
+        lines.append(DriftGateLine(b, s.value, s.ci, s.unit, failed, reason))
+    return lines
+
+
+def drift_gate_markdown(lines: Sequence[DriftGateLine]) -> str:
+    out = ["| drift | value | CI | budget | result |", "|---|---:|---|---:|---|"]
+    for x in lines:
+        v = "-" if x.value is None else f"{x.value:.4g}"
+        ci = "-" if x.ci is None else f"[{x.ci[0]:.4g}, {x.ci[1]:.4g}]"
+        mark = "❌ " if x.failed else "✅ "
+        out.append(f"| {x.budget.label} | {v} | {ci} | {x.budget.value:.4g} {x.unit} | {mark}{x.reason} |")
+    return "\n".join(out) + "\n"
+
+
+def gate_markdown(
+    baseline: str,
+    candidate: str,
+    lines: Sequence[GateLine],
+    significance: float,
+    drift_lines: Sequence[DriftGateLine] = (),
+) -> str:
+    ok = not any(x.failed for x in [*lines, *drift_lines])
     out = [
         f"### cfbench regression gate: {'PASS' if ok else 'FAIL'}",
         "",
@@ -384,4 +599,8 @@ def gate_markdown(baseline: str, candidate: str, lines: Sequence[GateLine], sign
         d = "-" if x.delta_points is None else f"{x.delta_points:+.2f}"
         ci = "-" if x.ci_points is None else f"[{x.ci_points[0]:+.2f}, {x.ci_points[1]:+.2f}]"
         out.append(f"| {x.category} | {d} | {ci} | {x.budget:.2f} | {'❌ ' if x.failed else '✅ '}{x.reason} |")
+    if not lines:
+        out = out[:-2]
+    if drift_lines:
+        out += ["", drift_gate_markdown(drift_lines).rstrip("\n")]
     return "\n".join(out) + "\n"

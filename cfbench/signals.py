@@ -39,8 +39,10 @@ class Signal:
     better: Literal["higher", "lower"] = "lower"
     scope: str = "all"  # "all", a category ("DK") or a task ("arc_challenge")
     note: str | None = None
+    floor_ci: tuple[float, float] | None = None  # the floor's own interval, where the producer measured one
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["ci"] = list(self.ci) if self.ci is not None else None
+        out["floor_ci"] = list(self.floor_ci) if self.floor_ci is not None else None
         return out

@@ -100,6 +100,14 @@ def register(app: typer.Typer) -> None:
         ] = None,
         n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the CIs.")] = 2000,
         seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+        noise_floor: Annotated[
+            str | None,
+            typer.Option(
+                "--noise-floor",
+                help="Stored run of the base scored another way (backend/dtype/scoring path): divergences "
+                "(kl, js) are significant only above this floor.",
+            ),
+        ] = None,
     ) -> None:
         """Paper-style forgetting table: DK, Understanding, Reasoning, Exams, AVG, Δ (+ CIs, McNemar, flips)."""
         from cfbench.compare import compare
@@ -121,6 +129,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             pairs=[(names[0], names[1])] if pair else None,
             eval_kwargs=_eval_kwargs(limit, task_limit, backend, model_args, dtype, num_fewshot, arch, data_dir),
+            noise_floor=noise_floor,
         )
         emit_report(res.report, fmt, out)
         err = Console(stderr=True)
@@ -141,8 +150,17 @@ def register(app: typer.Typer) -> None:
         baseline: Annotated[str, typer.Option("--baseline", help="Stored run name/id or checkpoint to compare to.")],
         candidate: Annotated[str, typer.Option("--candidate", help="Checkpoint (or stored run) under test.")],
         max_drop: Annotated[
-            list[str], typer.Option("--max-drop", help="CATEGORY=POINTS allowed drop (repeatable; AVG allowed).")
-        ],
+            list[str] | None,
+            typer.Option("--max-drop", help="CATEGORY=POINTS allowed drop (repeatable; AVG allowed)."),
+        ] = None,
+        max_drift: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--max-drift",
+                help="[SCOPE:]METRIC=VALUE allowed item-metric drift, e.g. kl=0.01 or DK:kl=0.02 (repeatable); "
+                "fails when the CI lies past it.",
+            ),
+        ] = None,
         significance: Annotated[
             float, typer.Option("--significance", help="Fail only when the drop's CI excludes 0 at this level.")
         ] = 0.05,
@@ -162,12 +180,19 @@ def register(app: typer.Typer) -> None:
         n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")] = 2000,
     ) -> None:
         """Nightly gate: exit 1 if a category dropped more than its budget (significantly), 0 if not, 2 on bad input."""
-        from cfbench.compare import compare, gate, gate_markdown, parse_budgets
+        from cfbench.compare import compare, drift_gate, gate, gate_markdown, parse_budgets, parse_drift_budgets
         from cfbench.tasks.registry import load_suite
 
         if not 0 < significance < 1:
             raise CfbenchError(f"--significance {significance} must be in (0, 1), e.g. 0.05")
-        budgets = parse_budgets(max_drop, load_suite(suite))  # validate before any scoring
+        if not max_drop and not max_drift:
+            raise CfbenchError(
+                "give at least one --max-drop CATEGORY=POINTS or --max-drift METRIC=VALUE budget, "
+                "e.g. --max-drop DK=1.5"
+            )
+        suite_obj = load_suite(suite)
+        budgets = parse_budgets(max_drop, suite_obj) if max_drop else []  # validate before any scoring
+        drift_budgets = parse_drift_budgets(max_drift or [], suite_obj)
         res = compare(
             baseline,
             [candidate],
@@ -179,13 +204,14 @@ def register(app: typer.Typer) -> None:
             eval_kwargs=_eval_kwargs(limit, task_limit, backend, model_args, dtype, num_fewshot, arch, data_dir),
         )
         lines = gate(res.report, budgets, significance)
-        md = gate_markdown(res.runs[0].label, res.runs[1].label, lines, significance)
+        drift_lines = drift_gate(res.report, res.runs[1].label, drift_budgets)
+        md = gate_markdown(res.runs[0].label, res.runs[1].label, lines, significance, drift_lines)
         target = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
         if target:
             with open(target, "a", encoding="utf-8") as f:
                 f.write(md + "\n" + res.report.to_markdown() + "\n")
         typer.echo(md)
-        if any(x.failed for x in lines):
+        if any(x.failed for x in [*lines, *drift_lines]):
             raise typer.Exit(1)
 
 

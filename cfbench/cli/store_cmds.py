@@ -93,6 +93,14 @@ def _print_table(board: object, title: str, out: Path | None, categories: list[s
         )
 
 
+def _with_drift(board: object, store: object, reference: str, suite: str, cats: dict[str, list[str]]) -> object:
+    """``--reference``: one ``METRIC vs ref`` column per registered item metric (cfbench.metrics)."""
+    from cfbench.store.leaderboard import add_drift_columns
+    from cfbench.tasks.registry import load_suite
+
+    return add_drift_columns(board, store, reference, cats, load_suite(suite).extras)  # type: ignore[arg-type]
+
+
 def register(app: typer.Typer) -> None:
     """Add ``leaderboard``, ``import`` and ``store compact`` to the cfbench app."""
 
@@ -124,6 +132,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = PaperRows.auto,
         out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+        reference: Annotated[
+            str | None,
+            typer.Option(
+                "--reference",
+                help="Stored run to measure item-metric drift against (kl, js, gold_margin columns); needs --suite.",
+            ),
+        ] = None,
     ) -> None:
         """One row per run, one column per task's primary metric (plus categories and AVG with --suite)."""
         from cfbench.store import ResultStore
@@ -135,7 +150,8 @@ def register(app: typer.Typer) -> None:
         # A suite that reuses the paper's category names (offline) is judged against the paper's task
         # lists, exactly as `compare` does, so both show the same partial (†) categories and AVG.
         paper = suite_categories("paper") if cats and suite != "paper" else {}
-        reference = {k: v for k, v in paper.items() if k in (cats or {})} or None
+        paper_ref = {k: v for k, v in paper.items() if k in (cats or {})} or None
+        drift_ref = reference
         from cfbench.cli.common import check_out_path
 
         check_out_path(out, "--out")
@@ -145,8 +161,20 @@ def register(app: typer.Typer) -> None:
             from cfbench.paper import paper_frames
 
             also = paper_frames(which)
-        board = leaderboard(ResultStore(results), suite=cats, sort=sort, reference=reference, also=also,
+        from cfbench.store.leaderboard import is_drift_column, sort_board
+
+        if drift_ref is not None and not cats:
+            raise CfbenchError("--reference needs --suite: drift is averaged over the suite's categories as in compare")
+        drift_sort = sort is not None and is_drift_column(sort.lstrip("+-"))
+        if drift_sort and drift_ref is None:
+            raise CfbenchError(f"can't sort by {sort!r} without --reference RUN (the run drift is measured against)")
+        store = ResultStore(results)
+        board = leaderboard(store, suite=cats, sort=None if drift_sort else sort, reference=paper_ref, also=also,
                             descending=desc)  # fmt: skip
+        if drift_ref is not None and cats:
+            board = _with_drift(board, store, drift_ref, suite or "", cats)
+            if drift_sort:
+                board = sort_board(board, sort, descending=desc)  # type: ignore[arg-type]
         if columns:
             board = select_columns(board, [c.strip() for c in columns.split(",") if c.strip()])
         if board.empty:

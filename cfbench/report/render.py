@@ -9,6 +9,11 @@ Display conventions follow the paper: scores ×100 with 2 decimals. Markers: ``*
 ``‡`` items dropped because the two runs were not evaluated on identical item sets. A task whose
 runs scored different items shows ``unpaired`` in its n column (and ``"unpaired": true`` in JSON/CSV):
 its Δ is of task means, with no CI, McNemar p or flips.
+
+Learned/forgot signals (:class:`cfbench.signals.Signal`, attached with ``ComparisonReport.add_signals``)
+are rendered generically: a "Learned vs forgot" table (one row per tuned run, accuracy Δ AVG and flips,
+then one column per signal name at scope ``all``), a by-category table for other scopes, and one
+column per signal in each per-task table. No renderer knows a signal by name.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from cfbench.report.stats import AggregateDelta, Coverage
+from cfbench.signals import Signal
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -51,6 +57,8 @@ class TableSpec:
     align: list[Literal["l", "r"]]
     rows: list[list[Cell]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Columns whose cells may wrap in the terminal (long signal cells), so the others stay readable.
+    wrap: set[int] = field(default_factory=set)
 
 
 # -- number formatting ------------------------------------------------------------------------------
@@ -166,11 +174,21 @@ def delta_table(report: ComparisonReport) -> TableSpec:
 def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
     """Per-task (and sub-group) Δ of one comparison: scores, CI, McNemar p and flips."""
     level = f"{100 * report.settings.confidence:g}%"
+    cols = signal_columns(report) if cmp.kind == "base" else []
     spec = TableSpec(
         f"Per task: {cmp.label}",
-        ["Category", "Task", "n", cmp.ref, cmp.run, "Δ", f"{level} CI", "McNemar p", "Forgotten", "Gained"],
-        ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r"],
-    )
+        ["Category", "Task", "n", cmp.ref, cmp.run, "Δ", f"{level} CI", "McNemar p", "Forgotten", "Gained",
+         *(h for _, h in cols)],
+        ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", *("r" for _ in cols)],
+        wrap=set(range(10, 10 + len(cols))),
+    )  # fmt: skip
+
+    def signal_cells(task: str | None) -> list[Cell]:
+        """Compact (value and mark; CI and floor are in the json/csv formats) so the Δ columns stay readable."""
+        if task is None:
+            return [Cell("") for _ in cols]
+        return [_signal_cell(_signal_at(report, cmp.run, name, task), compact=True) for name, _ in cols]
+
     last_category: str | None = None
     spec.notes.extend(cmp.notes)
     for t in cmp.tasks:
@@ -181,7 +199,8 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
         if t.missing:
             absent = [r for r, s in ((cmp.ref, t.ref_score), (cmp.run, t.score)) if s is None]
             scores = [Cell(fmt_score(t.ref_score)), Cell(fmt_score(t.score)), Cell(MISSING)]
-            spec.rows.append([Cell(shown_category), Cell(name), Cell(""), *scores, *(Cell("") for _ in range(4))])
+            blank = [Cell("") for _ in range(4)]
+            spec.rows.append([Cell(shown_category), Cell(name), Cell(""), *scores, *blank, *signal_cells(None)])
             spec.notes.append(f"{t.task}: no scores for {', '.join(absent)}; left out of Δ")
             continue
         n_text = NA if t.n is None else str(t.n) + ("‡" if t.dropped_ref or t.dropped_other else "")
@@ -204,18 +223,169 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
                 Cell(fmt_p(t.p_mcnemar) if t.p_mcnemar is not None or not t.item_level else MISSING),
                 Cell(str(t.forgotten) if t.forgotten is not None else flips_na),
                 Cell(str(t.gained) if t.gained is not None else flips_na),
+                *signal_cells(None if t.group else t.task),
             ]
         )
     if any(t.item_level and t.p_mcnemar is None for t in cmp.tasks):
         spec.notes.append(f"{MISSING} in McNemar p / flips: metric is not 0/1 (e.g. TruthfulQA mc2)")
     if any(t.category is None for t in cmp.tasks):
         spec.notes.append(f"{EXTRA_LABEL}: reported, not part of any category or AVG")
+    if cols:
+        spec.notes.append(
+            f"Signal columns: value and * as in the Learned vs forgot table (per-task CI and floor: --format json "
+            f"or csv); {MISSING}: not computed for this task"
+        )
+    return spec
+
+
+# -- learned / forgot signals (generic: no code knows a signal by name) -----------------------------
+def fmt_signal(x: float) -> str:
+    """Four significant digits in the signal's own unit (not ×100: units differ, e.g. nats)."""
+    text = f"{x:.4g}"
+    return "0" if text in ("-0", "0", "+0") else text
+
+
+def signal_text(s: Signal) -> str:
+    """``value* [lo, hi] (floor f)``; ``(no floor)`` when the signal was left unjudged for want of one."""
+    text = fmt_signal(s.value) + ("*" if s.significant else "")
+    if s.ci is not None:
+        text += f" [{fmt_signal(s.ci[0])}, {fmt_signal(s.ci[1])}]"
+    if s.floor is not None:
+        text += f" (floor {fmt_signal(s.floor)})"
+    elif s.significant is None:
+        text += " (no floor)"
+    return text
+
+
+def _signal_tone(s: Signal) -> Literal["neg", "pos"] | None:
+    """Coloured only when significant: red if the tuned run moved the bad way (``better``), else green."""
+    if not s.significant:
+        return None
+    ref = s.floor if s.floor is not None else 0.0
+    worse = s.value > ref if s.better == "lower" else s.value < ref
+    return "neg" if worse else "pos"
+
+
+def _signal_cell(s: Signal | None, *, compact: bool = False) -> Cell:
+    if s is None:
+        return Cell(MISSING)
+    text = fmt_signal(s.value) + ("*" if s.significant else "") if compact else signal_text(s)
+    return Cell(text, _signal_tone(s), bool(s.significant))
+
+
+def signal_columns(report: ComparisonReport) -> list[tuple[str, str]]:
+    """(name, header) of every attached signal: learned first, then forgot, each in first-seen order."""
+    seen: dict[str, Signal] = {}
+    for sigs in report.signals.values():
+        for s in sigs:
+            seen.setdefault(s.name, s)
+    ordered = sorted(seen.values(), key=lambda s: 0 if s.kind == "learned" else 1)  # stable
+    return [(s.name, f"{s.kind}: {s.label} ({s.unit})") for s in ordered]
+
+
+def _signal_at(report: ComparisonReport, run: str, name: str, scope: str) -> Signal | None:
+    for s in report.signals.get(run, []):
+        if s.name == name and s.scope == scope:
+            return s
+    return None
+
+
+def _signal_legend(report: ComparisonReport) -> str:
+    level = f"{100 * report.settings.confidence:g}%"
+    return (
+        f"Signals in their own units, value [{level} CI]. * significant as its producer judges it: a signed "
+        "change when its CI excludes 0, a divergence (never below 0) when its CI lies above the noise floor "
+        "(the same statistic between the base and the base scored another way, compare --noise-floor); "
+        "(no floor): a divergence without a floor is not judged. Forgotten/Gained: 0/1 items flipped "
+        "right→wrong / wrong→right, summed over the tasks in AVG."
+    )
+
+
+def signals_table(report: ComparisonReport) -> TableSpec | None:
+    """One row per tuned run: accuracy Δ AVG and flips next to every overall (``scope="all"``) signal."""
+    cols = signal_columns(report)
+    if not cols:
+        return None
+    level = f"{100 * report.settings.confidence:g}%"
+    spec = TableSpec(
+        "Learned vs forgot",
+        ["Run", f"Δ AVG ({level} CI)", "Forgotten", "Gained", *(h for _, h in cols)],
+        ["l", "r", "r", "r", *("r" for _ in cols)],
+        wrap=set(range(4, 4 + len(cols))),
+    )
+    for run in report.tuned:
+        cmp = report.vs_base(run)
+        sig = report.aggregate_significant(cmp.avg)
+        d = _delta_cell(cmp.avg.delta, sig, cmp.avg.coverage.partial)
+        if cmp.avg.delta is not None:
+            d = Cell(f"{d.text} {fmt_ci(cmp.avg.ci)}", d.tone, d.strong)
+        flips = [t for t in cmp.tasks if t.group is None and t.category is not None and t.forgotten is not None]
+        forgotten = str(sum(t.forgotten or 0 for t in flips)) if flips else NA
+        gained = str(sum(t.gained or 0 for t in flips)) if flips else NA
+        found = [_signal_at(report, run, name, "all") for name, _ in cols]
+        spec.rows.append([Cell(run), d, Cell(forgotten), Cell(gained), *(_signal_cell(s) for s in found)])
+        spec.notes += _signal_notes(run, found)
+    spec.notes.append(_signal_legend(report))
+    return spec
+
+
+def _signal_notes(where: str, signals: list[Signal | None]) -> list[str]:
+    """``where · label, label: note`` — signals sharing a note (e.g. the same partial coverage) share a line."""
+    by_note: dict[str, list[str]] = {}
+    for s in signals:
+        if s is not None and s.note:
+            by_note.setdefault(s.note, []).append(s.label)
+    return [f"{where} · {', '.join(labels)}: {note}" for note, labels in by_note.items()]
+
+
+def _task_scopes(report: ComparisonReport) -> set[str]:
+    return {t.task for c in report.base_comparisons for t in c.tasks}
+
+
+def signal_scope_table(report: ComparisonReport) -> TableSpec | None:
+    """Signals of every other scope (categories first, then any scope that is not a task of the report)."""
+    cols = signal_columns(report)
+    tasks = _task_scopes(report)
+    scopes: list[str] = []
+    for sigs in report.signals.values():
+        for s in sigs:
+            if s.scope != "all" and s.scope not in tasks and s.scope not in scopes:
+                scopes.append(s.scope)
+    if not scopes:
+        return None
+    scopes.sort(key=lambda x: list(report.categories).index(x) if x in report.categories else len(report.categories))
+    level = f"{100 * report.settings.confidence:g}%"
+    spec = TableSpec(
+        "Learned vs forgot by category",
+        ["Run", "Scope", f"Δ ({level} CI)", *(h for _, h in cols)],
+        ["l", "l", "r", *("r" for _ in cols)],
+        wrap=set(range(3, 3 + len(cols))),
+    )
+    for run in report.tuned:
+        cmp = report.vs_base(run)
+        for scope in scopes:
+            found = [_signal_at(report, run, name, scope) for name, _ in cols]
+            if not any(found):
+                continue
+            d = Cell("")
+            if scope in cmp.categories and cmp.categories[scope].delta is not None:
+                agg = cmp.categories[scope]
+                c = _delta_cell(agg.delta, report.aggregate_significant(agg), agg.coverage.partial)
+                d = Cell(f"{c.text} {fmt_ci(agg.ci)}", c.tone, c.strong)
+            spec.rows.append([Cell(run), Cell(scope), d, *(_signal_cell(s) for s in found)])
+            spec.notes += _signal_notes(f"{run} · {scope}", found)
     return spec
 
 
 def layout(report: ComparisonReport) -> list[TableSpec]:
     """All tables of a report, in display order."""
-    return [summary_table(report), delta_table(report), *(task_table(report, c) for c in report.comparisons)]
+    signal_specs = [t for t in (signals_table(report), signal_scope_table(report)) if t is not None]
+    return [
+        summary_table(report),
+        delta_table(report),
+        *signal_specs,
+        *(task_table(report, c) for c in report.comparisons),
+    ]
 
 
 def _dedup(notes: list[str]) -> list[str]:
@@ -292,8 +462,8 @@ def to_rich(report: ComparisonReport) -> Group:
     renderables: list[Any] = []
     for spec in layout(report):
         table = Table(title=spec.title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
-        for col, a in zip(spec.columns, spec.align, strict=True):
-            table.add_column(col, justify="left" if a == "l" else "right", no_wrap=True)
+        for i, (col, a) in enumerate(zip(spec.columns, spec.align, strict=True)):
+            table.add_column(col, justify="left" if a == "l" else "right", no_wrap=i not in spec.wrap)
         for row in spec.rows:
             table.add_row(*(Text(c.text, style=(styles[c.tone] + (" bold" if c.strong else "")).strip()) for c in row))
         renderables.append(table)
@@ -390,7 +560,15 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
             }
             for c in report.comparisons
         ],
+        "signals": {run: [_signal_dict(x) for x in sigs] for run, sigs in report.signals.items()},
     }
+
+
+def _signal_dict(s: Signal) -> dict[str, Any]:
+    out = s.to_dict()
+    for key in ("value", "floor"):
+        out[key] = _finite(out[key])
+    return out
 
 
 FRAME_COLUMNS = [
@@ -419,6 +597,17 @@ FRAME_COLUMNS = [
     "partial",
     "item_level",
     "unpaired",
+    # section="signal" rows (learned/forgot signals attached to the report), in the signal's unit:
+    "signal",
+    "signal_kind",
+    "scope",
+    "value",
+    "unit",
+    "floor",
+    "floor_ci_low",
+    "floor_ci_high",
+    "better",
+    "note",
 ]
 
 
@@ -494,11 +683,41 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
                     "partial": agg.coverage.partial,
                 }
             )
+    recs += _signal_records(report)
     frame = pd.DataFrame.from_records(recs, columns=FRAME_COLUMNS)
     for col in ("forgotten", "gained", "n", "dropped_ref", "dropped_run", "coverage_present", "coverage_total"):
         frame[col] = frame[col].astype("Int64")
     for col in ("significant", "partial", "item_level", "unpaired"):
         frame[col] = frame[col].astype("boolean")
-    for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar"):
+    for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar", "value", "floor",
+                "floor_ci_low", "floor_ci_high"):  # fmt: skip
         frame[col] = frame[col].astype("float64")
     return frame
+
+
+def _signal_records(report: ComparisonReport) -> list[dict[str, Any]]:
+    """One ``section="signal"`` row per attached signal; ``level`` says what its scope is."""
+    tasks = _task_scopes(report)
+    cat_of = {t: c for c, m in report.categories.items() for t in m}
+    recs = []
+    for run, sigs in report.signals.items():
+        for s in sigs:
+            if s.scope == "all":
+                level, category, task = "avg", None, None
+            elif s.scope in report.categories:
+                level, category, task = "category", s.scope, None
+            elif s.scope in tasks:
+                level, category, task = "task", cat_of.get(s.scope), s.scope
+            else:
+                level, category, task = "scope", None, None
+            recs.append(
+                {
+                    "section": "signal", "kind": "base", "ref": report.base, "run": run, "level": level,
+                    "category": category, "task": task, "ci_low": s.ci[0] if s.ci else None,
+                    "ci_high": s.ci[1] if s.ci else None, "significant": s.significant, "n": s.n,
+                    "signal": s.name, "signal_kind": s.kind, "scope": s.scope, "value": s.value, "unit": s.unit,
+                    "floor": s.floor, "floor_ci_low": s.floor_ci[0] if s.floor_ci else None,
+                    "floor_ci_high": s.floor_ci[1] if s.floor_ci else None, "better": s.better, "note": s.note,
+                }
+            )  # fmt: skip
+    return recs

@@ -45,6 +45,7 @@ from cfbench.report.stats import (
     paired_task_delta,
     task_rng,
 )
+from cfbench.signals import Signal
 
 if TYPE_CHECKING:
     from rich.console import Console, Group
@@ -154,6 +155,27 @@ class ComparisonReport:
     rows: list[RunRow]
     comparisons: list[Comparison]
     settings: ReportSettings = field(default_factory=ReportSettings)
+    #: Tuned run label → learned/forgot signals attached by producers (:meth:`add_signals`).
+    signals: dict[str, list[Signal]] = field(default_factory=dict)
+
+    def add_signals(self, run: str, signals: Sequence[Signal]) -> None:
+        """Attach ``signals`` of tuned run ``run``; every format renders them, with no per-name code.
+
+        Producers (item drift metrics, held-out perplexity drift, in-domain gain) call this; a
+        signal's (name, scope) may appear once per run, so two producers cannot silently disagree.
+        """
+        if run not in self.tuned:
+            raise CfbenchError(f"signals for run {run!r}, which is not a tuned run of this report {list(self.tuned)}")
+        have = {(s.name, s.scope) for s in self.signals.get(run, [])}
+        for s in signals:
+            if not isinstance(s, Signal):
+                raise CfbenchError(f"add_signals takes cfbench.signals.Signal records, not {type(s).__name__}")
+            if s.kind not in ("learned", "forgot"):
+                raise CfbenchError(f"signal {s.name!r} has kind {s.kind!r}; use 'learned' or 'forgot'")
+            if (s.name, s.scope) in have:
+                raise CfbenchError(f"run {run!r} already has signal {s.name!r} for scope {s.scope!r}")
+            have.add((s.name, s.scope))
+        self.signals.setdefault(run, []).extend(signals)
 
     @property
     def notes(self) -> list[str]:

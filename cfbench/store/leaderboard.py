@@ -55,8 +55,49 @@ def primary_metric(task: str, overrides: Mapping[str, str] | None = None) -> str
 
 
 def score_columns(df: pd.DataFrame) -> list[str]:
-    """The numeric score columns of a leaderboard frame (everything but the run info)."""
-    return [c for c in df.columns if c not in INFO_COLUMNS and c != PARTIAL_COLUMN]
+    """The numeric score columns of a leaderboard frame (everything but the run info and drift columns)."""
+    return [c for c in df.columns if c not in INFO_COLUMNS and c != PARTIAL_COLUMN and not is_drift_column(c)]
+
+
+# -- drift vs a reference run (cfbench.metrics): separate from the score columns on purpose ---------
+#: Drift columns are named ``METRIC vs ref`` and hold the metric in its own unit (nats), never ×100.
+DRIFT_SUFFIX = " vs ref"
+
+
+def is_drift_column(col: object) -> bool:
+    return str(col).endswith(DRIFT_SUFFIX)
+
+
+def add_drift_columns(
+    table: pd.DataFrame,
+    store: ResultStore,
+    reference: str,
+    suite: Mapping[str, Sequence[str]],
+    extras: Sequence[str] = (),
+) -> pd.DataFrame:
+    """One ``METRIC vs ref`` column per registered item metric: each run against ``reference``.
+
+    The value is the overall (AVG-style) one ``compare`` shows for that run against the reference:
+    items paired by fingerprint, mean of category means. No bootstrap here (a leaderboard ranks; use
+    ``compare`` for CIs and the noise floor). Blank: the reference itself, or no paired log-probs.
+    """
+    from cfbench.metrics import registered_metrics
+    from cfbench.metrics.drift import OVERALL, DriftSettings, drift_signals, load_choice_frames
+
+    ref = store.find_run(reference)
+    tasks = [*(t for m in suite.values() for t in m), *extras]
+    # Rows from elsewhere (the paper's reference runs) have no items in this store: left blank.
+    stored = store.runs()
+    found = {r: store.match_run(r, stored) for r in table["run_id"] if r != ref.run_id}
+    others = [r for r, rec in found.items() if rec is not None and rec.run_id == r]
+    records = {ref.run_id: ref, **{r: found[r] for r in others}}
+    frames, _ = load_choice_frames(store, records, tasks)
+    result = drift_signals(frames, ref.run_id, others, suite, extras, settings=DriftSettings(n_boot=0))
+    out = table.copy()
+    overall = {(run, s.name): s.value for run, sigs in result.signals.items() for s in sigs if s.scope == OVERALL}
+    for m in registered_metrics():
+        out[m.name + DRIFT_SUFFIX] = [overall.get((r, m.name), float("nan")) for r in out["run_id"]]
+    return out
 
 
 def leaderboard(
@@ -210,6 +251,9 @@ def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
         s = df[col]
         if col == PARTIAL_COLUMN:
             continue  # shown as † on the values themselves
+        if is_drift_column(col):  # in the metric's own unit (nats), not a score
+            out[col] = ["" if pd.isna(v) else f"{v:.4g}" for v in s]
+            continue
         if col in score_columns(df):
             out[col] = [
                 ("" if pd.isna(v) else f"{100 * v:.2f}" + ("†" if partial is not None and col in partial[i] else ""))
