@@ -108,6 +108,28 @@ def test_acc_norm_lengths_come_from_the_bundled_task_data() -> None:
     assert isinstance(source.rule("no_such_task", "cfbench", 0), str)
 
 
+@pytest.mark.parametrize("task", ["arc_challenge", "copa", "hellaswag"])  # acc, ppl rule, acc_norm
+def test_choice_scores_rank_exactly_as_the_task_primary_metric(task: str) -> None:
+    """Random backend results through Task.score: argmax of the choice scores is what the metric counts."""
+    from cfbench.backends.base import LoglikResult
+    from cfbench.store.schema import item_fingerprint
+    from cfbench.tasks.registry import get_task
+
+    t = get_task(task)
+    rule = ChoiceSource().rule(task, "cfbench", 0)
+    assert isinstance(rule, ChoiceRule)
+    rng = np.random.default_rng(7)
+    for doc_id, doc in t.selected_docs(6):
+        inst = t.render(doc, doc_id, 0)
+        fp = item_fingerprint(inst.context, [t.cfg.target_delimiter + c for c in inst.choices], inst.gold)
+        for _ in range(5):
+            res = [LoglikResult(float(rng.normal(-20, 8)), False, int(rng.integers(1, 30))) for _ in inst.requests]
+            item = t.score(inst, res)
+            scores = rule.scores(doc_id, item.logprobs, item.n_tokens, item.gold, fp)
+            assert not isinstance(scores, str), scores
+            assert float(np.argmax(scores) == item.gold) == item.metrics[t.cfg.primary_metric]
+
+
 # -- pairing, floor, significance -------------------------------------------------------------------
 def _frame(rows: list[tuple[int, list[float], int, str | None]]) -> pd.DataFrame:
     items = pd.DataFrame(
