@@ -360,3 +360,10 @@ def test_leaderboard_reference_adds_drift_columns(store_root: Path) -> None:
     assert "kl vs ref" not in score_columns(board)  # never shown ×100
     shown = to_markdown(board)
     assert f"{row.loc['far', 'kl vs ref']:.4g}" in shown
+    common = ["leaderboard", "--results", str(store_root), "--suite", "offline", "--format", "csv"]
+    res = _cli(*common, "--reference", "base", "--sort", "kl vs ref")
+    assert res.returncode == 0, res.stderr
+    names = list(pd.read_csv(io.StringIO(res.stdout))["name"])
+    assert names.index("base-bf16") < names.index("near") < names.index("far")  # least drift first
+    refused = _cli(*common, "--sort", "kl vs ref")
+    assert refused.returncode == 2 and "--reference" in refused.stderr
