@@ -306,7 +306,10 @@ def test_a_metric_registered_in_one_place_shows_up_in_compare(store_root: Path) 
     register_metric("top_drop", top_choice_drop, label="Δ p(base top)", unit="Δ prob", kind="delta", better="higher")
     try:
         res = compare("base", ["far"], suite="offline", results=store_root, n_boot=100)
-        assert "Δ p(base top)" in res.report.to_markdown()
+        md = res.report.to_markdown()
+        assert "Δ p(base top)" in md
+        kl = next(s for s in res.report.signals["far"] if s.name == "kl" and s.scope == "all")
+        assert kl.significant is None and f"{kl.value:.4g} [" in md and "(no floor)" in md  # never marked
         assert any(s["name"] == "top_drop" for s in json.loads(res.report.to_json())["signals"]["far"])
     finally:
         unregister_metric("top_drop")

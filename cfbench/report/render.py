@@ -246,14 +246,18 @@ def fmt_signal(x: float) -> str:
 
 
 def signal_text(s: Signal) -> str:
-    """``value* [lo, hi] (floor f)``; ``(no floor)`` when the signal was left unjudged for want of one."""
+    """``value* [lo, hi] (floor f)``; an unjudged signal says why: ``(no floor)`` or ``(no CI)``.
+
+    A signal with a CI is left unjudged only for want of a floor (a divergence); without a CI nothing
+    can be judged, floor or not.
+    """
     text = fmt_signal(s.value) + ("*" if s.significant else "")
     if s.ci is not None:
         text += f" [{fmt_signal(s.ci[0])}, {fmt_signal(s.ci[1])}]"
     if s.floor is not None:
         text += f" (floor {fmt_signal(s.floor)})"
-    elif s.significant is None:
-        text += " (no floor)"
+    if s.significant is None:
+        text += " (no CI)" if s.ci is None else ("" if s.floor is not None else " (no floor)")
     return text
 
 
@@ -296,8 +300,8 @@ def _signal_legend(report: ComparisonReport) -> str:
         f"Signals in their own units, value [{level} CI]. * significant as its producer judges it: a signed "
         "change when its CI excludes 0, a divergence (never below 0) when its CI lies above the noise floor "
         "(the same statistic between the base and the base scored another way, compare --noise-floor); "
-        "(no floor): a divergence without a floor is not judged. Forgotten/Gained: 0/1 items flipped "
-        "right→wrong / wrong→right, summed over the tasks in AVG."
+        "(no floor): a divergence without a floor is not judged; (no CI): --n-boot 0. Forgotten/Gained: 0/1 "
+        "items flipped right→wrong / wrong→right, summed over the tasks in AVG."
     )
 
 
