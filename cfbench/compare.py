@@ -559,7 +559,7 @@ def drift_gate(report: ComparisonReport, candidate: str, budgets: Sequence[Drift
         how = "CI" if s.ci is not None else "value (no CI)"
         if metric.better == "lower":
             failed = lo > b.value
-            reason = (f"{how} lower bound {lo:.4g} > {b.value:.4g}" if failed else f"within budget ({s.value:.4g})")
+            reason = f"{how} lower bound {lo:.4g} > {b.value:.4g}" if failed else f"within budget ({s.value:.4g})"
         else:
             failed = hi < -b.value
             reason = (f"dropped: {how} upper bound {hi:.4g} < −{b.value:.4g}" if failed
