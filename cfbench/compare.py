@@ -38,12 +38,16 @@ def resolve_runs(
     *,
     labels: Sequence[str] | None = None,
     eval_kwargs: dict[str, Any] | None = None,
+    runner: Any = None,
 ) -> list[RunRef]:
     """Stored runs are looked up; checkpoints are planned, announced, then scored (cached).
 
     What an argument means follows :mod:`cfbench.refs` (``run:NAME`` / ``ckpt:SPEC``; an argument
     that could be both is refused). All checkpoints are planned first, so a missing dataset or an
     unknown checkpoint fails before any model is loaded, and one line says how much will be scored.
+    ``runner`` (:func:`cfbench.scale.workers.make_runner`: local worker processes or Ray) spreads
+    every (checkpoint, task) job of every checkpoint over its workers; the run records are then
+    written from the filled cache exactly as a one-process compare writes them.
     """
     import sys
 
@@ -65,12 +69,20 @@ def resolve_runs(
         print(f"[cfbench] {describe_plans(list(plans.values()))}", file=sys.stderr, flush=True)
         for plan in plans.values():
             print(f"[cfbench]   {plan.describe()}", file=sys.stderr, flush=True)
+    scored_by_workers: dict[int, int] = {}
+    if runner is not None and plans:
+        from cfbench.scale.workers import score_plans
+
+        counts = score_plans(list(plans.values()), kwargs, runner, progress=mode != "off")
+        scored_by_workers = dict(zip(plans, counts, strict=True))
+        plans = {i: plan_evaluation(resolved[i].spec, results=store.root, **kwargs) for i in plans}  # all cached now
     refs: list[RunRef] = []
     seen: dict[str, int] = {}
     for i, ref_ in enumerate(resolved):
         if i in plans:
-            res = run_plan(plans[i], progress=mode, **run_opts)
-            ref = RunRef(ref_.spec, store.find_run(res.run_id), evaluated_now=True, scored_items=res.scored_items)
+            res = run_plan(plans[i], progress="off" if runner is not None else mode, **run_opts)
+            n = scored_by_workers.get(i, res.scored_items)
+            ref = RunRef(ref_.spec, store.find_run(res.run_id), evaluated_now=True, scored_items=n)
         else:
             assert ref_.record is not None
             # A paper run keeps its prefix in tables: the reader sees that its numbers are the paper's.
@@ -251,19 +263,23 @@ def compare(
     confidence: float = 0.95,
     eval_kwargs: dict[str, Any] | None = None,
     noise_floor: str | None = None,
+    runner: Any = None,
 ) -> CompareResult:
     """Score what is not yet stored and build the paper-style report of ``tuned`` against ``base``.
 
     Besides accuracy, every registered item metric (:mod:`cfbench.metrics`) is attached to the report
     as :class:`cfbench.signals.Signal` records per tuned run; ``noise_floor`` names a stored run of
-    the base checkpoint scored another way, against which divergences are judged.
+    the base checkpoint scored another way, against which divergences are judged. ``runner``: spread
+    the scoring over workers (see :func:`resolve_runs`); None scores in this process.
     """
     if not tuned:
         raise CfbenchError("compare needs a base and at least one tuned checkpoint or run")
     suite_obj = load_suite(suite)
     store = ResultStore(Path(results))
     floor_record = _floor_record(noise_floor, store) if noise_floor is not None else None  # before any scoring
-    refs = resolve_runs([base, *tuned], store, labels=labels, eval_kwargs={"suite": suite, **(eval_kwargs or {})})
+    refs = resolve_runs(
+        [base, *tuned], store, labels=labels, eval_kwargs={"suite": suite, **(eval_kwargs or {})}, runner=runner
+    )
     used: dict[str, set[str]] = {}
     raw: dict[str, pd.DataFrame] = {}
     items, scores = gather(store, refs, suite_obj.tasks, used, raw)

@@ -63,3 +63,61 @@ def test_one_task_split_over_two_workers_differs_only_by_rounding(tiny_model: Pa
     worst = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
     assert worst < 1e-4, worst
     assert a["pred"].tolist() == b["pred"].tolist()
+
+
+def _tuned_copy(tiny_model: Path, out: Path) -> Path:
+    """The tiny model with its weights nudged: a second checkpoint with different scores."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_compare_on_two_workers_gives_the_items_and_report_of_one(tiny_model: Path, tmp_path: Path) -> None:
+    """compare's (checkpoint, task) jobs of base *and* tuned go through the pool; the same checkpoint
+    listed twice is scored once."""
+    from cfbench.compare import compare
+    from cfbench.scale.workers import LocalRunner
+
+    tuned = _tuned_copy(tiny_model, tmp_path / "tuned")
+    kw = dict(suite="offline", n_boot=200, eval_kwargs={"limit": 3, "backend_options": {"dtype": "float32"},
+                                                        "progress": "off"})  # fmt: skip
+    one = compare(str(tiny_model), [str(tuned)], results=tmp_path / "one", **kw)  # type: ignore[arg-type]
+    two = compare(str(tiny_model), [str(tuned), str(tiny_model)], results=tmp_path / "two",
+                  runner=LocalRunner(["cpu", "cpu"]), **kw)  # type: ignore[arg-type]  # fmt: skip
+    from cfbench.store import ResultStore
+
+    a, b = (ResultStore(tmp_path / r).items().sort_values(["cache_key", "task", "doc_id"]).reset_index(drop=True)
+            for r in ("one", "two"))  # fmt: skip
+    n_one = [r.scored_items for r in one.runs]
+    assert len(a) == len(b) == sum(n_one) > 0  # two checkpoints; the repeated base was not scored again
+    cols = [c for c in a.columns if c not in ("scored_at", "created_at", "timestamp")]
+    for c in cols:
+        assert a[c].astype(str).tolist() == b[c].astype(str).tolist(), c
+    assert n_one[0] == n_one[1] and [r.scored_items for r in two.runs] == [*n_one, 0]
+    ra, rb = one.report.base_comparisons[0], two.report.base_comparisons[0]
+    assert ra.avg.delta == rb.avg.delta and ra.avg.ci == rb.avg.ci
+    assert two.report.base_comparisons[1].avg.delta == 0.0
+
+
+def test_make_runner_refuses_bad_combinations() -> None:
+    from cfbench.scale.workers import check_devices, make_runner
+
+    with pytest.raises(CfbenchError, match="unknown"):
+        make_runner(2, None, "slurm")
+    with pytest.raises(CfbenchError, match="Ray places workers itself"):
+        make_runner(None, "cuda:0", "ray")
+    assert parse_devices("cuda:0+cuda:1,cuda:2+cuda:3", None) == ["cuda:0+cuda:1", "cuda:2+cuda:3"]
+    check_devices(["cuda:0+cuda:1"], "vllm", {"tensor_parallel_size": 2})
+    with pytest.raises(CfbenchError, match="tensor_parallel_size=2 but --devices entry 'cuda:0' has 1"):
+        check_devices(["cuda:0", "cuda:1"], "vllm", {"tensor_parallel_size": 2})
+    with pytest.raises(CfbenchError, match="uses one"):
+        check_devices(["cuda:0+cuda:1"], "hf", {})

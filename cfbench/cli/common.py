@@ -33,6 +33,16 @@ Workers = Annotated[
 Devices = Annotated[
     str | None, typer.Option("--devices", help="One worker per device, e.g. cuda:0,cuda:1 (see docs/scale.md).")
 ]
+Runner = Annotated[
+    str,
+    typer.Option(
+        "--runner", help="local (worker processes on this machine) or ray (Ray actors, one per GPU; docs/scale.md)."
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Join this Ray cluster (implies --runner ray; default: a local cluster)."),
+]
 BaseArch = Annotated[
     str | None, typer.Option("--base", help="Architecture+tokenizer for raw state-dict checkpoints (.pt/.bin/...).")
 ]

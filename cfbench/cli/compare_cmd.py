@@ -15,13 +15,17 @@ from cfbench.cli.common import (
     Backend,
     BaseArch,
     DataDir,
+    Devices,
     Dtype,
     Limit,
     ModelArgs,
     NumFewshot,
+    RayAddress,
     Results,
+    Runner,
     Suite,
     TaskLimit,
+    Workers,
     check_out_path,
     parse_model_args,
     parse_task_limits,
@@ -108,6 +112,10 @@ def register(app: typer.Typer) -> None:
                 "(kl, js) are significant only above this floor.",
             ),
         ] = None,
+        workers: Workers = None,
+        devices: Devices = None,
+        runner: Runner = "local",
+        ray_address: RayAddress = None,
     ) -> None:
         """Paper-style forgetting table: DK, Understanding, Reasoning, Exams, AVG, Δ (+ CIs, McNemar, flips)."""
         from cfbench.compare import compare
@@ -119,6 +127,11 @@ def register(app: typer.Typer) -> None:
         if pair and len(tuned) != 2:
             raise CfbenchError(f"--pair needs exactly two tuned runs (w/o, then w/), got {len(tuned)}")
         names = label_list[1:] if label_list else tuned
+        pool = None
+        if workers is not None or devices is not None or runner != "local" or ray_address:
+            from cfbench.scale.workers import make_runner
+
+            pool = make_runner(workers, devices, runner, ray_address)
         res = compare(
             base,
             tuned,
@@ -130,6 +143,7 @@ def register(app: typer.Typer) -> None:
             pairs=[(names[0], names[1])] if pair else None,
             eval_kwargs=_eval_kwargs(limit, task_limit, backend, model_args, dtype, num_fewshot, arch, data_dir),
             noise_floor=noise_floor,
+            runner=pool,
         )
         emit_report(res.report, fmt, out)
         err = Console(stderr=True)

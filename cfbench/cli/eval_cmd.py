@@ -20,7 +20,9 @@ from cfbench.cli.common import (
     Limit,
     ModelArgs,
     NumFewshot,
+    RayAddress,
     Results,
+    Runner,
     Suite,
     TaskLimit,
     Tasks,
@@ -56,16 +58,19 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[EvalFormat, typer.Option("--format", help="table or json.")] = EvalFormat.table,
         workers: Workers = None,
         devices: Devices = None,
+        runner: Runner = "local",
+        ray_address: RayAddress = None,
     ) -> None:
         """Score CHECKPOINT on a suite; cached items are never scored twice, interrupted runs resume."""
         from cfbench.engine import evaluate
 
-        if workers is not None or devices is not None:
+        if workers is not None or devices is not None or runner != "local" or ray_address:
             from functools import partial
 
-            from cfbench.scale.workers import evaluate_parallel, parse_devices
+            from cfbench.scale.workers import evaluate_parallel, make_runner
 
-            evaluate = partial(evaluate_parallel, devices=parse_devices(devices, workers))  # type: ignore[assignment]
+            pool = make_runner(workers, devices, runner, ray_address)
+            evaluate = partial(evaluate_parallel, devices=pool)  # type: ignore[assignment]
         res = evaluate(
             checkpoint,
             tasks=tasks.split(",") if tasks else None,

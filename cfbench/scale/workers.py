@@ -50,12 +50,16 @@ def parse_devices(devices: str | None, workers: int | None) -> list[str]:
     """``--devices cuda:0,cuda:1`` or ``--workers N`` → one device string per worker.
 
     ``--workers N`` alone uses ``cuda:0..N-1`` when that many GPUs are visible, else N CPU workers.
+    An entry ``cuda:0+cuda:1`` gives one worker two GPUs (a vLLM engine with ``tensor_parallel_size=2``).
     """
     if devices:
         out = [d.strip() for d in devices.split(",") if d.strip()]
         for d in out:
-            if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
-                raise CfbenchError(f"--devices entry {d!r} is not cpu or cuda:N: write e.g. --devices cuda:0,cuda:1")
+            parts = d.split("+")
+            if d != "cpu" and not all(p.startswith("cuda:") and p[5:].isdigit() for p in parts):
+                raise CfbenchError(
+                    f"--devices entry {d!r} is not cpu, cuda:N or cuda:N+cuda:M: write e.g. --devices cuda:0,cuda:1"
+                )
         if workers is not None and workers != len(out):
             raise CfbenchError(f"--workers {workers} but --devices names {len(out)}: give one of them")
         return out
@@ -68,46 +72,132 @@ def parse_devices(devices: str | None, workers: int | None) -> list[str]:
     return ["cpu"] * workers
 
 
-def make_jobs(plans: Sequence[Any], plan_kwargs: Sequence[dict[str, Any]], n_workers: int) -> list[Job]:
+def gpus_per_engine(backend: str, options: dict[str, Any]) -> int:
+    """How many GPUs one scoring engine needs: vLLM's ``tensor_parallel_size``, else 1."""
+    if backend != "vllm":
+        return 1
+    try:
+        tp = int(options.get("tensor_parallel_size", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise CfbenchError(
+            f"tensor_parallel_size={options.get('tensor_parallel_size')!r} is not a whole number"
+        ) from exc
+    if tp < 1:
+        raise CfbenchError(f"tensor_parallel_size must be >= 1, got {tp}")
+    return tp
+
+
+def check_devices(devices: Sequence[str], backend: str, options: dict[str, Any]) -> None:
+    """Refuse device lists that do not match the engine: each worker gets exactly the GPUs it needs."""
+    need = gpus_per_engine(backend, options)
+    for d in devices:
+        have = 0 if d == "cpu" else len(d.split("+"))
+        if have > 1 and backend != "vllm":
+            raise CfbenchError(f"--devices entry {d!r} gives one {backend} worker {have} GPUs; it uses one: "
+                               "write --devices cuda:0,cuda:1 (one worker per GPU)")  # fmt: skip
+        if have and have != need:
+            raise CfbenchError(
+                f"tensor_parallel_size={need} but --devices entry {d!r} has {have} GPU(s): give each worker "
+                f"{need} GPUs joined by '+', e.g. --devices "
+                + ",".join("+".join(f"cuda:{w * need + i}" for i in range(need)) for w in range(2))
+            )
+
+
+def make_jobs(
+    plans: Sequence[Any], plan_kwargs: Sequence[dict[str, Any]], n_workers: int, specs: Sequence[str] | None = None
+) -> list[Job]:
     """One job per (checkpoint, task); tasks are cut into shards only when there are fewer jobs than workers.
 
     Whole tasks are scored exactly as one process scores them (same chunks, same batches), so their
     items are bit-identical. A task cut into shards is batched differently, which moves float32
     log-probs by ~1e-6 (rounding only; tests/test_workers.py bounds it). Jobs are ordered by
     checkpoint, so the pool works through one checkpoint before the next and a worker loads each
-    checkpoint about once.
+    checkpoint about once (``specs``: how workers name each plan's checkpoint, default its own spec).
+    A document two plans share (``compare A A``, or the same checkpoint under
+    two names) is scored once: the cache key already names checkpoint content, task and settings.
     """
     jobs: list[Job] = []
-    units = sum(1 for plan in plans for tp in plan.tasks if tp.todo)
-    split = units < n_workers
-    for plan, kwargs in zip(plans, plan_kwargs, strict=True):
+    claimed: set[tuple[str, Any]] = set()
+    todos = []
+    for plan in plans:
         for tp in plan.tasks:
-            if not tp.todo:
+            todo = [i for i in tp.todo if (tp.cache_key, i.doc_id) not in claimed]
+            claimed.update((tp.cache_key, i.doc_id) for i in todo)
+            todos.append(todo)
+    split = sum(1 for t in todos if t) < n_workers
+    it = iter(todos)
+    names = list(specs) if specs is not None else [plan.checkpoint.spec for plan in plans]
+    for plan, kwargs, spec in zip(plans, plan_kwargs, names, strict=True):
+        for tp in plan.tasks:
+            todo = next(it)
+            if not todo:
                 continue
-            size = max(1, math.ceil(len(tp.todo) / n_workers)) if split else len(tp.todo)
-            for start in range(0, len(tp.todo), size):
-                shard = tp.todo[start : start + size]
+            size = max(1, math.ceil(len(todo) / n_workers)) if split else len(todo)
+            for start in range(0, len(todo), size):
+                shard = todo[start : start + size]
                 jobs.append(
-                    Job(plan.checkpoint.spec, tp.name, tuple(i.doc_id for i in shard),
+                    Job(spec, tp.name, tuple(i.doc_id for i in shard),
                         sum(len(i.requests) for i in shard), kwargs)
                 )  # fmt: skip
     return jobs
 
 
 # ------------------------------------------------------------------------------------------------
-# Worker process side
+# Worker side (a spawned process of the local pool, or a Ray actor)
 
-_DEVICE: str = "cpu"
-_BACKEND: Any = None  # (key, _LazyBackend) of the checkpoint this worker has loaded
-_PLANS: dict[tuple[str, str], Any] = {}
+
+@dataclass
+class WorkerState:
+    """What one worker keeps between jobs: its device, the loaded engine, the plans it rendered."""
+
+    device: str = "cpu"
+    backend: Any = None  # (key, _LazyBackend) of the checkpoint this worker has loaded
+    plans: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend[1].close()
+            self.backend = None
+
+
+def score_job(job: Job, state: WorkerState) -> tuple[str, int]:
+    """Score one job's uncached documents into the store; returns (checkpoint spec, documents scored)."""
+    from cfbench.engine import _LazyBackend, _score_task, plan_evaluation
+    from cfbench.progress import Progress
+    from cfbench.store import ResultStore
+
+    key = (job.spec, job.task)
+    if key not in state.plans:
+        state.plans[key] = plan_evaluation(job.spec, tasks=[job.task], **job.plan_kwargs)
+    plan = state.plans[key]
+    tp = plan.tasks[0]
+    wanted = set(job.doc_ids)
+    store = ResultStore(plan.results)
+    done = store.cached_doc_ids(tp.cache_key)
+    todo = [i for i in tp.instances if i.doc_id in wanted and i.doc_id not in done]
+    if not todo:
+        return job.spec, 0
+    bkey = (str(plan.checkpoint.path), plan.backend, repr(sorted(plan.options.items())))
+    if state.backend is None or state.backend[0] != bkey:
+        state.close()
+        options = dict(plan.options)
+        if plan.backend == "hf":
+            options["device"] = "cuda" if state.device.startswith("cuda") else "cpu"
+        state.backend = (bkey, _LazyBackend(plan.backend, plan.checkpoint.path, options))
+    bar = Progress(plan.checkpoint.name, sum(len(i.requests) for i in todo), mode="off")
+    with bar:
+        n = _score_task(tp.task, todo, tp.cache_key, state.backend[1], store, bar)
+    return job.spec, n
+
+
+_STATE = WorkerState()
 
 
 def _init_worker(devices: Any, threads: int) -> None:
     """Claim one device from the queue; pin CUDA to it before anything imports torch.cuda state."""
-    global _DEVICE
-    _DEVICE = devices.get()
-    if _DEVICE.startswith("cuda:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = _DEVICE.split(":", 1)[1]
+    _STATE.device = devices.get()
+    if _STATE.device.startswith("cuda:"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(p.split(":", 1)[1] for p in _STATE.device.split("+"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
@@ -115,87 +205,160 @@ def _init_worker(devices: Any, threads: int) -> None:
 
 
 def _run_job(job: Job) -> tuple[str, int]:
-    global _BACKEND
-    from cfbench.engine import _LazyBackend, _score_task, plan_evaluation
-    from cfbench.progress import Progress
-    from cfbench.store import ResultStore
-
-    key = (job.spec, job.task)
-    if key not in _PLANS:
-        _PLANS[key] = plan_evaluation(job.spec, tasks=[job.task], **job.plan_kwargs)
-    plan = _PLANS[key]
-    tp = plan.tasks[0]
-    wanted = set(job.doc_ids)
-    store = ResultStore(plan.results)
-    done = store.cached_doc_ids(tp.cache_key)
-    todo = [i for i in tp.instances if i.doc_id in wanted and i.doc_id not in done]
-    if not todo:
-        return job.task, 0
-    bkey = (str(plan.checkpoint.path), plan.backend, repr(sorted(plan.options.items())))
-    if _BACKEND is None or _BACKEND[0] != bkey:
-        if _BACKEND is not None:
-            _BACKEND[1].close()
-        options = dict(plan.options)
-        if plan.backend == "hf":
-            options["device"] = "cuda" if _DEVICE.startswith("cuda") else "cpu"
-        _BACKEND = (bkey, _LazyBackend(plan.backend, plan.checkpoint.path, options))
-    bar = Progress(plan.checkpoint.name, sum(len(i.requests) for i in todo), mode="off")
-    with bar:
-        n = _score_task(tp.task, todo, tp.cache_key, _BACKEND[1], store, bar)
-    return job.task, n
+    return score_job(job, _STATE)
 
 
 # ------------------------------------------------------------------------------------------------
 # Main process side
 
 
+class Reporter:
+    """The periodic ``[cfbench] workers: done/total requests`` line (stderr)."""
+
+    def __init__(self, jobs: Sequence[Job], where: str, enabled: bool) -> None:
+        self.total, self.done, self.where, self.enabled = sum(j.requests for j in jobs), 0, where, enabled
+        self.t0 = time.perf_counter()
+
+    def job_done(self, job: Job) -> None:
+        self.done += job.requests
+        if self.enabled:
+            rate = self.done / max(1e-9, time.perf_counter() - self.t0)
+            print(f"[cfbench] workers: {self.done:,}/{self.total:,} requests ({rate:,.1f}/s) on {self.where}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+
+class LocalRunner:
+    """One spawned worker process per local device (``concurrent.futures.ProcessPoolExecutor``)."""
+
+    name = "local"
+
+    def __init__(self, devices: Sequence[str]) -> None:
+        if not devices:
+            raise CfbenchError("no devices to score on: give --workers N or --devices cuda:0,...")
+        self.devices = list(devices)
+
+    def start(self, backend: str, options: dict[str, Any]) -> int:
+        """Check the devices fit the engine; returns the number of workers."""
+        check_devices(self.devices, backend, options)
+        return len(self.devices)
+
+    def describe(self) -> str:
+        return f"{len(self.devices)} worker(s): {', '.join(self.devices)}"
+
+    def run(self, jobs: Sequence[Job], progress: bool = True) -> dict[str, int]:
+        """Run ``jobs``; returns documents scored per checkpoint spec."""
+        scored: dict[str, int] = {}
+        if not jobs:
+            return scored
+        ctx = mp.get_context("spawn")  # CUDA and vLLM cannot be forked
+        queue = ctx.Manager().Queue()
+        for d in self.devices:
+            queue.put(d)
+        threads = max(1, (os.cpu_count() or 1) // len(self.devices))
+        report = Reporter(jobs, f"{len(self.devices)} device(s)", progress)
+        with ProcessPoolExecutor(len(self.devices), mp_context=ctx, initializer=_init_worker,
+                                 initargs=(queue, threads)) as pool:  # fmt: skip
+            futures = {pool.submit(_run_job, j): j for j in jobs}
+            try:
+                for fut in as_completed(futures):
+                    spec, n = fut.result()  # re-raises a worker's error (CfbenchError travels as itself)
+                    scored[spec] = scored.get(spec, 0) + n
+                    report.job_done(futures[fut])
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        return scored
+
+    def stop(self) -> None:
+        """Nothing to tear down: the pool ends with :meth:`run`."""
+
+
+def make_runner(
+    workers: int | None = None, devices: str | None = None, runner: str = "local", ray_address: str | None = None
+) -> Any:
+    """The CLI's ``--workers/--devices/--runner/--ray-address`` → a runner (validated, nothing started)."""
+    if ray_address and runner == "local":
+        runner = "ray"
+    if runner == "local":
+        return LocalRunner(parse_devices(devices, workers))
+    if runner == "ray":
+        if devices:
+            raise CfbenchError("--devices is for the local runner; Ray places workers itself: give --workers N "
+                               "(or nothing: one worker per GPU of the cluster)")  # fmt: skip
+        if workers is not None and workers < 1:
+            raise CfbenchError(f"--workers must be >= 1, got {workers}")
+        from cfbench.scale.ray_runner import RayRunner
+
+        return RayRunner(address=ray_address, workers=workers)
+    raise CfbenchError(f"--runner {runner!r} is unknown: choose local or ray")
+
+
+def as_runner(devices: Any) -> Any:
+    """A runner object as is; a list of device strings as a :class:`LocalRunner`."""
+    return devices if hasattr(devices, "run") else LocalRunner(list(devices))
+
+
+def _portable(spec: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Absolute paths for the checkpoint, the store and the data, so workers started elsewhere
+    (another working directory, another node of a Ray cluster with a shared filesystem) find them."""
+    from pathlib import Path
+
+    out = dict(kwargs)
+    for k in ("results", "data_dir"):
+        if out.get(k) is not None:
+            out[k] = Path(out[k]).absolute()
+    bare = spec.removeprefix("ckpt:")
+    if Path(bare).exists():
+        spec = str(Path(bare).absolute())
+    return spec, out
+
+
+def score_plans(plans: Sequence[Any], plan_kwargs: dict[str, Any], runner: Any, progress: bool = True) -> list[int]:
+    """Score every uncached document of ``plans`` on ``runner`` (started and stopped here).
+
+    Returns the documents scored for each plan (a checkpoint listed twice is credited once).
+    """
+    if not plans:
+        return []
+    worker_kwargs = {k: v for k, v in plan_kwargs.items() if k not in ("tasks", "suite", "strict_data")}
+    portable = [_portable(plan.checkpoint.spec, {**worker_kwargs, "results": plan.results}) for plan in plans]
+    n_workers = runner.start(plans[0].backend, plans[0].options)
+    try:
+        if progress:
+            print(f"[cfbench] scoring on {runner.describe()}", file=sys.stderr, flush=True)
+        jobs = make_jobs(plans, [kw for _, kw in portable], n_workers, specs=[s for s, _ in portable])
+        by_spec = runner.run(jobs, progress=progress)
+    finally:
+        runner.stop()
+    return [by_spec.pop(spec, 0) for spec, _ in portable]
+
+
 def run_jobs(jobs: Sequence[Job], devices: Sequence[str], progress: bool = True) -> int:
-    """Run ``jobs`` on one worker process per device; returns the number of documents scored."""
-    if not jobs:
-        return 0
-    ctx = mp.get_context("spawn")  # CUDA and vLLM cannot be forked
-    queue = ctx.Manager().Queue()
-    for d in devices:
-        queue.put(d)
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
-    total_req = sum(j.requests for j in jobs)
-    scored, done_req, t0 = 0, 0, time.perf_counter()
-    with ProcessPoolExecutor(len(devices), mp_context=ctx, initializer=_init_worker,
-                             initargs=(queue, threads)) as pool:  # fmt: skip
-        futures = {pool.submit(_run_job, j): j for j in jobs}
-        try:
-            for fut in as_completed(futures):
-                _, n = fut.result()  # re-raises a worker's error (CfbenchError travels as itself)
-                scored += n
-                done_req += futures[fut].requests
-                if progress:
-                    rate = done_req / max(1e-9, time.perf_counter() - t0)
-                    print(f"[cfbench] workers: {done_req:,}/{total_req:,} requests ({rate:,.1f}/s) on "
-                          f"{len(devices)} device(s)", file=sys.stderr, flush=True)  # fmt: skip
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    return scored
+    """Run ``jobs`` on one local worker process per device; returns the number of documents scored."""
+    return sum(LocalRunner(devices).run(jobs, progress=progress).values())
 
 
 def evaluate_parallel(
-    checkpoint: str, devices: Sequence[str], *, progress: bool | str = "auto", name: str | None = None,
+    checkpoint: str, devices: Any, *, progress: bool | str = "auto", name: str | None = None,
     method: str | None = None, hparams: dict[str, Any] | None = None, tuned_from: str | None = None,
     **plan_kwargs: Any,
 ) -> Any:  # fmt: skip
-    """:func:`cfbench.engine.evaluate` with the scoring spread over ``devices`` (same items, same run)."""
+    """:func:`cfbench.engine.evaluate` with the scoring spread over workers (same items, same run).
+
+    ``devices``: a list of device strings (local worker processes) or a runner from :func:`make_runner`
+    (e.g. :class:`cfbench.scale.ray_runner.RayRunner`).
+    """
     from cfbench.engine import plan_evaluation, progress_mode, run_plan
 
     t0 = time.perf_counter()
     mode = progress_mode(progress)
+    runner = as_runner(devices)
     plan = plan_evaluation(checkpoint, **plan_kwargs)
     if mode != "off":
-        print(f"[cfbench] {plan.describe()} — on {len(devices)} worker(s): {', '.join(devices)}",
-              file=sys.stderr, flush=True)  # fmt: skip
-    worker_kwargs = {k: v for k, v in plan_kwargs.items() if k not in ("tasks", "suite", "strict_data")}
+        print(f"[cfbench] {plan.describe()}", file=sys.stderr, flush=True)
     n_todo = {tp.name: len(tp.todo) for tp in plan.tasks}
-    scored = run_jobs(make_jobs([plan], [worker_kwargs], len(devices)), devices, progress=mode != "off")
+    (scored,) = score_plans([plan], plan_kwargs, runner, progress=mode != "off")
     final = plan_evaluation(checkpoint, **plan_kwargs)  # everything is cached now
     res = run_plan(final, name=name, method=method, hparams=hparams, tuned_from=tuned_from, progress="off", t0=t0)
     outcomes = [replace(o, n_scored=n_todo.get(o.task, 0)) if o.missing is None else o for o in res.outcomes]
