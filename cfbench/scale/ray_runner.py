@@ -69,7 +69,7 @@ class RayRunner:
     def __init__(self, address: str | None = None, workers: int | None = None) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.workers = workers
-        self._ray: Any = None
+        self._ray: Any = _require_ray()  # a missing ray fails before any checkpoint is planned
         self._started_cluster = False
         self._actors: list[Any] = []
         self._gpus_each = 0
@@ -77,7 +77,7 @@ class RayRunner:
 
     def start(self, backend: str, options: dict[str, Any]) -> int:
         """Connect (or start a local cluster), check the resources, create the actors; returns their number."""
-        ray = self._ray = _require_ray()
+        ray = self._ray
         if not ray.is_initialized():
             if self.address:
                 try:

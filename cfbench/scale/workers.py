@@ -4,11 +4,18 @@
 (:func:`cfbench.engine.plan_evaluation`: data checked, cache looked up, no model loaded), cuts every
 task's uncached documents into shards and hands the shards to a pool of ``spawn``-ed worker
 processes (``concurrent.futures.ProcessPoolExecutor``), one per device. Each worker pins itself to its
-device (``CUDA_VISIBLE_DEVICES`` for GPUs, so vLLM and hf both see exactly one), loads each
-checkpoint once, scores its shards with the engine's own chunked scorer and appends the items to
-the Parquet store, which is safe for concurrent writers. When every shard is done, the main process
-re-plans (now everything is cached) and :func:`cfbench.engine.run_plan` writes the run record as a
-single-process evaluation would.
+device (``CUDA_VISIBLE_DEVICES`` for GPUs, so vLLM and hf both see exactly one; an entry
+``cuda:0+cuda:1`` gives a vLLM engine with ``tensor_parallel_size=2`` both), loads each checkpoint
+once, scores its shards with the engine's own chunked scorer and appends the items to the Parquet
+store, which is safe for concurrent writers. When every shard is done, the main process re-plans
+(now everything is cached) and :func:`cfbench.engine.run_plan` writes the run record as a
+single-process evaluation would. ``cfbench compare ... --workers N`` does the same with the jobs of
+every checkpoint it scores (:func:`score_plans`, called by :func:`cfbench.compare.resolve_runs`).
+
+Runners: :class:`LocalRunner` (this machine's process pool) and
+:class:`cfbench.scale.ray_runner.RayRunner` (``--runner ray``: the same jobs as Ray actors, for
+several nodes) share one interface: ``start(backend, options) -> n_workers``, ``run(jobs) ->
+documents scored per checkpoint spec``, ``stop()``, ``describe()``.
 
 Why the results are identical to one worker's: jobs are whole (checkpoint, task) units scored by the
 engine's own chunked scorer, so every batch is the one a single process would form, and cache keys
