@@ -35,6 +35,19 @@ class LoglikResult:
     n_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """Greedy continuation of ``context``: at most ``max_gen_toks`` tokens, cut at the first of ``until``.
+
+    lm-eval's ``generate_until`` request (``until`` and ``max_gen_toks`` of its ``gen_kwargs``;
+    256 is its default ``max_gen_toks``). The EOS token always stops a generation as well.
+    """
+
+    context: str
+    until: tuple[str, ...] = ()
+    max_gen_toks: int = 256
+
+
 ProgressFn = Callable[[int], None]
 
 

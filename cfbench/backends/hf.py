@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cfbench.backends.base import LoglikRequest, LoglikResult, ProgressFn
+from cfbench.backends.base import GenerateRequest, LoglikRequest, LoglikResult, ProgressFn
 from cfbench.backends.tokenize import encode_pair
 from cfbench.errors import CfbenchError
 
@@ -389,6 +389,19 @@ class HFBackend:
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def generate_until(
+        self, requests: Sequence[GenerateRequest], progress: ProgressFn | None = None, *, batch_size: int = 16
+    ) -> list[str]:
+        """Greedy continuations cut at their stop strings, as lm-eval's ``HFLM.generate_until``
+        (:mod:`cfbench.backends.generate`); ``max_gen_toks`` counts against this backend's ``max_length``."""
+        if self.model is None:
+            raise CfbenchError("this HFBackend was closed: create a new one")
+        from cfbench.backends.generate import generate_until
+
+        return generate_until(
+            self.model, self.tokenizer, requests, max_length=self.max_length, batch_size=batch_size, progress=progress
+        )
 
     # ------------------------------------------------------------------------------------------
     # Request preparation

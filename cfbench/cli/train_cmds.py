@@ -52,6 +52,15 @@ LoraAlpha = Annotated[float | None, typer.Option("--lora-alpha", help="LoRA scal
 LoraTargets = Annotated[
     str | None, typer.Option("--lora-targets", help="Comma-separated module names (default: all llama projections).")
 ]
+Heldout = Annotated[
+    int | None,
+    typer.Option(
+        "--heldout",
+        help="Held-out documents of --data, never trained on, for the in-domain gain "
+        "(default: min(64, 10% of the distinct examples); 0: none).",
+    ),
+]
+Results = Annotated[Path, typer.Option("--results", envvar="CFBENCH_RESULTS", help="Results store.")]
 ActCkpt = Annotated[
     bool, typer.Option("--activation-checkpointing", help="Recompute decoder layers in backward (less memory).")
 ]
@@ -87,13 +96,15 @@ def register(app: typer.Typer) -> None:
         lora_alpha: LoraAlpha = None,
         lora_targets: LoraTargets = None,
         activation_checkpointing: ActCkpt = False,
+        heldout: Heldout = None,
+        results: Results = Path("results"),
     ) -> None:
         """Fine-tune BASE on --data with AdamW, SAM or ASAM; writes an HF folder plus cfbench_manifest.json."""
         from cfbench.train.finetune import finetune
 
         _quiet(quiet)
         result = finetune(
-            base, data, out, optimizer=optimizer.value, progress=not quiet,
+            base, data, out, optimizer=optimizer.value, progress=not quiet, heldout=heldout,
             **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                       rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
             **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
@@ -105,6 +116,7 @@ def register(app: typer.Typer) -> None:
             f"{result.label}: {m['steps']} steps, final loss {_fmt(result.final_loss)}, "
             f"{m['wall_time_s']:.0f}s -> {result.path}"
         )
+        _learned(results, [(result.label, result.path, m)], device)
 
     @app.command("pair")
     def pair_cmd(
@@ -135,21 +147,20 @@ def register(app: typer.Typer) -> None:
         lora_alpha: LoraAlpha = None,
         lora_targets: LoraTargets = None,
         activation_checkpointing: ActCkpt = False,
+        heldout: Heldout = None,
         compare: Annotated[
             bool, typer.Option("--compare", help="Then run `cfbench compare` on base, w/o SAM and w/ SAM.")
         ] = False,
         suite: Annotated[str, typer.Option("--suite", help="With --compare: the suite to score.")] = "paper",
         limit: Annotated[int | None, typer.Option("--limit", help="With --compare: documents per task.")] = None,
-        results: Annotated[Path, typer.Option("--results", envvar="CFBENCH_RESULTS", help="Results store.")] = Path(
-            "results"
-        ),
+        results: Results = Path("results"),
     ) -> None:
         """The paper's compute-matched pair: OUT/wo_sam (AdamW, 2x epochs) and OUT/w_sam (SAM, epochs)."""
         from cfbench.train.finetune import pair
 
         _quiet(quiet)
         result = pair(
-            base, data, out, sam_optimizer=sam_optimizer.value, progress=not quiet,
+            base, data, out, sam_optimizer=sam_optimizer.value, progress=not quiet, heldout=heldout,
             **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                       rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
             **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
@@ -164,6 +175,7 @@ def register(app: typer.Typer) -> None:
                 f"-> {run.path}"
             )
         typer.echo(f"pair description -> {result.path / 'pair.json'}")
+        _learned(results, [(r.label, r.path, r.manifest) for r in (result.wo_sam, result.w_sam)], device)
         if compare:
             import sys
 
@@ -212,6 +224,18 @@ def _scale(
 ) -> dict[str, Any]:
     return {"lora_r": lora_r, "lora_alpha": lora_alpha, "lora_targets": lora_targets,
             "activation_checkpointing": activation_checkpointing}  # fmt: skip
+
+
+def _learned(results: Path, runs: list[tuple[str, Path, dict[str, Any]]], device: str | None) -> None:
+    """Score base and tuned runs on the held-out split and print the "Learned" summary (or why not)."""
+    from cfbench.train.indomain import learned_after_finetune
+
+    learned = learned_after_finetune(results, runs, device=device)
+    if learned is None:
+        typer.echo("Learned: not measured (no held-out split: the data is too small for the default, or --heldout 0)")
+        return
+    for line in learned.lines():
+        typer.echo(line)
 
 
 def _main_rank() -> bool:

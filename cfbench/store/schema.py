@@ -178,6 +178,32 @@ TABLES["landscape"] = (LANDSCAPE_SCHEMA, ("landscape_id", "kind", "i", "j"))
 TABLES["diagnostics"] = (DIAGNOSTICS_SCHEMA, ("diag_id", "metric"))
 TABLES["weight_diff"] = (WEIGHT_DIFF_SCHEMA, ("diff_id", "param"))
 
+# In-domain gain (cfbench.train.indomain; docs/indomain.md): one row per held-out fine-tune document
+# and checkpoint. loss is nats/token over the document's target tokens (training's masks); em is 1/0
+# where the answer is checkable, null elsewhere.
+INDOMAIN_SCHEMA = pa.schema(
+    [
+        pa.field("checkpoint_hash", pa.string(), nullable=False),
+        pa.field("split_hash", pa.string(), nullable=False),
+        pa.field("settings_hash", pa.string(), nullable=False),  # what changes the numbers (indomain.py)
+        pa.field("doc_id", pa.int64(), nullable=False),  # position in the held-out split
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("checkpoint_name", pa.string(), nullable=False),
+        pa.field("data", pa.string(), nullable=False),  # the fine-tune data source the split came from
+        pa.field("example_hash", pa.string(), nullable=False),
+        pa.field("n_tokens", pa.int64(), nullable=False),
+        pa.field("loss_sum", pa.float64(), nullable=False),
+        pa.field("loss", pa.float64(), nullable=False),
+        pa.field("checkable", pa.bool_(), nullable=False),
+        pa.field("em", pa.float64()),
+        pa.field("answer", pa.string()),
+        pa.field("generation", pa.string()),
+        pa.field("settings_json", pa.string(), nullable=False),
+    ],
+    metadata=_META,
+)
+TABLES["indomain"] = (INDOMAIN_SCHEMA, ("checkpoint_hash", "split_hash", "settings_hash", "doc_id"))
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)

@@ -373,6 +373,7 @@ def finetune(
     lora_alpha: float | None = None,
     lora_targets: str | Sequence[str] | None = None,
     activation_checkpointing: bool = False,
+    heldout: int | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``base`` on ``data`` and write an HF checkpoint folder with a manifest to ``out``.
 
@@ -385,8 +386,12 @@ def finetune(
     ``lora_r``: train rank-r LoRA adapters (peft) instead of all weights; they are merged into the
     weights on save, so the output is a normal checkpoint. Under ``torchrun`` (``WORLD_SIZE`` > 1)
     the run is data-parallel with FSDP2 full sharding (:mod:`cfbench.train.distributed`).
+    ``heldout``: documents of ``data`` held out of training for the in-domain gain
+    (:mod:`cfbench.train.indomain`; None: min(64, 10% of the distinct examples), 0: none); the
+    split is recorded in the manifest under ``heldout``.
     """
     from cfbench.models.checkpoint import resolve_checkpoint
+    from cfbench.train.indomain import split_data
 
     _validate(
         optimizer,
@@ -406,6 +411,7 @@ def finetune(
     t_start = time.time()
     resolved = resolve_checkpoint(str(base))
     task_data = load_data(data)
+    task_examples, split = split_data(task_data, heldout, seed)
     reh_data = load_data(rehearsal) if rehearsal is not None else None
     micro_batch = min(micro_batch, batch_size)
     hyper: dict[str, Any] = {
@@ -430,15 +436,17 @@ def finetune(
     lora = lora_settings(lora_r, lora_alpha, lora_targets)
     if lora is not None:  # only then: fingerprints of full fine-tuning runs stay as they were
         hyper["lora"] = lora
+    if split is not None:  # likewise: a run without a held-out split trains on what it always did
+        hyper["heldout"] = split.n
     fingerprint = _fingerprint(hyper, resolved.content_hash, task_data, reh_data)
     if out.is_dir() and (done := _existing(out, fingerprint)) is not None and not overwrite:
         return FinetuneResult(out, done)
     check_output_dir(out, overwrite)
 
     if reh_data is not None:
-        examples, n_reh = mix_rehearsal(task_data.examples, reh_data.examples, rehearsal_ratio, seed)
+        examples, n_reh = mix_rehearsal(task_examples, reh_data.examples, rehearsal_ratio, seed)
     else:
-        examples, n_reh = list(task_data.examples), 0
+        examples, n_reh = list(task_examples), 0
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -520,6 +528,7 @@ def finetune(
             "sha256": task_data.sha256,
             "n_examples": len(task_data.examples),
         },
+        "heldout": None if split is None else split.manifest(),
         "rehearsal": None
         if reh_data is None
         else {
