@@ -391,16 +391,18 @@ class HFBackend:
             torch.cuda.empty_cache()
 
     def generate_until(
-        self, requests: Sequence[GenerateRequest], progress: ProgressFn | None = None, *, batch_size: int = 16
+        self, requests: Sequence[GenerateRequest], progress: ProgressFn | None = None, *, batch_size: int | None = None
     ) -> list[str]:
         """Greedy continuations cut at their stop strings, as lm-eval's ``HFLM.generate_until``
-        (:mod:`cfbench.backends.generate`); ``max_gen_toks`` counts against this backend's ``max_length``."""
+        (:mod:`cfbench.backends.generate`); ``max_gen_toks`` counts against this backend's ``max_length``.
+        ``batch_size``: prompts per ``generate`` call (default: the backend's ``batch_size``, else 16)."""
         if self.model is None:
             raise CfbenchError("this HFBackend was closed: create a new one")
         from cfbench.backends.generate import generate_until
 
+        size = batch_size if batch_size is not None else (self.batch_size or 16)
         return generate_until(
-            self.model, self.tokenizer, requests, max_length=self.max_length, batch_size=batch_size, progress=progress
+            self.model, self.tokenizer, requests, max_length=self.max_length, batch_size=size, progress=progress
         )
 
     # ------------------------------------------------------------------------------------------
