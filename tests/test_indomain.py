@@ -132,6 +132,9 @@ def test_split_recorded_in_manifest_and_training_never_sees_it(tiny, tmp_path):
     small = write_jsonl(tmp_path / "s.jsonl", recs[:5])
     m0 = finetune(tiny, small, tmp_path / "ft0", lr=1e-3, batch_size=8, max_steps=1, progress=False).manifest
     assert m0["heldout"] is None and "heldout" not in m0["hyperparameters"] and split_from_manifest(m0) is None
+    with pytest.raises(CfbenchError, match="--heldout must be >= 0"):
+        finetune(tiny, path, tmp_path / "bad", heldout=-1, progress=False)
+    assert not (tmp_path / "bad").exists()
     # the data changed after training: the split cannot be rebuilt, and saying so beats a wrong split
     write_jsonl(path, recs[1:])
     with pytest.raises(CfbenchError, match="changed since training"):

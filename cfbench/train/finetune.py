@@ -283,6 +283,7 @@ def _validate(
     rehearsal_ratio: float,
     max_steps: int | None,
     lr_schedule: str,
+    heldout: int | None = None,
 ) -> None:
     checks = [
         (optimizer in OPTIMIZERS, f"--optimizer {optimizer!r} is unknown: choose one of {', '.join(OPTIMIZERS)}"),
@@ -297,6 +298,7 @@ def _validate(
         (0 <= rehearsal_ratio < 1, f"--rehearsal-ratio must be in [0, 1), got {rehearsal_ratio}"),
         (max_steps is None or max_steps >= 1, f"--max-steps must be >= 1, got {max_steps}"),
         (lr_schedule in SCHEDULES, f"--lr-schedule {lr_schedule!r} is unknown: choose one of {', '.join(SCHEDULES)}"),
+        (heldout is None or heldout >= 0, f"--heldout must be >= 0 (0: no held-out split), got {heldout}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -406,6 +408,7 @@ def finetune(
         rehearsal_ratio,
         max_steps,
         lr_schedule,
+        heldout,
     )
     out = Path(out)
     t_start = time.time()
