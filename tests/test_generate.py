@@ -156,3 +156,24 @@ def test_parity_with_lm_eval_hflm(llama, backend):
     theirs = lm.generate_until(instances, disable_tqdm=True)
     assert ours == theirs
     assert any(o != f for o, f in zip(ours, free, strict=False))  # some stop strings actually cut
+
+
+def test_context_is_left_truncated_to_leave_room_for_the_budget(tmp_path):
+    """prompt + generation fit max_length: the prompt keeps its last max_length - max_gen_toks tokens."""
+    import torch
+
+    from cfbench.backends.generate import generate_until
+    from cfbench.train.tiny import make_tiny_checkpoint
+
+    be = HFBackend(make_tiny_checkpoint(tmp_path / "bytes"), device="cpu", scoring_path="plain")
+    torch.manual_seed(0)
+    with torch.no_grad():  # large random weights: output that depends on the whole context
+        for p in be.model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    prompt = "The quick brown fox jumps over the lazy dog. " * 4  # one token per byte (ASCII)
+    assert len(be.tokenizer(prompt)["input_ids"]) == len(prompt) > 64
+    got = generate_until(be.model, be.tokenizer, [GenerateRequest(prompt, (), 8)], max_length=64)
+    assert got == generate_until(be.model, be.tokenizer, [GenerateRequest(prompt[-56:], (), 8)], max_length=64)
+    # ... and that truncation is what made them equal: one more context byte changes the output
+    assert got != generate_until(be.model, be.tokenizer, [GenerateRequest(prompt[-57:], (), 8)], max_length=1024)
