@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +307,7 @@ def compare(
         n_boot=n_boot, seed=seed, confidence=confidence, data_dir=(eval_kwargs or {}).get("data_dir"),
         reference=reference, reasons=reasons,
     )  # fmt: skip
+    drift_notes += _attach_indomain(report, store, refs, n_boot=n_boot, seed=seed, confidence=confidence)
     notes = report.notes + [
         f"{task}: runs were scored with different metrics ({', '.join(sorted(ms))}); its Δ mixes them"
         for task, ms in sorted(used.items())
@@ -402,6 +403,36 @@ def _attach_drift(
         if sigs:
             report.add_signals(run, sigs)
     return list(dict.fromkeys(notes + result.notes))
+
+
+def _attach_indomain(
+    report: ComparisonReport, store: ResultStore, refs: Sequence[RunRef], *, n_boot: int, seed: int, confidence: float
+) -> list[str]:
+    """Attach the in-domain gain (:mod:`cfbench.train.indomain`) of every tuned run whose checkpoint and
+    the base's were both scored on a held-out split after a fine-tune; returns notes for pairs that
+    were skipped and why. Runs without such rows simply get no in-domain signals."""
+    rows = store.read_table("indomain")  # cfbench.train.indomain.TABLE, read before importing torch code
+    base_hash = refs[0].record.checkpoint_hash
+    if rows.empty or not base_hash:
+        return []
+    from cfbench.train.indomain import indomain_gain
+
+    base_splits = set(rows.loc[rows["checkpoint_hash"] == base_hash, "split_hash"])
+    notes: list[str] = []
+    for ref in refs[1:]:
+        h = ref.record.checkpoint_hash
+        splits = sorted(base_splits & set(rows.loc[rows["checkpoint_hash"] == h, "split_hash"])) if h else []
+        for split in splits:
+            try:
+                sigs = indomain_gain(store, base_hash, h, split, n_boot=n_boot, seed=seed, confidence=confidence)
+            except CfbenchError as exc:
+                notes.append(f"in-domain gain of {ref.label}: not shown ({exc})")
+                continue
+            if len(splits) > 1:  # one scope per split, named by its data and hash
+                data = str(rows.loc[rows["split_hash"] == split, "data"].iloc[0])
+                sigs = [replace(s, scope=f"{data}@{split[:8]}") for s in sigs]
+            report.add_signals(ref.label, sigs)
+    return notes
 
 
 # ---- nightly regression gate ----

@@ -282,3 +282,47 @@ def test_pair_cli_measures_and_prints_learned(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     assert len(ResultStore(res).read_table(TABLE)) == 15
     assert len(list((res / TABLE).glob("part-*.parquet"))) == 3
+
+
+def _runs_store(root: Path) -> ResultStore:
+    """Three stored runs with MMLU/ARC/BoolQ items (what compare needs), as in test_compare."""
+    from cfbench.store import RunRecord, TaskScore
+
+    store = ResultStore(root)
+    rng = np.random.default_rng(0)
+    n = 60
+    for name in ("ckpt-base", "ckpt-tuned", "ckpt-other"):
+        run = RunRecord(name=name, checkpoint_name=name, checkpoint_hash=name, suite="offline")
+        frames, scores = [], []
+        for task in ("mmlu", "arc_challenge", "boolq"):
+            c = rng.random(n) < 0.6
+            key = f"test:{name}:{task}"
+            frames.append(pd.DataFrame({
+                "cache_key": key, "run_id": run.run_id, "task": task, "task_hash": "t", "doc_id": np.arange(n),
+                "subset": "abstract_algebra" if task == "mmlu" else None, "gold": 0, "pred": np.where(c, 0, 1),
+                "acc": c.astype(float), "acc_norm": c.astype(float), "mc1": None, "mc2": None,
+                "logprobs": [[-1.0, -2.0]] * n, "n_tokens": [[1, 1]] * n, "is_greedy": [[True, False]] * n,
+            }))  # fmt: skip
+            scores.append(TaskScore(task=task, metric="acc", value=float(c.mean()), n_items=n, cache_key=key))
+        store.append_run(run, scores, pd.concat(frames, ignore_index=True))
+    return store
+
+
+def test_compare_attaches_indomain_signals(tmp_path):
+    from cfbench.compare import compare
+
+    store = _runs_store(tmp_path / "res")
+    store.append_table(TABLE, synthetic_rows("ckpt-base", "sp", [2.0, 2.5, 3.0, 2.2], [0.0, 0.0, 1.0, 0.0]))
+    store.append_table(TABLE, synthetic_rows("ckpt-tuned", "sp", [1.0, 1.6, 2.1, 1.2], [1.0, 1.0, 1.0, 0.0]))
+    res = compare("ckpt-base", ["ckpt-tuned", "ckpt-other"], suite="offline", results=tmp_path / "res", n_boot=200)
+    got = {s.name: s for s in res.report.signals.get("ckpt-tuned", []) if s.kind == "learned"}
+    expect = {s.name: s for s in indomain_gain(store, "ckpt-base", "ckpt-tuned", "sp", n_boot=200)}
+    assert set(got) == {"indomain_loss", "indomain_em"} and got == expect
+    assert got["indomain_loss"].value == pytest.approx(-0.95) and got["indomain_em"].value == pytest.approx(50.0)
+    # a run without in-domain rows gets no in-domain signals, and nothing breaks
+    assert not [s for s in res.report.signals.get("ckpt-other", []) if s.name.startswith("indomain")]
+    assert "in-domain loss" in res.report.to_markdown()
+    # results that cannot be paired are a note, not a failed compare
+    store.append_table(TABLE, synthetic_rows("ckpt-other", "sp", [1.0, 1.0, 1.0, 1.0], [None] * 4, settings="s2"))
+    res = compare("ckpt-base", ["ckpt-other"], suite="offline", results=tmp_path / "res", n_boot=200)
+    assert any("in-domain gain of ckpt-other: not shown" in n and "different settings" in n for n in res.notes)
