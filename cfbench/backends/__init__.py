@@ -11,7 +11,14 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from cfbench.backends.base import Backend, LoglikRequest, LoglikResult
+from cfbench.backends.base import (
+    Backend,
+    LoglikRequest,
+    LoglikResult,
+    RollingBackend,
+    RollingRequest,
+    RollingResult,
+)
 from cfbench.errors import CfbenchError
 
 BACKENDS: dict[str, str] = {
@@ -39,4 +46,14 @@ def make_backend(name: str, model_path: str | Path, **options: Any) -> Backend:
     return backend_class(name)(model_path, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "LoglikRequest", "LoglikResult", "backend_class", "make_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "LoglikRequest",
+    "LoglikResult",
+    "RollingBackend",
+    "RollingRequest",
+    "RollingResult",
+    "backend_class",
+    "make_backend",
+]

@@ -9,6 +9,12 @@ comparable with ``lm_eval --model hf``:
   the ids after ``len(encode(context))``;
 * an empty context is replaced by one prefix token (BOS if the tokenizer has one, else EOS), so
   the first continuation token is still scored.
+
+Backends that can also score whole texts implement :class:`RollingBackend` (lm-eval's third request
+type, ``loglikelihood_rolling``): the text is cut into lm-eval's disjoint windows of the model's
+context length, each window conditioned on the tokens just before it, and the per-window sums are
+added up. The windowing lives in :mod:`cfbench.backends.rolling` so every backend cuts the same
+windows.
 """
 
 from __future__ import annotations
@@ -48,6 +54,21 @@ class GenerateRequest:
     max_gen_toks: int = 256
 
 
+@dataclass(frozen=True, slots=True)
+class RollingRequest:
+    """Score ``log p(text)`` from the first token on (the first token is conditioned on BOS/EOS)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RollingResult:
+    """Sum of the log-probs of every token of the text, and how many tokens that is."""
+
+    logprob: float
+    n_tokens: int
+
+
 ProgressFn = Callable[[int], None]
 
 
@@ -80,4 +101,24 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the model (GPU memory, worker processes)."""
+        ...
+
+
+@runtime_checkable
+class RollingBackend(Backend, Protocol):
+    """A backend that also scores whole texts (held-out perplexity, ``cfbench ppl``).
+
+    A separate protocol rather than a method of :class:`Backend`, so third-party backends that only
+    score choices stay valid; ``cfbench ppl`` refuses a backend without it by name.
+    """
+
+    def loglikelihood_rolling(
+        self, requests: Sequence[RollingRequest], progress: ProgressFn | None = None
+    ) -> list[RollingResult]:
+        """One result per text, in request order; an empty text is refused (it has no tokens to score).
+
+        Must equal lm-eval's ``loglikelihood_rolling`` for the same model: windows of the backend's
+        ``max_length`` built by :func:`cfbench.backends.rolling.rolling_windows`.
+        ``progress(n)`` is called as ``n`` more texts finish.
+        """
         ...

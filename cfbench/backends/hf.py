@@ -42,7 +42,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cfbench.backends.base import GenerateRequest, LoglikRequest, LoglikResult, ProgressFn
+from cfbench.backends import rolling
+from cfbench.backends.base import (
+    GenerateRequest,
+    LoglikRequest,
+    LoglikResult,
+    ProgressFn,
+    RollingRequest,
+    RollingResult,
+)
 from cfbench.backends.tokenize import encode_pair
 from cfbench.errors import CfbenchError
 
@@ -453,7 +461,23 @@ class HFBackend:
         """Results in request order; equal (to float noise) to lm-eval's ``hf`` model."""
         if self.model is None:
             raise CfbenchError("this HFBackend was closed: create a new one")
-        items = self.prepare(requests)
+        return self.score_items(self.prepare(requests), progress)
+
+    def loglikelihood_rolling(
+        self, requests: Sequence[RollingRequest], progress: ProgressFn | None = None
+    ) -> list[RollingResult]:
+        """Whole-text log-likelihoods in lm-eval's windows (:mod:`cfbench.backends.rolling`)."""
+        if self.model is None:
+            raise CfbenchError("this HFBackend was closed: create a new one")
+
+        def score(windows: list[rolling.Window]) -> list[float]:
+            items = [_Item(i, w.inp, list(w.targets)) for i, w in enumerate(windows)]
+            return [r.logprob for r in self.score_items(items)]
+
+        return rolling.score_rolling(self.tokenizer, requests, self.max_length, score, progress)
+
+    def score_items(self, items: list[_Item], progress: ProgressFn | None = None) -> list[LoglikResult]:
+        """Score prepared items (``index`` = their position in ``items``) on the tree or plain path."""
         results: list[LoglikResult | None] = [None] * len(items)
         plain: list[_Item] = []
         packed: list[_Item] = []
