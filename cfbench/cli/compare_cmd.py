@@ -116,10 +116,21 @@ def register(app: typer.Typer) -> None:
         devices: Devices = None,
         runner: Runner = "local",
         ray_address: RayAddress = None,
+        ppl: Annotated[
+            str | None,
+            typer.Option("--ppl", help="Also held-out perplexity drift on this text (as cfbench ppl --data)."),
+        ] = None,
+        ppl_limit: Annotated[int | None, typer.Option("--ppl-limit", help="Documents of the --ppl text.")] = None,
     ) -> None:
         """Paper-style forgetting table: DK, Understanding, Reasoning, Exams, AVG, Δ (+ CIs, McNemar, flips)."""
         from cfbench.compare import compare
 
+        if ppl is not None:  # a bad --ppl is refused before anything is scored
+            from cfbench.data.text import load_text_source
+
+            load_text_source(ppl)
+            if ppl_limit is not None and ppl_limit <= 0:
+                raise CfbenchError(f"--ppl-limit must be a positive number of documents, got {ppl_limit}")
         check_out_path(out, "--out")
         check_out_path(plot, "--plot")
         check_out_path(diagnostics_plot, "--diagnostics-plot")
@@ -158,6 +169,17 @@ def register(app: typer.Typer) -> None:
             err.print(f"wrote {plot}")
         if diagnostics or diagnostics_plot:
             _show_diagnostics(res, results, diagnostics_plot, err)
+        if ppl is not None:
+            from cfbench.cli.ppl_cmd import show_drift
+            from cfbench.probes.ppl import ppl_drift_for_runs
+
+            rows = ppl_drift_for_runs(
+                [(r.label, r.record) for r in res.runs], data=ppl, limit=ppl_limit, backend=backend,
+                backend_options=parse_model_args(model_args, dtype), results=results, n_boot=n_boot, seed=seed,
+                progress="auto",
+            )  # fmt: skip
+            to_stderr = out is not None or fmt is not ReportFormat.table  # keep stdout one parseable report
+            show_drift(rows, Console(width=None if sys.stdout.isatty() else 160, stderr=to_stderr))
 
     @app.command("regress")
     def regress_cmd(

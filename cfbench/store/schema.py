@@ -174,9 +174,28 @@ WEIGHT_DIFF_SCHEMA = pa.schema(
     metadata=_META,
 )
 
+# Per-document held-out log-likelihoods of `cfbench ppl` (cfbench.probes.ppl). Like items, rows are
+# keyed by a cache key (checkpoint hash, text-source fingerprint, backend key settings and
+# SCORING_VERSION), so a rerun with the same inputs loads no model.
+PPL_DOCS_SCHEMA = pa.schema(
+    [
+        pa.field("cache_key", pa.string(), nullable=False),
+        pa.field("doc_id", pa.int64(), nullable=False),  # position in the text source's document list
+        pa.field("doc_hash", pa.string(), nullable=False),  # cfbench.data.text.doc_hash of the document
+        pa.field("logprob", pa.float64(), nullable=False),  # sum of log p over every token of the document
+        pa.field("n_tokens", pa.int64(), nullable=False),
+        pa.field("n_bytes", pa.int64(), nullable=False),  # UTF-8 bytes of the document
+        pa.field("checkpoint_hash", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # the --data spec, for reading the table by hand
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata=_META,
+)
+
 TABLES["landscape"] = (LANDSCAPE_SCHEMA, ("landscape_id", "kind", "i", "j"))
 TABLES["diagnostics"] = (DIAGNOSTICS_SCHEMA, ("diag_id", "metric"))
 TABLES["weight_diff"] = (WEIGHT_DIFF_SCHEMA, ("diff_id", "param"))
+TABLES["ppl_docs"] = (PPL_DOCS_SCHEMA, ("cache_key", "doc_id"))
 
 # In-domain gain (cfbench.train.indomain; docs/indomain.md): one row per held-out fine-tune document
 # and checkpoint. loss is nats/token over the document's target tokens (training's masks); em is 1/0

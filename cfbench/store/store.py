@@ -286,11 +286,12 @@ class ResultStore:
         self._ensure_schema_file()
         self._write_part(name, table)
 
-    def read_table(self, name: str) -> pd.DataFrame:
-        """Every (de-duplicated) row of table ``name``; empty with the schema's columns when absent."""
+    def read_table(self, name: str, filter: ds.Expression | None = None) -> pd.DataFrame:
+        """Every (de-duplicated) row of table ``name`` (those matching ``filter``, a pyarrow dataset
+        expression, when given); empty with the schema's columns when absent."""
         if name not in TABLES:
             raise CfbenchError(f"unknown results table {name!r}: use one of {', '.join(sorted(TABLES))}")
-        return _to_pandas(self._read(name))
+        return _to_pandas(self._read(name, filter))
 
     # ---------------------------------------------------------------- reading
 

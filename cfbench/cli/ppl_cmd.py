@@ -1,0 +1,84 @@
+"""``cfbench ppl``: held-out perplexity of one checkpoint (the library is :mod:`cfbench.probes.ppl`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from cfbench.cli.common import Backend, BaseArch, Dtype, ModelArgs, Results, parse_model_args
+
+PplData = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="Held-out text: lambada, squad, a .txt/.jsonl file, a folder of .txt files, or hf:NAME[:CONFIG[:SPLIT]].",
+    ),
+]
+PplLimit = Annotated[int | None, typer.Option("--limit", help="Score only the first N documents of the text.")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("ppl")
+    def ppl_cmd(
+        checkpoint: Annotated[str, typer.Argument(help="Checkpoint (folder, .gguf, hub id, built-in name).")],
+        data: PplData = "lambada",
+        limit: PplLimit = None,
+        backend: Backend = "hf",
+        model_args: ModelArgs = None,
+        dtype: Dtype = "float32",
+        arch: BaseArch = None,
+        results: Results = Path("results"),
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+    ) -> None:
+        """Held-out perplexity: nats/token (token-weighted over documents), ppl, docs, tokens; cached per document."""
+        from cfbench.probes.ppl import measure_ppl
+
+        res = measure_ppl(
+            checkpoint,
+            data=data,
+            limit=limit,
+            backend=backend,
+            backend_options=parse_model_args(model_args, dtype),
+            base=arch,
+            results=results,
+            progress="auto",
+        )
+        print_ppl(res, as_json)
+
+
+def print_ppl(res: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(res.to_dict(), indent=2))
+        return
+    head = ("checkpoint", "data", "nats/token", "ppl", "bits/byte", "docs", "tokens")
+    typer.echo("{:<24} {:<10} {:>10} {:>9} {:>9} {:>6} {:>9}".format(*head))
+    typer.echo(
+        f"{res.checkpoint:<24} {res.source:<10} {res.nats_per_token:>10.4f} {res.perplexity:>9.3f} "
+        f"{res.bits_per_byte:>9.4f} {res.n_docs:>6} {res.total_tokens:>9}"
+    )
+    cached = res.n_docs - res.scored_now
+    Console(stderr=True).print(f"[dim]{res.scored_now} documents scored now, {cached} served from the store[/dim]")
+
+
+def show_drift(rows: Sequence[Any], console: Console) -> None:
+    """``compare --ppl``'s section: one line per tuned run (until compare renders Signals itself)."""
+    from rich.table import Table
+
+    if not rows:
+        return
+    table = Table(title=f"Held-out perplexity drift ({rows[0].base.source}): Δ nats/token, tuned − base")
+    for col in ("run", "base nats/tok", "tuned nats/tok", "Δ nats/token", "95% CI", "sig", "docs", "tokens"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in rows:
+        s = r.signal
+        ci = "-" if s.ci is None else f"[{s.ci[0]:+.4f}, {s.ci[1]:+.4f}]"
+        table.add_row(
+            r.label, f"{r.base.nats_per_token:.4f}", f"{r.tuned.nats_per_token:.4f}", f"{s.value:+.4f}", ci,
+            "*" if s.significant else "", str(s.n), f"{r.tuned.total_tokens:,}",
+        )  # fmt: skip
+    console.print(table)

@@ -1,0 +1,1 @@
+"""Probes that measure forgetting outside the benchmark suite (held-out perplexity drift, ...)."""
