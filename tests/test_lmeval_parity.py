@@ -156,3 +156,32 @@ def test_cfbench_lm_wrapper_on_tiny_model(tmp_path: Path) -> None:
         lm.generate_until(insts)
     with pytest.raises(NotImplementedError, match="loglikelihood_rolling"):
         lm.loglikelihood_rolling(insts)
+
+
+def _held_out_texts() -> list[str]:
+    from cfbench.data.text import load_text_source
+
+    return [*load_text_source("lambada").docs[:6], *load_text_source("squad").docs[:3]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_length", [None, 64], ids=["one-window", "rolling-64"])
+def test_loglikelihood_rolling_parity(model_path: Path, max_length: int | None) -> None:
+    """``loglikelihood_rolling`` equals HFLM's on held-out passages, in one window and rolling in 64-token ones."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from cfbench.backends.base import RollingRequest
+
+    texts = _held_out_texts()
+    extra = {} if max_length is None else {"max_length": max_length}
+    lm = HFLM(pretrained=str(model_path), dtype="float32", batch_size=8, device="cpu", **extra)
+    insts = [Instance("loglikelihood_rolling", {}, (t,), idx=0, metadata=("ppl", i, 1)) for i, t in enumerate(texts)]
+    want = lm.loglikelihood_rolling(insts, disable_tqdm=True)
+    got = HFBackend(model_path, dtype="float32", **extra).loglikelihood_rolling([RollingRequest(t) for t in texts])
+    worst = max(abs(g.logprob - w) for g, w in zip(got, want, strict=True))
+    assert worst <= TOL, f"max |Δ logprob| {worst:.2e}"
+    n_tokens = [len(lm.tok_encode(t)) for t in texts]
+    assert [g.n_tokens for g in got] == n_tokens
+    if max_length is not None:
+        assert max(n_tokens) > 2 * max_length  # the windows really rolled
