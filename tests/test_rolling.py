@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,82 @@ def test_hf_rolling_forced_max_length_and_progress(tiny: Path) -> None:
     # rolling really changes the number: a longer window sees more context
     wide = HFBackend(tiny, dtype="float32", max_length=24).loglikelihood_rolling([RollingRequest(TEXTS[3])])
     assert abs(wide[0].logprob - got[3].logprob) > 1e-2
+
+
+class _EchoServer:
+    """An OpenAI-style /v1/completions server whose echoed prompt log-probs come from an HF model.
+
+    It answers exactly what a vLLM server answers for ``echo=true, logprobs=1``: ``token_logprobs``
+    (None for the first prompt token) and ``top_logprobs``; prompts longer than the window the
+    server announces are rejected, as vLLM rejects them.
+    """
+
+    def __init__(self, folder: Path, max_model_len: int) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        lock = threading.Lock()
+        self.prompts: list[list[int]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == "/v1/models":
+                    self._send(200, {"data": [{"id": "tiny", "max_model_len": max_model_len}]})
+                else:
+                    self._send(404, {})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                prompt = body["prompt"]
+                if len(prompt) + body["max_tokens"] > max_model_len:
+                    self._send(400, {"error": f"prompt of {len(prompt)} tokens is too long"})
+                    return
+                with lock, torch.inference_mode():
+                    outer.prompts.append(prompt)
+                    lp = torch.log_softmax(model(torch.tensor([prompt])).logits[0].float(), -1)
+                tokens = [None] + [float(lp[j - 1, prompt[j]]) for j in range(1, len(prompt))]
+                tops = [None] + [{"t": float(lp[j - 1].max())} for j in range(1, len(prompt))]
+                choice = {"logprobs": {"token_logprobs": tokens, "top_logprobs": tops}}
+                self._send(200, {"choices": [choice]})
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_openai_rolling_equals_hf_in_windows_of_max_length_minus_2(tiny: Path) -> None:
+    """Echoed prompt log-probs give the hf backend's numbers for windows two shorter than the server's
+    length (one for the window's last target in the prompt, one for the generated token)."""
+    from cfbench.backends import make_backend
+
+    server = _EchoServer(tiny, max_model_len=12)
+    try:
+        be = make_backend("openai", tiny, base_url=server.url, concurrency=2)
+        seen: list[int] = []
+        got = be.loglikelihood_rolling([RollingRequest(t) for t in TEXTS], progress=seen.append)
+        be.close()
+    finally:
+        server.close()
+    want = HFBackend(tiny, dtype="float32", max_length=10).loglikelihood_rolling([RollingRequest(t) for t in TEXTS])
+    assert max(abs(g.logprob - w.logprob) for g, w in zip(got, want, strict=True)) <= TOL
+    assert [g.n_tokens for g in got] == [w.n_tokens for w in want] and sum(seen) == len(TEXTS)
+    assert max(len(p) for p in server.prompts) == 11  # window of 10 plus its last target; room for 1 generated

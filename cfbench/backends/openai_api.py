@@ -26,8 +26,9 @@ from typing import Any
 
 import httpx
 
-from cfbench.backends.base import LoglikRequest, LoglikResult, ProgressFn
-from cfbench.backends.token_prompts import plan_prompts
+from cfbench.backends import rolling
+from cfbench.backends.base import LoglikRequest, LoglikResult, ProgressFn, RollingRequest, RollingResult
+from cfbench.backends.token_prompts import PromptPlan, plan_prompts
 from cfbench.errors import CfbenchError
 
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -306,7 +307,24 @@ class OpenAIBackend:
     ) -> list[LoglikResult]:
         """Results in request order; one HTTP request per distinct token sequence."""
         # The server needs room for the one generated token.
-        plan = plan_prompts(self.tokenizer, requests, self.max_length - 1)
+        return self._score_plan(plan_prompts(self.tokenizer, requests, self.max_length - 1), progress)
+
+    def loglikelihood_rolling(
+        self, requests: Sequence[RollingRequest], progress: ProgressFn | None = None
+    ) -> list[RollingResult]:
+        """Whole-text log-likelihoods from echoed prompt log-probs, in lm-eval's windows.
+
+        A window's prompt is its input plus its last target (``window + 1`` tokens) and must leave
+        room for the generated token, so windows are ``max_length - 2`` tokens, as lm-eval's vllm model.
+        """
+
+        def score(windows: list[rolling.Window]) -> list[float]:
+            return [r.logprob for r in self._score_plan(rolling.window_plan(windows))]
+
+        return rolling.score_rolling(self.tokenizer, requests, self.max_length - 2, score, progress)
+
+    def _score_plan(self, plan: PromptPlan, progress: ProgressFn | None = None) -> list[LoglikResult]:
+        """Score the planned prompts (``concurrency`` at a time) and read each span's log-probs."""
         rows: list[tuple[list[float], list[bool]] | None] = [None] * len(plan.prompts)
         empty = sum(s is None for s in plan.spans)
         if progress and empty:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cfbench.backends.base import ProgressFn, RollingRequest, RollingResult
+from cfbench.backends.token_prompts import PromptPlan, Span
 from cfbench.backends.tokenize import prefix_token_id
 from cfbench.errors import CfbenchError
 
@@ -103,6 +104,20 @@ def plan_windows(tokenizer: Any, requests: Sequence[RollingRequest], max_length:
             whole = (ctx + cont)[-(max_length + 1) :]  # lm-eval's _loglikelihood_tokens; never cuts here
             windows.append(Window(i, tuple(whole[:-1]), tuple(cont)))
     return windows, counts
+
+
+def window_plan(windows: Sequence[Window]) -> PromptPlan:
+    """Windows as prompts for engines that return per-prompt-token log-probs (vLLM, OpenAI servers).
+
+    A window's prompt is its input plus its last target, and the scored span is the prompt's last
+    ``len(targets)`` positions. Windows are not merged: two windows never share a whole prompt.
+    """
+    prompts, spans = [], []
+    for i, w in enumerate(windows):
+        prompt = [*w.inp, w.targets[-1]]
+        prompts.append(prompt)
+        spans.append(Span(i, len(prompt) - len(w.targets), len(prompt)))
+    return PromptPlan(prompts, list(spans), [s.start for s in spans], [1] * len(windows))
 
 
 def score_rolling(

@@ -43,7 +43,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cfbench.backends.base import LoglikRequest, LoglikResult, ProgressFn
+from cfbench.backends import rolling
+from cfbench.backends.base import LoglikRequest, LoglikResult, ProgressFn, RollingRequest, RollingResult
 from cfbench.backends.token_prompts import PromptPlan, plan_prompts
 from cfbench.errors import CfbenchError
 
@@ -300,7 +301,23 @@ class VLLMBackend:
         if self._llm is None:
             raise CfbenchError("this VLLMBackend was closed: create a new one")
         # vLLM needs room for the one generated token.
-        plan = plan_prompts(self.tokenizer, requests, self.max_model_len - 1)
+        return self._score_plan(plan_prompts(self.tokenizer, requests, self.max_model_len - 1), progress)
+
+    def loglikelihood_rolling(
+        self, requests: Sequence[RollingRequest], progress: ProgressFn | None = None
+    ) -> list[RollingResult]:
+        """Whole-text log-likelihoods from prompt log-probs in windows of ``max_model_len - 2`` tokens
+        (a window's prompt is one token longer and one generated token must fit: lm-eval's vllm model)."""
+        if self._llm is None:
+            raise CfbenchError("this VLLMBackend was closed: create a new one")
+
+        def score(windows: list[rolling.Window]) -> list[float]:
+            return [r.logprob for r in self._score_plan(rolling.window_plan(windows))]
+
+        return rolling.score_rolling(self.tokenizer, requests, self.max_model_len - 2, score, progress)
+
+    def _score_plan(self, plan: PromptPlan, progress: ProgressFn | None = None) -> list[LoglikResult]:
+        """Run the planned prompts (re-running those whose cache hit covered a scored position)."""
         rows: list[tuple[list[Any], int] | None] = [None] * len(plan.prompts)
         empty = sum(s is None for s in plan.spans)
         if progress and empty:
