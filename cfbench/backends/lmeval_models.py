@@ -27,7 +27,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from cfbench.backends import make_backend
-from cfbench.backends.base import LoglikRequest
+from cfbench.backends.base import LoglikRequest, RollingRequest
 from cfbench.errors import CfbenchError
 
 # ----------------------------------------------------------------------------------------------
@@ -72,11 +72,15 @@ class CfbenchLM(LM):
         return out
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
-        """Not provided: cfbench scores multiple-choice requests only."""
-        raise NotImplementedError(
-            f"cfbench-{self.backend_name} scores loglikelihood requests only; for perplexity tasks "
-            "(loglikelihood_rolling) use lm-eval's own --model hf or --model vllm"
-        )
+        """Whole-text log-likelihoods (perplexity tasks) in lm-eval's windows; cached like ``hf``'s."""
+        if not hasattr(self.backend, "loglikelihood_rolling"):
+            raise NotImplementedError(f"cfbench-{self.backend_name} cannot score loglikelihood_rolling requests")
+        texts = [req.args[0] for req in requests]
+        with tqdm(total=len(texts), disable=disable_tqdm, desc=f"cfbench-{self.backend_name}") as bar:
+            results = self.backend.loglikelihood_rolling([RollingRequest(t) for t in texts], progress=bar.update)
+        for text, res in zip(texts, results, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), res.logprob)
+        return [res.logprob for res in results]
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Not provided: cfbench scores multiple-choice requests only."""
