@@ -88,3 +88,22 @@ def test_vllm_truncates_like_a_window(vllm_backend: Any, model_path: str) -> Non
         assert abs(a.logprob - b.logprob) <= 1e-3
     with pytest.raises(CfbenchError, match="max_model_len"):
         vllm_backend.loglikelihood([LoglikRequest("a", " b" * 2000)])
+
+
+@pytest.mark.vllm
+@pytest.mark.slow  # hf reference forward of ~1.2k tokens
+def test_vllm_rolling_equals_hf_in_windows_of_max_model_len_minus_2(vllm_backend: Any, model_path: str) -> None:
+    """Prompt log-probs give hf's rolling numbers for windows two shorter than max_model_len."""
+    from cfbench.backends.base import RollingRequest
+
+    texts = ["one two three four five six seven eight nine ten. " * 60, "A short text.", "Answer: B"]
+    done: list[int] = []
+    got = vllm_backend.loglikelihood_rolling([RollingRequest(t) for t in texts], progress=done.append)
+    hf = make_backend("hf", model_path, dtype="float32", max_length=vllm_backend.max_model_len - 2)
+    try:
+        ref = hf.loglikelihood_rolling([RollingRequest(t) for t in texts])
+    finally:
+        hf.close()
+    assert ref[0].n_tokens > vllm_backend.max_model_len  # the first text really rolls
+    assert [g.n_tokens for g in got] == [r.n_tokens for r in ref] and sum(done) == len(texts)
+    assert max(abs(g.logprob - r.logprob) for g, r in zip(got, ref, strict=True)) <= 1e-3
