@@ -161,6 +161,9 @@ def test_bad_inputs_refused_before_any_model(
         measure_ppl(str(tinies[0]), data="nope", results=tmp_path)
     with pytest.raises(CfbenchError, match="has changed since its run was stored"):
         measure_ppl(str(tinies[0]), data="lambada", results=tmp_path, expect_hash="0" * 64)
+    paper = Path(__file__).resolve().parents[1] / "results" / "paper"  # the read-only reference store
+    with pytest.raises(CfbenchError, match="is read-only"):
+        measure_ppl(str(tinies[0]), data="squad", limit=1, results=paper)
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -144,6 +144,7 @@ def measure_ppl(
             done[int(row.doc_id)] = (float(row.logprob), int(row.n_tokens))
     todo = [i for i in range(len(docs)) if i not in done]
     if todo:
+        store.require_writable()  # before the model loads: a read-only store takes no new rows
         from cfbench.engine import progress_mode
         from cfbench.progress import Progress
 
