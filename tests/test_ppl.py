@@ -102,6 +102,7 @@ def test_drift_is_token_weighted_with_a_hand_checkable_ci() -> None:
     # Identical models: exactly zero, not significant.
     same = PairedDocs(np.array([3.0, 5.0, 2.0]), np.array([4.0, 9.0, 1.0]), np.array([4.0, 9.0, 1.0]))
     assert drift_with_ci(same, n_boot=500) == (0.0, (0.0, 0.0))
+    assert drift_with_ci(same, n_boot=0) == (0.0, None)  # compare --n-boot 0: no CI
     # Same data, same seed: the same interval.
     assert drift_with_ci(paired, n_boot=300, seed=3) == drift_with_ci(paired, n_boot=300, seed=3)
 
@@ -224,5 +225,8 @@ def test_compare_ppl_section(tinies: tuple[Path, Path], tmp_path: Path) -> None:
     assert "scoring plan" not in bad.stderr
     res = cfbench_cli(*args, "--ppl", "squad", "--ppl-limit", "3", "--n-boot", "200", "--format", "json")
     assert res.returncode == 0, res.stderr
-    json.loads(res.stdout)  # the report on stdout stays one JSON document; the drift section goes to stderr
-    assert "Held-out perplexity drift (squad)" in res.stderr and "tuned" in res.stderr
+    text = res.stdout
+    assert '"ppl_drift"' in text and "held-out NLL, squad" in text, text[-2000:]
+    json.loads(text)  # the drift is one of the report's signals, in the one JSON document
+    table = cfbench_cli(*args, "--ppl", "squad", "--ppl-limit", "3", "--n-boot", "200")
+    assert table.returncode == 0 and "held-out NLL, squad" in table.stdout, table.stderr

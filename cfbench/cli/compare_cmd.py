@@ -156,6 +156,15 @@ def register(app: typer.Typer) -> None:
             noise_floor=noise_floor,
             runner=pool,
         )
+        if ppl is not None:  # held-out perplexity drift, one forgot-signal per tuned run
+            from cfbench.probes.ppl import ppl_drift_for_runs
+
+            for row in ppl_drift_for_runs(
+                [(r.label, r.record) for r in res.runs], data=ppl, limit=ppl_limit, backend=backend,
+                backend_options=parse_model_args(model_args, dtype), results=results, n_boot=n_boot, seed=seed,
+                progress="auto",
+            ):  # fmt: skip
+                res.report.add_signals(row.label, [row.signal])
         emit_report(res.report, fmt, out)
         err = Console(stderr=True)
         for note in res.notes:
@@ -169,17 +178,6 @@ def register(app: typer.Typer) -> None:
             err.print(f"wrote {plot}")
         if diagnostics or diagnostics_plot:
             _show_diagnostics(res, results, diagnostics_plot, err)
-        if ppl is not None:
-            from cfbench.cli.ppl_cmd import show_drift
-            from cfbench.probes.ppl import ppl_drift_for_runs
-
-            rows = ppl_drift_for_runs(
-                [(r.label, r.record) for r in res.runs], data=ppl, limit=ppl_limit, backend=backend,
-                backend_options=parse_model_args(model_args, dtype), results=results, n_boot=n_boot, seed=seed,
-                progress="auto",
-            )  # fmt: skip
-            to_stderr = out is not None or fmt is not ReportFormat.table  # keep stdout one parseable report
-            show_drift(rows, Console(width=None if sys.stdout.isatty() else 160, stderr=to_stderr))
 
     @app.command("regress")
     def regress_cmd(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -64,21 +63,3 @@ def print_ppl(res: Any, as_json: bool) -> None:
     cached = res.n_docs - res.scored_now
     Console(stderr=True).print(f"[dim]{res.scored_now} documents scored now, {cached} served from the store[/dim]")
 
-
-def show_drift(rows: Sequence[Any], console: Console) -> None:
-    """``compare --ppl``'s section: one line per tuned run (until compare renders Signals itself)."""
-    from rich.table import Table
-
-    if not rows:
-        return
-    table = Table(title=f"Held-out perplexity drift ({rows[0].base.source}): Δ nats/token, tuned − base")
-    for col in ("run", "base nats/tok", "tuned nats/tok", "Δ nats/token", "95% CI", "sig", "docs", "tokens"):
-        table.add_column(col, justify="left" if col == "run" else "right")
-    for r in rows:
-        s = r.signal
-        ci = "-" if s.ci is None else f"[{s.ci[0]:+.4f}, {s.ci[1]:+.4f}]"
-        table.add_row(
-            r.label, f"{r.base.nats_per_token:.4f}", f"{r.tuned.nats_per_token:.4f}", f"{s.value:+.4f}", ci,
-            "*" if s.significant else "", str(s.n), f"{r.tuned.total_tokens:,}",
-        )  # fmt: skip
-    console.print(table)

@@ -231,19 +231,22 @@ def pair_docs(base: PplResult, tuned: PplResult) -> PairedDocs:
 
 def drift_with_ci(
     paired: PairedDocs, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
-) -> tuple[float, tuple[float, float]]:
+) -> tuple[float, tuple[float, float] | None]:
     """Δ nats/token (tuned − base, token-weighted) and its paired bootstrap interval over documents.
 
     Each replicate resamples documents with replacement (once for both models) and recomputes
     ``sum(Δnll) / sum(tokens)``: the ratio of the resampled means of Δnll and of the token counts,
     which :func:`cfbench.report.stats.bootstrap_means` draws for the pair (tokens, Δnll).
+    ``n_boot=0`` (compare's "no CIs") gives no interval.
     """
     from cfbench.report.stats import bootstrap_means, percentile_ci, task_rng
 
-    if n_boot < 1:
-        raise CfbenchError(f"--n-boot must be at least 1, got {n_boot}")
+    if n_boot < 0:
+        raise CfbenchError(f"--n-boot must be 0 (no CI) or more, got {n_boot}")
     delta = paired.tuned_nll - paired.base_nll
     value = float(delta.sum() / paired.n_tokens.sum())
+    if n_boot == 0:
+        return value, None
     h = hashlib.sha256()
     for arr in (paired.n_tokens, paired.base_nll, paired.tuned_nll):
         h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
@@ -264,17 +267,18 @@ def ppl_drift(
     return Signal(
         name="ppl_drift",
         kind="forgot",
-        label="Δ held-out nats/token",
+        label=f"held-out NLL, {base.source}",
         value=value,
         unit="Δ nats/token",
         n=int(paired.n_tokens.size),
         ci=ci,
-        significant=ci_excludes_zero(ci),
+        significant=None if ci is None else ci_excludes_zero(ci),
         better="lower",
-        scope=base.source,
+        scope="all",  # one overall number; the text it was measured on is in the label
         note=(
-            f"{int(tokens):,} tokens; base {float(paired.base_nll.sum() / tokens):.4f}, "
-            f"tuned {float(paired.tuned_nll.sum() / tokens):.4f} nats/token"
+            f"{paired.n_tokens.size:,} documents, {int(tokens):,} tokens: base "
+            f"{float(paired.base_nll.sum() / tokens):.4f}, tuned {float(paired.tuned_nll.sum() / tokens):.4f} "
+            "nats/token"
         ),
     )
 
