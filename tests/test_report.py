@@ -390,9 +390,14 @@ def test_html_is_balanced_and_styled(item_report) -> None:
     parser.feed(page)
     assert all(parser.depth.get(t) == 0 for t in ("table", "tr", "td", "th", "html", "body"))
     assert page.count("<table") == 3
-    assert '<td class="r neg"><strong>-6.00*</strong></td>' in page
+    assert '<meta charset="utf-8">' in page and "<title>cfbench: tuned vs base</title>" in page
+    # colour only where significant: boolq -15 (McNemar p < 0.05) red, philosophy -4 (p = 0.125) neutral
+    assert '<td class="r sig-neg" data-v="-15.0">-15.00*</td>' in page
+    assert '<td class="r" data-v="-4.0">-4.00</td>' in page
+    assert page.count('src="data:image/png;base64,') == 1  # the Δ plot, embedded
+    assert "http://" not in page and "https://" not in page  # nothing to fetch
     fragment = item_report.to_html(full_page=False)
-    assert "<html" not in fragment and "<table" in fragment
+    assert "<html" not in fragment and "<table" in fragment and "<img" not in fragment
 
 
 def test_rich_view_colours_deltas(item_report) -> None:

@@ -388,7 +388,10 @@ def test_leaderboard_renderings_show_percent(tmp_path: Path) -> None:
     assert "×100" in lines[0]
     assert lines[2].startswith("| name | run_id | source |") and lines[3].startswith("|---|")
     assert "| 76.00 |" in lines[5] and "| 44.00 |" in lines[5]  # sft boolq, hellaswag
-    assert "<td>70.00</td>" in to_html(board)
+    page = to_html(board, categories=list(PAPER))
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
+    assert 'data-v="0.7">70.00</td>' in page  # base boolq, with its numeric sort key
+    assert 'title="Understanding"' in page and "Summary (×100)" in page
     assert natural_width(board) > 100
 
 

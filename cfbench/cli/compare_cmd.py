@@ -165,16 +165,20 @@ def register(app: typer.Typer) -> None:
                 progress="auto",
             ):  # fmt: skip
                 res.report.add_signals(row.label, [row.signal])
-        emit_report(res.report, fmt, out)
+        if fmt is ReportFormat.html:
+            _emit_html_page(res, results, out, plot, pair, diagnostics or diagnostics_plot is not None)
+        else:
+            emit_report(res.report, fmt, out)
         err = Console(stderr=True)
         for note in res.notes:
             err.print(f"[yellow]note:[/yellow] {note}")
         scored = sum(r.scored_items for r in res.runs)
         err.print(f"[dim]{scored} items scored now; everything else served from {results}[/dim]")
-        if plot:
+        if plot and fmt is not ReportFormat.html:  # the html page already wrote (and embedded) it
             from cfbench.report import plot_report
 
             plot_report(res.report, plot, include_pairs=pair)
+        if plot:
             err.print(f"wrote {plot}")
         if diagnostics or diagnostics_plot:
             _show_diagnostics(res, results, diagnostics_plot, err)
@@ -247,6 +251,32 @@ def register(app: typer.Typer) -> None:
         typer.echo(md)
         if any(x.failed for x in [*lines, *drift_lines]):
             raise typer.Exit(1)
+
+
+def _emit_html_page(res: Any, results: Path, out: Path | None, plot: Path | None, pair: bool, diag: bool) -> None:
+    """The whole page: run metadata from the store, the Δ plot embedded (also written to --plot)."""
+    from cfbench.analysis.results import diagnostics_for_runs
+    from cfbench.report import html as html_page
+    from cfbench.report.plot import plot_report
+    from cfbench.store import ResultStore
+
+    store = ResultStore(results)
+    records = [(r.label, r.record) for r in res.runs]
+    plots: list[Any] | bool = True
+    if plot is not None:
+        plots = [plot_report(res.report, plot, include_pairs=pair)]
+    text = html_page.report_page(
+        res.report,
+        suite=res.suite.name,
+        runs=html_page.run_meta(store, records),
+        plots=plots,
+        include_pairs=pair,
+        diagnostics=diagnostics_for_runs(store, records) if diag else None,
+    )
+    if out:
+        _write_atomic(out, text)
+    else:
+        typer.echo(text)
 
 
 def _show_diagnostics(res: Any, results: Path, plot: Path | None, err: Console) -> None:

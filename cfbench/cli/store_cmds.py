@@ -188,7 +188,10 @@ def register(app: typer.Typer) -> None:
         elif fmt is BoardFormat.markdown:
             _emit(to_markdown(board), out)
         elif fmt is BoardFormat.html:
-            _emit(to_html(board), out)
+            from cfbench.report.html import run_meta_from_frame
+
+            title = f"cfbench leaderboard ({results})" + (f", suite {suite}" if suite else "")
+            _emit(to_html(board, title=title, categories=list(cats or {}), runs=run_meta_from_frame(store, board)), out)
         else:
             title = f"cfbench leaderboard ({results})" + (f", suite {suite}" if suite else "")
             _print_table(board, title, out, list(cats or {}), chosen=bool(columns))

@@ -18,7 +18,6 @@ column per signal in each per-task table. No renderer knows a signal by name.
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -421,39 +420,13 @@ def to_markdown(report: ComparisonReport) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em}
-table.cfbench{border-collapse:collapse;margin:0.5em 0 0.3em}
-table.cfbench th,table.cfbench td{padding:0.25em 0.7em;border-bottom:1px solid #ddd}
-table.cfbench th{border-bottom:2px solid #555}
-td.r,th.r{text-align:right;font-variant-numeric:tabular-nums}td.l,th.l{text-align:left}
-.neg{color:#b00020}.pos{color:#1b7f3b}p.note{color:#555;font-size:0.9em;margin:0.1em 0}"""
-
-
 def to_html(report: ComparisonReport, *, full_page: bool = True) -> str:
-    """Self-contained HTML (inline CSS; red/green Δ, bold significant); a fragment if not full_page."""
-    parts: list[str] = []
-    for spec in layout(report):
-        parts.append(f"<h3>{html.escape(spec.title)}</h3>")
-        parts.append('<table class="cfbench">')
-        head = "".join(f'<th class="{a}">{html.escape(c)}</th>' for c, a in zip(spec.columns, spec.align, strict=True))
-        parts.append(f"<thead><tr>{head}</tr></thead><tbody>")
-        for row in spec.rows:
-            tds = []
-            for cell, a in zip(row, spec.align, strict=True):
-                cls = " ".join(x for x in (a, cell.tone) if x)
-                text = html.escape(cell.text)
-                tds.append(f'<td class="{cls}">{f"<strong>{text}</strong>" if cell.strong else text}</td>')
-            parts.append("<tr>" + "".join(tds) + "</tr>")
-        parts.append("</tbody></table>")
-        parts.extend(f'<p class="note">{html.escape(n)}</p>' for n in _dedup(spec.notes))
-    body = "\n".join(parts)
+    """A whole self-contained page (:mod:`cfbench.report.html`), or its sections if not full_page."""
+    from cfbench.report import html as html_page
+
     if not full_page:
-        return body + "\n"
-    title = html.escape(f"cfbench: {', '.join(report.tuned)} vs {report.base}")
-    return (
-        f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body>\n</html>\n"
-    )
+        return html_page.report_body(report, plots=False) + "\n"
+    return html_page.report_page(report)
 
 
 def to_rich(report: ComparisonReport) -> Group:

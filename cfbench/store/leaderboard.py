@@ -13,7 +13,6 @@ those columns and human formats mark them with †.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -280,19 +279,17 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_html(df: pd.DataFrame) -> str:
-    """A standalone HTML table (scores ×100)."""
-    shown = _display_frame(df)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>\n"
-        for row in shown.itertuples(index=False)
-    )
-    caption = f"<caption>Leaderboard ({html.escape(SCALE_NOTE)})</caption>"
-    return (
-        f'<table class="cfbench-leaderboard">\n{caption}\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}'
-        "</tbody>\n</table>\n"
-    )
+def to_html(
+    df: pd.DataFrame,
+    *,
+    title: str = "cfbench leaderboard",
+    categories: Sequence[str] | None = None,
+    runs: Sequence[Any] | None = None,
+) -> str:
+    """A whole self-contained page (scores ×100, sortable): :func:`cfbench.report.html.leaderboard_page`."""
+    from cfbench.report.html import leaderboard_page
+
+    return leaderboard_page(df, title=title, categories=categories, runs=runs)
 
 
 def natural_width(df: pd.DataFrame) -> int:
