@@ -423,6 +423,49 @@ def test_plot_writes_a_readable_png(item_report, oc_report, tmp_path: Path) -> N
         assert img[..., :3].std() > 0.05  # not a blank canvas
 
 
+def _tick_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_yticklabels()]
+
+
+def test_plot_marks_zero_deltas_shares_the_scale_and_labels_partial(item_report, oc_report) -> None:
+    """Artists, not pixels: a Δ of 0 still has a marker, one x range for both panels (said in the
+    label), † on partial categories' ticks, suite and n in the title."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from cfbench.report.plot import SHARED_XLABEL, report_figure
+
+    fig = report_figure(item_report, suite="unit")
+    try:
+        ax_cat, ax_task = fig.axes[:2]
+        labels = _tick_texts(ax_task)
+        copa_y = labels.index("copa (R)")
+        assert item_report.vs_base("tuned").task("copa").delta == 0.0
+        markers = [
+            ln for ln in ax_task.get_lines()
+            if isinstance(ln, Line2D) and ln.get_marker() == "D" and len(ln.get_xdata()) == 1
+        ]  # fmt: skip
+        at_zero = [ln for ln in markers if ln.get_xdata()[0] == 0.0 and abs(ln.get_ydata()[0] - copa_y) < 0.5]
+        assert at_zero and at_zero[0].get_markersize() > 0 and at_zero[0].get_visible()
+        assert len(markers) == len(labels)  # one marker per drawn Δ, none missing
+        assert ax_cat.get_xlim() == ax_task.get_xlim()
+        assert ax_cat.get_xlabel() == ax_task.get_xlabel() == SHARED_XLABEL and "same x scale" in SHARED_XLABEL
+        title = fig.get_suptitle()
+        assert "suite unit" in title and "n = 781 paired items" in title  # mmlu 400 + boolq 200 + copa 100 + tqa 81
+        assert _tick_texts(ax_cat) == ["DK", "R", "AVG"]  # complete: no †
+    finally:
+        plt.close(fig)
+
+    fig = report_figure(oc_report, include_pairs=True)
+    try:
+        ax_cat = fig.axes[0]
+        # w/ SAM lacks csl_dev: Understanding and AVG are partial in its series, so their ticks carry †
+        assert _tick_texts(ax_cat) == ["DK", "Understanding†", "Reasoning", "Exams", "AVG†"]
+        assert "task-level scores (no items)" in fig.get_suptitle() and "suite" not in fig.get_suptitle()
+    finally:
+        plt.close(fig)
+
+
 def test_imported_subgroup_scores_show_under_their_task() -> None:
     """OpenCompass-style ``mmlu-stem`` imported as task mmlu, subset stem: shown, without statistics."""
     scores = _oc_scores().assign(subset=None)

@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
         if plot and fmt is not ReportFormat.html:  # the html page already wrote (and embedded) it
             from cfbench.report import plot_report
 
-            plot_report(res.report, plot, include_pairs=pair)
+            plot_report(res.report, plot, include_pairs=pair, suite=res.suite.name)
         if plot:
             err.print(f"wrote {plot}")
         if diagnostics or diagnostics_plot:
@@ -264,7 +264,7 @@ def _emit_html_page(res: Any, results: Path, out: Path | None, plot: Path | None
     records = [(r.label, r.record) for r in res.runs]
     plots: list[Any] | bool = True
     if plot is not None:
-        plots = [plot_report(res.report, plot, include_pairs=pair)]
+        plots = [plot_report(res.report, plot, include_pairs=pair, suite=res.suite.name)]
     text = html_page.report_page(
         res.report,
         suite=res.suite.name,

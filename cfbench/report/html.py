@@ -506,11 +506,11 @@ def diagnostics_section(frame: pd.DataFrame | None, forgetting: Mapping[str, flo
     )
 
 
-def _plot_png(report: ComparisonReport, include_pairs: bool) -> bytes:
+def _plot_png(report: ComparisonReport, include_pairs: bool, suite: str | None) -> bytes:
     from cfbench.report.plot import plot_report
 
     with tempfile.TemporaryDirectory(prefix="cfbench-plot-") as tmp:
-        return plot_report(report, Path(tmp) / "delta.png", include_pairs=include_pairs).read_bytes()
+        return plot_report(report, Path(tmp) / "delta.png", include_pairs=include_pairs, suite=suite).read_bytes()
 
 
 def report_body(
@@ -521,6 +521,7 @@ def report_body(
     include_pairs: bool = True,
     signals: Any = None,
     diagnostics: pd.DataFrame | None = None,
+    suite: str | None = None,
 ) -> str:
     """The report's sections (no ``<html>`` wrapper): runs, tables, signals, diagnostics, plots.
 
@@ -555,7 +556,7 @@ def report_body(
         parts.append(diagnostics_section(diagnostics, forgetting))
     pngs: list[bytes | str | Path] = []
     if plots is True:
-        pngs = [_plot_png(report, include_pairs)]
+        pngs = [_plot_png(report, include_pairs, suite)]
     elif plots:
         pngs = list(plots)
     if pngs:
@@ -578,7 +579,7 @@ def report_page(report: ComparisonReport, *, suite: str | None = None, **kwargs:
         + f"Forgetting of {len(report.tuned)} tuned run(s) against base {report.base}; "
         f"{100 * s.confidence:g}% paired bootstrap CIs (B={s.n_boot}, seed {s.seed}), α={s.alpha:g}."
     )
-    return page(report_title(report), report_body(report, **kwargs), subtitle=subtitle)
+    return page(report_title(report), report_body(report, suite=suite, **kwargs), subtitle=subtitle)
 
 
 # -- the leaderboard --------------------------------------------------------------------------------

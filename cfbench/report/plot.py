@@ -17,6 +17,7 @@ from cfbench.errors import CfbenchError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
     from cfbench.report.table import Comparison, ComparisonReport
 
@@ -32,6 +33,28 @@ def _category_rows(report: ComparisonReport, cmp: Comparison) -> tuple[list[str]
     return labels, bars
 
 
+def _dagger_partial(labels: list[str], series: list[tuple[str, list[_Bar]]]) -> list[str]:
+    """A category partial in any series gets † in its tick label (the bar's own † says which series)."""
+    return [
+        label + ("†" if any(bars[i][3] and bars[i][0] is not None for _, bars in series) else "")
+        for i, label in enumerate(labels)
+    ]
+
+
+def _paired_items(cmp: Comparison) -> int | None:
+    """Items behind one comparison's Δ (task rows, not sub-groups); None for task-level scores only."""
+    ns = [t.n for t in cmp.tasks if t.group is None and t.n is not None]
+    return sum(ns) if ns else None
+
+
+def _n_text(comparisons: list[Comparison]) -> str:
+    ns = {n for c in comparisons if (n := _paired_items(c)) is not None}
+    if not ns:
+        return "task-level scores (no items)"
+    lo, hi = min(ns), max(ns)
+    return f"n = {lo:,} paired items" if lo == hi else f"n = {lo:,}–{hi:,} paired items"
+
+
 def _task_rows(cmp: Comparison) -> tuple[list[str], list[_Bar]]:
     labels, bars = [], []
     for t in cmp.tasks:
@@ -44,7 +67,8 @@ def _task_rows(cmp: Comparison) -> tuple[list[str], list[_Bar]]:
     return labels, bars
 
 
-def _draw(ax: Axes, labels: list[str], series: list[tuple[str, list[_Bar]]], title: str) -> None:
+def _draw(ax: Axes, labels: list[str], series: list[tuple[str, list[_Bar]]], title: str) -> list[float]:
+    """Bars, CIs and markers of one panel; returns every x it drew, for the shared axis limits."""
     n_rows, k = len(labels), len(series)
     height = 0.8 / k
     colors = [f"C{i}" for i in range(k)]
@@ -76,6 +100,9 @@ def _draw(ax: Axes, labels: list[str], series: list[tuple[str, list[_Bar]]], tit
                 edgecolor=colors[s],
                 linewidth=0.6,
             )
+            # A marker at the bar's end: a Δ of exactly zero has a zero-width bar, and must still show.
+            ax.plot(d, yi, marker="D", markersize=4, color=colors[s], markeredgecolor="#222",
+                    markeredgewidth=0.6, linestyle="none", zorder=3)  # fmt: skip
             end = d
             if ci is not None:
                 lo, hi = 100 * ci[0], 100 * ci[1]
@@ -99,23 +126,46 @@ def _draw(ax: Axes, labels: list[str], series: list[tuple[str, list[_Bar]]], tit
     ax.axvline(0, color="#444", linewidth=0.9)
     ax.set_yticks(np.arange(n_rows), labels)
     ax.set_ylim(n_rows - 0.5, -0.5)  # first row on top, like the tables
-    lo, hi = min(span), max(span)
-    pad = 0.12 * max(hi - lo, 1.0)
-    ax.set_xlim(lo - pad, hi + pad)
     ax.grid(axis="x", color="#ddd", linewidth=0.6)
     ax.set_axisbelow(True)
     for y in np.arange(n_rows - 1) + 0.5:
         ax.axhline(y, color="#eee", linewidth=0.6)
     ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
-    ax.set_xlabel("Δ (points ×100)")
+    ax.set_xlabel(SHARED_XLABEL)
+    return span
 
 
-def plot_report(report: ComparisonReport, path: str | Path, *, include_pairs: bool = False, dpi: int = 150) -> Path:
+#: Both panels use one x range, so a bar's length means the same in each; the label says so.
+SHARED_XLABEL = "Δ (points ×100; same x scale in both panels)"
+
+
+def plot_report(
+    report: ComparisonReport,
+    path: str | Path,
+    *,
+    include_pairs: bool = False,
+    dpi: int = 150,
+    suite: str | None = None,
+) -> Path:
     """Write a PNG of Δ per category and per task with bootstrap-CI error bars; returns the path.
 
     One series per tuned run (Δ vs base); ``include_pairs`` adds the w/–w/o Δ series. Hatched bars
-    have no CI (task-level imports), ``*`` marks significant Δ, ``†`` partial coverage.
+    have no CI (task-level imports), ``*`` marks significant Δ, ``†`` partial coverage (also on the
+    category's tick label), a diamond marks every Δ (so a Δ of 0 is visible). Both panels share one
+    x scale. The title names ``suite`` (when given) and the paired items behind the Δs.
     """
+    fig = report_figure(report, include_pairs=include_pairs, suite=suite)  # selects the Agg backend first
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
+def report_figure(report: ComparisonReport, *, include_pairs: bool = False, suite: str | None = None) -> Figure:
+    """The figure :func:`plot_report` saves (Agg backend), for callers and tests that inspect artists."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -140,14 +190,19 @@ def plot_report(report: ComparisonReport, path: str | Path, *, include_pairs: bo
         layout="constrained",
     )
     level = f"{100 * report.settings.confidence:g}%"
-    _draw(ax_cat, cat_labels, cat_series, "Δ by category")
-    _draw(ax_task, task_labels, task_series, "Δ by task")
+    span = _draw(ax_cat, _dagger_partial(cat_labels, cat_series), cat_series, "Δ by category")
+    span += _draw(ax_task, task_labels, task_series, "Δ by task")
+    lo, hi = min(span), max(span)
+    pad = 0.12 * max(hi - lo, 1.0)
+    for ax in (ax_cat, ax_task):
+        ax.set_xlim(lo - pad, hi + pad)
     ax_cat.legend(
         loc="lower left", bbox_to_anchor=(0.0, 1.12), ncol=min(len(comparisons), 3), frameon=False, fontsize=9
     )
     title = f"Forgetting: Δ vs {report.base}" + (
         " and w/ − w/o pairs" if report.pair_comparisons and include_pairs else ""
     )
+    title += "\n" + ", ".join(x for x in (f"suite {suite}" if suite else "", _n_text(comparisons)) if x)
     fig.suptitle(title, fontsize=13, fontweight="bold")
     fig.supxlabel(
         f"Error bars: {level} paired bootstrap CI (B={report.settings.n_boot}).   "
@@ -155,8 +210,4 @@ def plot_report(report: ComparisonReport, path: str | Path, *, include_pairs: bo
         fontsize=8,
         color="#555",
     )
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return out
+    return fig
