@@ -390,7 +390,7 @@ def test_leaderboard_renderings_show_percent(tmp_path: Path) -> None:
     assert "| 76.00 |" in lines[5] and "| 44.00 |" in lines[5]  # sft boolq, hellaswag
     page = to_html(board, categories=list(PAPER))
     assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
-    assert 'data-v="0.7">70.00</td>' in page  # base boolq, with its numeric sort key
+    assert 'data-v="70.0">70.00</td>' in page  # base boolq, with its numeric sort key (the shown ×100)
     assert 'title="Understanding"' in page and "Summary (×100)" in page
     assert natural_width(board) > 100
 

@@ -612,7 +612,7 @@ def leaderboard_page(
             v = board[c].iloc[i]
             text = str(shown[c].iloc[i])
             cls = "partial" if text.endswith("†") else ""
-            row.append(HCell(text, None if pd.isna(v) else float(v), cls))
+            row.append(HCell(text, None if pd.isna(v) else round(100 * float(v), 6), cls))  # the shown ×100
         rows.append(row)
     body = [
         f'<p class="legend">{esc(SCALE_NOTE)}. Categories are means of the tasks a run has, AVG the mean '
