@@ -2,15 +2,15 @@
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python scripts/screenshots.py [--work DIR]
 
-Every number in the pictures is measured, not drawn: a tiny random llama (cfbench.models.tiny, 2
-layers, seed 0) is the "base", two copies of it with gaussian noise added to every weight matrix
-(σ = 0.03 and 0.10) are the "tuned" runs, and all three are scored by the real engine on the offline
-suite with ``--limit`` documents per task. ``cfbench compare --format html`` and ``cfbench
-leaderboard --format html`` write the pages, and headless chromium (playwright, the system's
-``chromium`` binary) photographs them at 1400 px. About a minute on a 2-core CPU.
-
-The tiny model is random, so its scores sit near chance: the pictures show what the pages look like,
-not what any real fine-tune forgets.
+Every number in the pictures is measured, not drawn. The base is ``--model``: ``smollm2-135m`` (the
+built-in SmolLM2-135M-Instruct, the default) or ``tiny`` (a random 2-layer llama from
+cfbench.models.tiny, seconds instead of minutes). The two "tuned" runs are copies of the base with
+gaussian noise added to every weight matrix, σ = 0.05 and 0.30 times that matrix's own standard
+deviation, named ``noise-0.05`` / ``noise-0.30``: a stand-in for forgetting whose size is known, not a
+fine-tune. All three are scored by the real engine (``cfbench eval``) on the offline suite with
+``--limit`` documents per task; ``cfbench compare --format html`` and ``cfbench leaderboard --format
+html`` write the pages, and headless chromium (playwright driving the system's ``chromium``)
+photographs them at 1400 px.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NOISE = {"noise-0.03": 0.03, "noise-0.10": 0.10}
+NOISE = {"noise-0.05": 0.05, "noise-0.30": 0.30}
 
 
 def _cfbench(*args: str) -> None:
@@ -32,22 +32,27 @@ def _cfbench(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "cfbench", *args], check=True, env=env, cwd=ROOT)
 
 
-def _checkpoints(work: Path) -> dict[str, Path]:
+def _checkpoints(work: Path, model: str) -> dict[str, Path]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cfbench.models.tiny import make_tiny_llama
+    if model == "tiny":
+        from cfbench.models.tiny import make_tiny_llama
 
-    base = make_tiny_llama(work / "base", seed=0)
+        base = make_tiny_llama(work / "base", seed=0)
+    else:
+        from cfbench.models.checkpoint import resolve_checkpoint
+
+        base = Path(resolve_checkpoint(model).path)
     out = {"base": base}
     for i, (name, sigma) in enumerate(NOISE.items()):
-        model = AutoModelForCausalLM.from_pretrained(base)
+        net = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
         gen = torch.Generator().manual_seed(100 + i)
         with torch.no_grad():
-            for p in model.parameters():
+            for p in net.parameters():
                 if p.dim() == 2:
-                    p.add_(sigma * torch.randn(p.shape, generator=gen))
-        model.save_pretrained(work / name)
+                    p.add_(sigma * float(p.std()) * torch.randn(p.shape, generator=gen))
+        net.save_pretrained(work / name)
         AutoTokenizer.from_pretrained(base).save_pretrained(work / name)
         out[name] = work / name
     return out
@@ -67,18 +72,24 @@ def _shoot(page: Path, png: Path, width: int = 1400, max_height: int = 1800) -> 
         tab.set_viewport_size({"width": width, "height": height})
         tab.screenshot(path=str(png), type="png")
         browser.close()
+    from PIL import Image
+
+    # A page is a few flat colours: a 256-colour palette keeps text sharp at a third of the size.
+    with Image.open(png) as img:
+        img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(png, optimize=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a temporary one).")
-    ap.add_argument("--limit", type=int, default=30, help="Documents scored per task.")
+    ap.add_argument("--model", default="smollm2-135m", help="Base: smollm2-135m (built-in) or tiny.")
+    ap.add_argument("--limit", type=int, default=10, help="Documents scored per task (per subject for MMLU).")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="cfbench-shots-"))
     work.mkdir(parents=True, exist_ok=True)
     store = work / "results"
-    ckpts = _checkpoints(work)
+    ckpts = _checkpoints(work, args.model)
     for name, path in ckpts.items():
         _cfbench("eval", str(path), "--suite", "offline", "--limit", str(args.limit), "--results", str(store),
                  "--name", name)  # fmt: skip

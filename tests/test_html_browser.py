@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +27,7 @@ import pandas as pd
 import pytest
 
 from cfbench.report import build_report
-from cfbench.report.html import RunMeta, report_page, run_meta_from_frame
+from cfbench.report.html import RunMeta, data_uri_png, report_page, run_meta_from_frame
 from cfbench.signals import Signal
 from cfbench.store import ResultStore, RunRecord, TaskScore
 from cfbench.store.leaderboard import leaderboard, to_html
@@ -305,5 +307,51 @@ def test_leaderboard_fits_the_window_and_pins_the_run_name(browser: Any, board_f
         left = box.evaluate("b => b.getBoundingClientRect().left")
         first = page.locator("#leaderboard tbody tr td").first.evaluate("c => c.getBoundingClientRect().left")
         assert math.isclose(first, left + box.evaluate("b => b.clientLeft"), abs_tol=1.5)  # sticky first column
+    finally:
+        view.close()
+
+
+# -- the commands ------------------------------------------------------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cfbench", *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ))  # fmt: skip
+
+
+def test_compare_and_leaderboard_commands_write_whole_pages(browser: Any, tmp_path: Path) -> None:
+    """`compare --format html --diagnostics --plot` and `leaderboard --format html`, end to end."""
+    from cfbench.analysis.results import write_diagnostics
+
+    store = ResultStore(tmp_path / "results")
+    for name, h, acc in (("base", "h-base", 0.50), ("wo", "h-wo", 0.40)):
+        rec = RunRecord(name=name, checkpoint_name=name, checkpoint_hash=h, suite="offline", limit=7, dtype="bfloat16")
+        store.append_run(rec, [TaskScore(t, "acc", acc, n_items=7) for t in ("mmlu", "boolq", "arc_challenge")])
+    write_diagnostics(store, checkpoint_name="wo", checkpoint_hash="h-wo", source="test", values={"sc": 9.0},
+                      settings={}, base_hash="h-base")  # fmt: skip
+    page, png = tmp_path / "report.html", tmp_path / "delta.png"
+    res = _cli("compare", "run:base", "run:wo", "--suite", "offline", "--results", str(store.root), "--format", "html",
+               "--out", str(page), "--plot", str(png), "--diagnostics")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "" and png.is_file()  # the page went to --out, the diagnostics table into the page
+    view = Opened(browser, page, 1400)
+    try:
+        assert view.column("runs", 0) == ["base", "wo"] and view.column("runs", 3) == ["h-base", "h-wo"]
+        assert view.column("runs", 5) == ["7", "7"] and view.column("runs", 6) == ["21", "21"]  # limit, n
+        assert view.column("runs", 9) == ["bfloat16", "bfloat16"]
+        assert view.column("diagnostics", 2) == ["—", "9"] and view.column("diagnostics", 1) == ["—", "-10.00"]
+        src = view.page.eval_on_selector("img.plot", "i => i.src")
+        assert src == data_uri_png(png)  # the very PNG --plot wrote
+        assert all(u.startswith(("file:", "data:")) for u in view.requests)
+    finally:
+        view.close()
+
+    board = tmp_path / "board.html"
+    res = _cli("leaderboard", "--results", str(store.root), "--suite", "offline", "--format", "html", "--out",
+               str(board))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    view = Opened(browser, board, 1400)
+    try:
+        assert view.column("leaderboard", 0) == ["base", "wo"]
+        assert view.header("leaderboard")[1] == "AVG" and view.column("leaderboard", 1) == ["50.00†", "40.00†"]
+        assert view.column("runs", 2) == ["h-base", "h-wo"] and view.column("runs", 8) == ["bfloat16"] * 2
     finally:
         view.close()

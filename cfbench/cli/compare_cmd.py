@@ -181,7 +181,8 @@ def register(app: typer.Typer) -> None:
         if plot:
             err.print(f"wrote {plot}")
         if diagnostics or diagnostics_plot:
-            _show_diagnostics(res, results, diagnostics_plot, err)
+            # an html page already holds the table (and stdout may be that page): only the plot then
+            _show_diagnostics(res, results, diagnostics_plot, err, show=fmt is not ReportFormat.html)
 
     @app.command("regress")
     def regress_cmd(
@@ -279,7 +280,7 @@ def _emit_html_page(res: Any, results: Path, out: Path | None, plot: Path | None
         typer.echo(text)
 
 
-def _show_diagnostics(res: Any, results: Path, plot: Path | None, err: Console) -> None:
+def _show_diagnostics(res: Any, results: Path, plot: Path | None, err: Console, show: bool = True) -> None:
     """Flatness/sharpness/displacement columns of the compared runs, next to their forgetting (Δ AVG)."""
     from rich.table import Table
 
@@ -306,7 +307,8 @@ def _show_diagnostics(res: Any, results: Path, plot: Path | None, err: Console) 
             str(row["run"]), "-" if d is None else f"{d:+.2f}",
             *("-" if row[m] != row[m] else f"{row[m]:.4g}" for m in present),
         )  # fmt: skip
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    if show:
+        Console(width=None if sys.stdout.isatty() else 160).print(table)
     if plot:
         from cfbench.analysis.plot import plot_forgetting_vs
 
