@@ -224,3 +224,11 @@ def test_no_bootstrap_when_n_boot_is_zero() -> None:
     base = np.array([1, 0, 1, 1.0])
     d = paired_task_delta(_paired(base, np.array([0, 0, 1, 1.0])), n_boot=0, rng=np.random.default_rng(0))
     assert d.ci is None and d.replicates is None and d.delta == pytest.approx(-0.25)
+
+
+def test_ci_bound_at_zero_up_to_float_noise_is_not_significant() -> None:
+    """A stratified CI whose lower end is 0 came out as 2.7e-17 on a real store (SmolLM2 + noise,
+    Reasoning at --limit 10) and was starred while printing [0.00, +24.00]."""
+    assert not ci_excludes_zero((2.7061686225239413e-17, 0.24))
+    assert not ci_excludes_zero((-0.24, -3e-17))
+    assert ci_excludes_zero((1 / 1000, 0.24)) and ci_excludes_zero((-0.3, -1 / 5000))

@@ -407,6 +407,12 @@ def aggregate_deltas(
     return cat_out, AggregateDelta("AVG", avg_ref, avg_other, avg_other - avg_ref, avg_ci, avg_cov)
 
 
+#: Bounds within this of 0 count as 0. A stratified bootstrap averages task Δs in floating point, so
+#: an interval whose true lower end is 0 (every replicate ≥ 0) can come out as 2.7e-17 and would
+#: otherwise be called significant while it prints as [0.00, …]. Real Δs are multiples of 1/n items.
+CI_ZERO_TOL = 1e-12
+
+
 def ci_excludes_zero(ci: tuple[float, float] | None) -> bool:
     """Significance of a Δ at the CI's level: the interval lies strictly on one side of 0."""
-    return ci is not None and (ci[0] > 0.0 or ci[1] < 0.0)
+    return ci is not None and (ci[0] > CI_ZERO_TOL or ci[1] < -CI_ZERO_TOL)
