@@ -91,7 +91,8 @@ def main() -> None:
     store = work / "results"
     ckpts = _checkpoints(work, args.model)
     for name, path in ckpts.items():
-        _cfbench("eval", str(path), "--suite", "offline", "--limit", str(args.limit), "--results", str(store),
+        spec = args.model if name == "base" and args.model != "tiny" else str(path)  # the built-in by its name
+        _cfbench("eval", spec, "--suite", "offline", "--limit", str(args.limit), "--results", str(store),
                  "--name", name)  # fmt: skip
     report, board = work / "report.html", work / "leaderboard.html"
     _cfbench("compare", *(f"run:{n}" for n in ckpts), "--suite", "offline", "--results", str(store),

@@ -319,6 +319,13 @@ def _fmt_date(d: datetime | None) -> str:
     return "" if d is None else pd.Timestamp(d).strftime("%Y-%m-%d %H:%M")
 
 
+def _short(text: str | None, width: int = 28) -> HCell:
+    """Long names (a converted GGUF's folder) are cut with … and shown whole on hover."""
+    s = text or ""
+    shown = s if len(s) <= width else s[: width - 1] + "…"
+    return HCell(shown, s.lower() or None, title=s if shown != s else None)
+
+
 def runs_table(metas: Sequence[RunMeta], roles: Mapping[str, str] | None = None) -> str:
     """One row per run: checkpoint (hash), suite, limit, items, backend, dtype, date, source."""
     cols = [Col("Run", "l", False)]
@@ -353,7 +360,7 @@ def runs_table(metas: Sequence[RunMeta], roles: Mapping[str, str] | None = None)
             row.append(txt(roles.get(m.label, "")))
         h = m.checkpoint_hash or ""
         row += [
-            txt(m.checkpoint),
+            _short(m.checkpoint),
             HCell(h[:12], h or None, title=h or None),
             txt(m.suite),
             num(m.limit, "all"),
