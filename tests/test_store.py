@@ -382,16 +382,20 @@ def test_leaderboard_sort_and_errors(tmp_path: Path) -> None:
 
 
 def test_leaderboard_renderings_show_percent(tmp_path: Path) -> None:
-    board = leaderboard(_board_store(tmp_path), suite=PAPER, metrics=METRICS)
+    store = _board_store(tmp_path)
+    board = leaderboard(store, suite=PAPER, metrics=METRICS)
     md = to_markdown(board)
     lines = md.splitlines()
     assert "×100" in lines[0]
     assert lines[2].startswith("| name | run_id | source |") and lines[3].startswith("|---|")
     assert "| 76.00 |" in lines[5] and "| 44.00 |" in lines[5]  # sft boolq, hellaswag
-    page = to_html(board, categories=list(PAPER))
+    from cfbench.report.html import run_meta_from_frame
+
+    page = to_html(board, categories=list(PAPER), runs=run_meta_from_frame(store, board))  # no --limit: null
     assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
     assert 'data-v="70.0">70.00</td>' in page  # base boolq, with its numeric sort key (the shown ×100)
     assert 'title="Understanding"' in page and "Summary (×100)" in page
+    assert page.count("<td class=\"r\">all</td>") == 3  # the runs table: Limit "all" for each run
     assert natural_width(board) > 100
 
 

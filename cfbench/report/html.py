@@ -241,7 +241,11 @@ class RunMeta:
 
 
 def _opt(v: Any) -> Any:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT else v
+    """None for every missing marker a store column can hold (None, NaN, NaT, pd.NA)."""
+    try:
+        return None if v is None or bool(pd.isna(v)) else v
+    except (TypeError, ValueError):  # a list-like value is never "missing"
+        return v
 
 
 def _items_per_run(store: ResultStore, run_ids: Sequence[str]) -> dict[str, tuple[int | None, int]]:
