@@ -133,16 +133,14 @@ def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 source="cfbench")
         for i, name in enumerate(["base", "drop", "same"])
     ]  # fmt: skip
-    signals = {
-        "drop": [Signal("kl", "forgot", "KL(base‖tuned)", 0.12, "nats", 600, (0.08, 0.16), 0.01, True)],
-        "same": [Signal("kl", "forgot", "KL(base‖tuned)", 0.011, "nats", 600, (0.0, 0.02), 0.01, False)],
-    }
+    report.add_signals("drop", [Signal("kl", "forgot", "KL(base‖tuned)", 0.12, "nats", 600, (0.08, 0.16), 0.01, True)])
+    report.add_signals("same", [Signal("kl", "forgot", "KL(base‖tuned)", 0.011, "nats", 600, (0.0, 0.02), 0.01, False)])
     diag = pd.DataFrame({"run": ["base", "drop", "same"], "checkpoint_hash": ["h0", "h1", "h2"],
                          "sc": [2.0, 9.5, float("nan")], "ag": [float("nan")] * 3, "mag": [float("nan")] * 3,
                          "hessian_trace": [float("nan")] * 3, "top_eigenvalue": [float("nan")] * 3,
                          "displacement": [0.0, 3.1, 0.2], "rel_displacement": [float("nan")] * 3})  # fmt: skip
     path = tmp_path_factory.mktemp("html") / "report.html"
-    path.write_text(report_page(report, suite="unit", runs=runs, signals=signals, diagnostics=diag), encoding="utf-8")
+    path.write_text(report_page(report, suite="unit", runs=runs, diagnostics=diag), encoding="utf-8")
     return path
 
 
@@ -170,7 +168,11 @@ def test_report_renders_tables_metadata_and_plot_offline(browser: Any, report_fi
         img = page.eval_on_selector("img.plot", "i => [i.src.slice(0, 22), i.naturalWidth, i.complete]")
         assert img[0] == "data:image/png;base64," and img[1] > 600 and img[2]
         # signals and diagnostics sections, tolerant of what is present
-        assert view.column("signals", 0) == ["drop", "same"] and view.column("signals", 4) == ["0.12", "0.011"]
+        assert view.header("signals-1")[:2] == ["Run", "ΔAVG(95%CI)"] and "forgot:KL(base‖tuned)(nats)" in view.header(
+            "signals-1"
+        )
+        assert view.column("signals-1", 0) == ["drop", "same"]
+        assert [t.split(" ")[0] for t in view.column("signals-1", 4)] == ["0.12*", "0.011"]
         assert view.header("diagnostics") == ["Run", "ΔAVG", "sc", "displacement"]  # all-NaN metrics left out
         assert view.column("diagnostics", 2) == ["2", "9.5", "—"]
         assert page.evaluate("document.documentElement.scrollWidth") <= 1400  # no page-level overflow
@@ -198,14 +200,15 @@ def test_only_significant_deltas_are_coloured(browser: Any, report_file: Path) -
         assert by_task["copa"][0] == "-3.00" and "sig-" not in by_task["copa"][1]
         assert by_task["copa"][2] == by_task["siqa"][2] != by_task["boolq"][2]
         # the rule holds for every Δ cell of every table: coloured ⇔ marked significant (*)
-        for table, col in (("summary", 4), ("deltas", 1), ("deltas", 3), ("tasks-1", 5), ("tasks-2", 5)):
+        for table, col in (("summary", 4), ("deltas", 1), ("deltas", 3), ("signals-1", 1), ("tasks-1", 5),
+                           ("tasks-2", 5)):  # fmt: skip
             rows = view.page.eval_on_selector_all(
                 f"#{table} tbody tr", f"rows => rows.map(r => [r.cells[{col}].innerText, r.cells[{col}].className])"
             )
             for text, cls in rows:
                 assert ("sig-" in cls) == ("*" in text), (table, text, cls)
         # signals: significant KL (a divergence: up is worse) red, the non-significant one neutral
-        sig = view.page.eval_on_selector_all("#signals tbody tr", "rows => rows.map(r => r.cells[4].className)")
+        sig = view.page.eval_on_selector_all("#signals-1 tbody tr", "rows => rows.map(r => r.cells[4].className)")
         assert "sig-neg" in sig[0] and "sig-" not in sig[1]
     finally:
         view.close()

@@ -396,6 +396,8 @@ def test_leaderboard_renderings_show_percent(tmp_path: Path) -> None:
     assert 'data-v="70.0">70.00</td>' in page  # base boolq, with its numeric sort key (the shown ×100)
     assert 'title="Understanding"' in page and "Summary (×100)" in page
     assert page.count("<td class=\"r\">all</td>") == 3  # the runs table: Limit "all" for each run
+    drift = to_html(board.assign(**{"kl vs ref": [0.0, 0.1266, None]}), categories=list(PAPER))
+    assert "Drift vs reference (own unit)" in drift and 'data-v="0.1266">0.1266</td>' in drift  # nats, not ×100
     assert natural_width(board) > 100
 
 

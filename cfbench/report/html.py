@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,6 @@ import pandas as pd
 if TYPE_CHECKING:
     from cfbench.report.render import Cell, TableSpec
     from cfbench.report.table import ComparisonReport
-    from cfbench.signals import Signal
     from cfbench.store.store import ResultStore
 
 Align = Literal["l", "r"]
@@ -286,17 +284,34 @@ def run_meta(store: ResultStore, records: Sequence[tuple[str, Any]]) -> list[Run
     return out
 
 
+def _labels(board: pd.DataFrame) -> list[str]:
+    """What names a leaderboard row: its run name, else (``--columns`` without it) its run id."""
+    for col in ("name", "run_id"):
+        if col in board.columns:
+            return ["" if _opt(v) is None else str(v) for v in board[col]]
+    return [str(i + 1) for i in range(len(board))]
+
+
 def run_meta_from_frame(store: ResultStore, board: pd.DataFrame) -> list[RunMeta]:
     """Metadata of every leaderboard row (by ``run_id``), in the board's order."""
     if board.empty:
         return []
-    runs = store.runs().set_index("run_id")
-    ids = [str(x) for x in board["run_id"]]
+    all_runs = store.runs()
+    if "run_id" in board.columns:
+        ids = [str(x) for x in board["run_id"]]
+    else:  # `leaderboard --columns` left the id out: find the runs by name (names are unique in a board)
+        by_name = dict(zip(all_runs["name"], all_runs["run_id"], strict=True))
+        ids = [str(by_name.get(n, "")) for n in board["name"]] if "name" in board.columns else [""] * len(board)
+    runs = all_runs.set_index("run_id")
     counts = _items_per_run(store, ids)
     out = []
-    for rid, label in zip(ids, board["name"], strict=True):
-        r = runs.loc[rid] if rid in runs.index else pd.Series(dtype=object)
+    for i, (rid, label) in enumerate(zip(ids, _labels(board), strict=True)):
+        # the store's record where it has the run; else what the board row says (e.g. the paper's rows)
+        r = runs.loc[rid] if rid in runs.index else board.iloc[i]
         n_items, n_tasks = counts.get(rid, (None, 0))
+        if n_items is None and "n" in board.columns:
+            n_items = _opt(board["n"].iloc[i])
+            n_items = None if n_items is None else int(n_items)
         limit = _opt(r.get("limit"))
         created = _opt(r.get("created_at"))
         out.append(
@@ -395,7 +410,8 @@ def spec_table(spec: TableSpec, table_id: str) -> str:
     The per-task table prints a category once per block and sub-groups as ``↳ group``; sorting
     would strip them of their context, so here every row names its category and its task.
     """
-    cols = [Col(c, a, a == "r", wrap=False) for c, a in zip(spec.columns, spec.align, strict=True)]
+    wrap = getattr(spec, "wrap", set())  # long signal headers may break
+    cols = [Col(c, a, a == "r", wrap=i in wrap) for i, (c, a) in enumerate(zip(spec.columns, spec.align, strict=True))]
     per_task = spec.columns[:2] == ["Category", "Task"]
     body, fixed = [], []
     last_cat, last_task = "", ""
@@ -414,80 +430,6 @@ def spec_table(spec: TableSpec, table_id: str) -> str:
             cells.append(HCell(text, sort_key(text, col.numeric), _cell_class(cell)))
         (fixed if row[0].text.startswith("Δ ") and not per_task else body).append(cells)
     return table_html(cols, body, fixed_rows=fixed, table_id=table_id)
-
-
-def _signal_rows(signals: Any) -> list[tuple[str | None, Signal]]:
-    """Signals as (run, signal): a mapping run → signals, (run, signal) pairs, or bare signals."""
-    if not signals:
-        return []
-    if isinstance(signals, Mapping):
-        return [(str(run), s) for run, sigs in signals.items() for s in sigs]
-    out: list[tuple[str | None, Signal]] = []
-    for s in signals:
-        if isinstance(s, tuple):
-            out.append((str(s[0]), s[1]))
-        else:
-            out.append((getattr(s, "run", None), s))
-    return out
-
-
-def _fmt_num(x: float | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    return f"{x:+.4g}" if x < 0 else f"{x:.4g}"
-
-
-def signals_section(signals: Any) -> str:
-    """Learned/forgot signals (cfbench.signals.Signal) as one table; '' when there are none.
-
-    Renderer-neutral on purpose: value [CI], floor and the producer's significance verdict, so a new
-    producer shows up here without code in this module. A significant value is coloured by whether
-    its direction is the better one (``Signal.better``).
-    """
-    rows = _signal_rows(signals)
-    if not rows:
-        return ""
-    with_run = any(run is not None for run, _ in rows)
-    cols = ([Col("Run", "l", False)] if with_run else []) + [
-        Col("Signal", "l", False),
-        Col("Kind", "l", False),
-        Col("Scope", "l", False),
-        Col("Value", "r", True),
-        Col("CI", "r", True, "paired bootstrap interval of the value"),
-        Col("Floor", "r", True, "the same statistic between the base and itself re-scored: the noise to beat"),
-        Col("n", "r", True, "paired units (items or documents)"),
-        Col("Significant", "l", False),
-        Col("Unit", "l", False),
-        Col("Note", "l", False),
-    ]
-    body = []
-    for run, s in rows:
-        cls = ""
-        if s.significant:
-            good = (s.value > 0) == (s.better == "higher")
-            cls = "sig-pos" if good else "sig-neg"
-        sig = {True: "yes", False: "no", None: "not judged"}[s.significant]
-        ci = "n/a" if s.ci is None else f"[{_fmt_num(s.ci[0])}, {_fmt_num(s.ci[1])}]"
-        cells = ([HCell(run or "", (run or "").lower() or None)] if with_run else []) + [
-            HCell(s.label, s.label.lower(), title=s.name),
-            HCell(s.kind, s.kind),
-            HCell(s.scope, s.scope.lower()),
-            HCell(_fmt_num(s.value), float(s.value), cls),
-            HCell(ci, None if s.ci is None else float(s.ci[0])),
-            HCell(_fmt_num(s.floor), None if s.floor is None else float(s.floor)),
-            HCell(str(s.n), float(s.n)),
-            HCell(sig, sig),
-            HCell(s.unit, s.unit.lower()),
-            HCell(s.note or "", (s.note or "").lower() or None),
-        ]
-        body.append(cells)
-    return (
-        "<h2>Learned / forgot signals</h2>"
-        '<p class="legend">Each value is the tuned run\'s paired change against the base (a divergence: the '
-        "divergence itself), with its bootstrap CI and, where measured, the noise floor (base vs base "
-        "re-scored). Coloured only when its producer judged it significant: green in the better direction, "
-        "red in the worse.</p>" + table_html(cols, body, table_id="signals")
-    )
 
 
 def diagnostics_section(frame: pd.DataFrame | None, forgetting: Mapping[str, float] | None = None) -> str:
@@ -530,15 +472,15 @@ def report_body(
     runs: Sequence[RunMeta] | None = None,
     plots: Sequence[bytes | str | Path] | bool = True,
     include_pairs: bool = True,
-    signals: Any = None,
     diagnostics: pd.DataFrame | None = None,
     suite: str | None = None,
 ) -> str:
-    """The report's sections (no ``<html>`` wrapper): runs, tables, signals, diagnostics, plots.
+    """The report's sections (no ``<html>`` wrapper): runs, tables, diagnostics, plots.
 
-    ``plots=True`` renders the Δ chart (:func:`cfbench.report.plot.plot_report`) and embeds it;
-    pass PNGs (bytes or paths) to embed those instead, or ``False`` for none. ``signals`` defaults
-    to the report's own (``report.signals``) when it has them.
+    The tables are :func:`cfbench.report.render.layout`'s, learned/forgot signals included when the
+    report has them (``ComparisonReport.add_signals``). ``plots=True`` renders the Δ chart
+    (:func:`cfbench.report.plot.plot_report`) and embeds it; pass PNGs (bytes or paths) to embed
+    those instead, or ``False`` for none.
     """
     from cfbench.report.render import layout
 
@@ -554,14 +496,20 @@ def report_body(
         )
     specs = layout(report)
     parts.append(f'<p class="legend">{esc(specs[0].notes[-1])}</p>')  # the legend: scale, CI, markers
+    n_tasks = n_signals = 0
     for i, spec in enumerate(specs):
+        if i < 2:
+            ident = ["summary", "deltas"][i]
+        elif spec.title.startswith("Per task"):
+            n_tasks += 1
+            ident = f"tasks-{n_tasks}"
+        else:  # learned/forgot signal tables
+            n_signals += 1
+            ident = f"signals-{n_signals}"
         parts.append(f"<h2>{esc(spec.title)}</h2>")
-        parts.append(spec_table(spec, ["summary", "deltas"][i] if i < 2 else f"tasks-{i - 1}"))
+        parts.append(spec_table(spec, ident))
         notes = spec.notes[:-1] if i == 0 else spec.notes
         parts.append(notes_html(notes))
-    if signals is None:
-        signals = getattr(report, "signals", None)
-    parts.append(signals_section(signals))
     if diagnostics is not None:
         forgetting = {c.run: 100 * c.avg.delta for c in report.base_comparisons if c.avg.delta is not None}
         parts.append(diagnostics_section(diagnostics, forgetting))
@@ -605,25 +553,35 @@ def leaderboard_page(
     a runs table with each run's metadata. ``board`` is :func:`cfbench.store.leaderboard.leaderboard`'s
     frame; columns it gains later land in the scores table (numeric) or the runs table (text).
     """
-    from cfbench.store.leaderboard import AVG, INFO_COLUMNS, PARTIAL_COLUMN, SCALE_NOTE, _display_frame
+    from cfbench.store.leaderboard import (
+        AVG,
+        INFO_COLUMNS,
+        PARTIAL_COLUMN,
+        SCALE_NOTE,
+        _display_frame,
+        is_drift_column,
+    )
 
     shown = _display_frame(board)
     cats = [c for c in (categories or []) if c in board.columns]
     summary = ([AVG] if AVG in board.columns else []) + cats
     numeric = [c for c in board.columns if c not in INFO_COLUMNS and c != PARTIAL_COLUMN
                and pd.api.types.is_numeric_dtype(board[c])]  # fmt: skip
-    tasks = [c for c in numeric if c not in summary]
+    drift = [c for c in numeric if is_drift_column(c)]  # own unit (nats), never ×100
+    tasks = [c for c in numeric if c not in summary and c not in drift]
     cols = [Col("Run", "l", False, group="")]
     cols += [Col(_ABBREV.get(c, c), "r", True, c if c in _ABBREV else None, "Summary (×100)") for c in summary]
+    cols += [Col(c, "r", True, c, "Drift vs reference (own unit)", wrap=True) for c in drift]
     cols += [Col(c, "r", True, c, "Tasks (×100, primary metric)", wrap=True) for c in tasks]
+    labels = _labels(board)
     rows = []
     for i in range(len(board)):
-        row = [HCell(str(shown["name"].iloc[i]), str(shown["name"].iloc[i]).lower())]
-        for c in [*summary, *tasks]:
+        row = [HCell(labels[i], labels[i].lower())]
+        for c in [*summary, *drift, *tasks]:
             v = board[c].iloc[i]
             text = str(shown[c].iloc[i])
-            cls = "partial" if text.endswith("†") else ""
-            row.append(HCell(text, None if pd.isna(v) else round(100 * float(v), 6), cls))  # the shown ×100
+            scale = 1.0 if c in drift else 100.0  # the sort key is the number shown
+            row.append(HCell(text, None if pd.isna(v) else round(scale * float(v), 6)))
         rows.append(row)
     body = [
         f'<p class="legend">{esc(SCALE_NOTE)}. Categories are means of the tasks a run has, AVG the mean '
@@ -637,24 +595,24 @@ def leaderboard_page(
             "<code>--suite paper</code> (or another suite) to get them.</p>",
         )
     partial = [
-        f"† {board['name'].iloc[i]}: {p.replace(',', ', ')} partial (a task or category missing)"
+        f"† {labels[i]}: {p.replace(',', ', ')} partial (a task or category missing)"
         for i, p in enumerate(board.get(PARTIAL_COLUMN, []))
         if p
     ]
     body.append(notes_html(partial))
     if runs is None:  # only what the board itself holds
         runs = [
-            RunMeta(str(r.get("name")), _opt(r.get("run_id")), None, _opt(r.get("checkpoint_hash")),
+            RunMeta(label, _opt(r.get("run_id")), None, _opt(r.get("checkpoint_hash")), suite=_opt(r.get("suite")),
                     backend=_opt(r.get("backend")), source=_opt(r.get("source")), method=_opt(r.get("method")),
                     created_at=_opt(r.get("created_at")))
-            for _, r in board.iterrows()
+            for label, (_, r) in zip(labels, board.iterrows(), strict=True)
         ]  # fmt: skip
     body += ["<h2>Runs</h2>", runs_table(runs)]
     extra_text = [c for c in board.columns if c not in INFO_COLUMNS and c != PARTIAL_COLUMN and c not in numeric]
     if extra_text:
         xcols = [Col("Run", "l", False)] + [Col(str(c), "l", False) for c in extra_text]
         xrows = [
-            [HCell(str(shown["name"].iloc[i]), str(shown["name"].iloc[i]).lower())]
+            [HCell(labels[i], labels[i].lower())]
             + [HCell(str(shown[c].iloc[i]), str(shown[c].iloc[i]).lower() or None) for c in extra_text]
             for i in range(len(board))
         ]
