@@ -215,11 +215,11 @@ def _reference_coverage(suite: Suite) -> tuple[dict[str, tuple[str, ...]], dict[
     complete. Reasons: a task outside the suite is "not in suite X" (plus "no data offline" when its
     data cannot be found here); a suite task a run lacks is "no scores".
     """
-    if suite.name == "paper":
+    if suite.reference == suite.name:
         paper = suite
     else:
         try:
-            paper = load_suite("paper")
+            paper = load_suite(suite.reference)
         except CfbenchError:
             return {}, {}
     reference = {name: tuple(paper.categories[name]) for name in suite.categories if name in paper.categories}

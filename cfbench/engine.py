@@ -24,6 +24,7 @@ from cfbench.backends import Backend, LoglikRequest, LoglikResult, make_backend
 from cfbench.data import default_sources
 from cfbench.errors import CfbenchError
 from cfbench.progress import Progress
+from cfbench.tasks.opencompass import AGGREGATES
 from cfbench.tasks.registry import get_task, load_suite
 from cfbench.tasks.task import Instance, ItemScore, Task
 
@@ -278,6 +279,7 @@ def plan_evaluation(
     bkey = backend_key(backend, options, ckpt.path)
     planned: list[TaskPlan] = []
     missing: list[TaskOutcome] = []
+    oc_requests = None  # OpenCompass PPL requests depend on the tokenizer: loaded once, only if a task needs it
     for tname in names:
         task = get_task(tname, sources)
         if task.located() is None:
@@ -292,7 +294,11 @@ def plan_evaluation(
         k = task.cfg.num_fewshot if num_fewshot is None else num_fewshot
         ckey = cache_key(ckpt.content_hash, task, k, bkey)
         task_limit = task_limits.get(tname, limit)
-        instances = task.instances(limit=task_limit, num_fewshot=k)
+        if task.cfg.scoring == "oc_ppl" and oc_requests is None:
+            from cfbench.tasks.opencompass import load_oc_requests
+
+            oc_requests = load_oc_requests(ckpt.path, bool(options.get("trust_remote_code", False)))
+        instances = task.instances(limit=task_limit, num_fewshot=k, oc_requests=oc_requests)
         done = store.cached_doc_ids(ckey)
         todo = [inst for inst in instances if inst.doc_id not in done]
         planned.append(TaskPlan(task, k, ckey, task_limit, instances, todo))
@@ -433,7 +439,8 @@ def run_plan(
                     )
                 if tp.limit is not None:
                     selections[tp.name] = sorted(wanted)
-                metrics = {m: float(items[m].mean()) for m in tp.task.cfg.metrics}
+                aggregate = AGGREGATES[tp.task.cfg.aggregate]  # item mean, or OpenCompass's mean of subsets
+                metrics = {m: aggregate(items[m].to_numpy(), items["subset"].to_numpy()) for m in tp.task.cfg.metrics}
                 outcomes.append(
                     TaskOutcome(
                         tp.name,

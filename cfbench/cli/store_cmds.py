@@ -60,6 +60,13 @@ def suite_categories(name: str) -> dict[str, list[str]]:
     return {str(cat): list(tasks) for cat, tasks in dict(suite.categories).items()}
 
 
+def suite_reference(name: str) -> str:
+    """The suite whose task lists judge suite ``name``'s coverage (its ``reference:``, else paper)."""
+    from cfbench.tasks.registry import load_suite
+
+    return load_suite(name).reference
+
+
 def _emit(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
@@ -147,9 +154,11 @@ def register(app: typer.Typer) -> None:
         if desc and sort is None:
             raise CfbenchError("--desc needs --sort COLUMN")
         cats = suite_categories(suite) if suite else None
-        # A suite that reuses the paper's category names (offline) is judged against the paper's task
-        # lists, exactly as `compare` does, so both show the same partial (†) categories and AVG.
-        paper = suite_categories("paper") if cats and suite != "paper" else {}
+        # A suite that reuses the paper's category names (offline) is judged against its reference
+        # suite's task lists (the paper's by default), exactly as `compare` does, so both show the
+        # same partial (†) categories and AVG.
+        ref_name = suite_reference(suite) if suite else "paper"
+        paper = suite_categories(ref_name) if cats and suite != ref_name else {}
         paper_ref = {k: v for k, v in paper.items() if k in (cats or {})} or None
         drift_ref = reference
         from cfbench.cli.common import check_out_path

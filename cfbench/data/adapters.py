@@ -157,7 +157,7 @@ def hellaswag_jsonl(row: Row) -> Row:
 
 # ---- task-level document processing (after any source), like lm-eval's process_docs ----
 
-PROCESSORS: dict[str, Callable[[Row], Row]] = {}
+PROCESSORS: dict[str, Callable[[Row], Row | None]] = {}
 
 
 def _hellaswag_clean(text: str) -> str:
@@ -189,7 +189,35 @@ def _hellaswag(doc: Row) -> Row:
 PROCESSORS["hellaswag"] = _hellaswag
 
 
-def get_processor(name: str) -> Callable[[Row], Row]:
+def _hellaswag_opencompass(doc: Row) -> Row:
+    """OpenCompass ``HellaswagDataset``: its data file is lm-eval's rendering (``query``, ``choices``,
+    ``gold``), read as is, and the prompt is ``query.split(': ', 2)[-1]`` (the activity label dropped).
+    Raw rows (the hub's / bundled ``ctx_a``, ``endings``) are first rendered as lm-eval does, which is
+    how that file was made."""
+    out = _hellaswag(doc) if "ctx_a" in doc else {**doc, "choices": list(doc["choices"]), "gold": int(doc["gold"])}
+    return {**out, "ctx": out["query"].split(": ", 2)[-1]}
+
+
+PROCESSORS["hellaswag_opencompass"] = _hellaswag_opencompass
+
+
+def _arc_opencompass(doc: Row) -> Row | None:
+    """OpenCompass ``ARCDataset``: items without exactly four choices are skipped (3 + 1 of ARC-c's
+    299 dev items), the rest keep their order; ``textA..textD`` and a letter ``answerKey``."""
+    texts, labels = list(doc["choices"]["text"]), list(doc["choices"]["label"])
+    if len(texts) != 4:
+        return None
+    return {
+        "question": doc["question"],
+        "answerKey": "ABCD"[labels.index(doc["answerKey"])],
+        **{f"text{letter}": t for letter, t in zip("ABCD", texts, strict=True)},
+    }
+
+
+PROCESSORS["arc_opencompass"] = _arc_opencompass
+
+
+def get_processor(name: str) -> Callable[[Row], Row | None]:
     if name not in PROCESSORS:
         raise CfbenchError(f"unknown process_docs {name!r}; known: {', '.join(sorted(PROCESSORS))}")
     return PROCESSORS[name]

@@ -2,8 +2,10 @@
 
 The format follows lm-eval's task YAML (``doc_to_text`` / ``doc_to_choice`` / ``doc_to_target`` as
 Jinja2 templates, ``target_delimiter``, ``fewshot_delimiter``, ``description``), plus what the
-paper's OpenCompass protocol needs: where the data lives in each source, and a ``scoring`` rule
-(``loglikelihood`` as lm-eval, or ``ppl`` as OpenCompass's PPLInferencer).
+paper's OpenCompass protocol needs: where the data lives in each source, a ``scoring`` rule
+(``loglikelihood`` as lm-eval; ``oc_ppl``, OpenCompass's PPLInferencer + ``get_ppl`` exactly, see
+:mod:`cfbench.tasks.opencompass`; ``ppl``, the older per-scored-token approximation of it), and an
+``aggregate`` (``mean`` over items, or ``subset_mean``: OpenCompass's unweighted mean of subsets).
 
 The content hash covers every field that can change a number (prompt, choices, data location,
 adapters, scoring), so results computed with different prompts are never mixed.
@@ -21,7 +23,8 @@ import yaml
 
 from cfbench.errors import CfbenchError
 
-SCORING_RULES = ("loglikelihood", "ppl")
+SCORING_RULES = ("loglikelihood", "ppl", "oc_ppl")
+AGGREGATES = ("mean", "subset_mean")
 METRICS = ("acc", "acc_norm", "mc1", "mc2")
 PROMPT_SOURCES = ("lm-eval", "opencompass")
 FEWSHOT_SAMPLERS = ("first_n", "random")
@@ -64,6 +67,7 @@ class TaskConfig:
     metrics: tuple[str, ...]
     primary_metric: str
     scoring: str = "loglikelihood"
+    aggregate: str = "mean"
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
     description: str = ""
@@ -143,6 +147,13 @@ def parse_task_config(raw: Any, path: Path) -> TaskConfig:
     scoring = raw.get("scoring", "loglikelihood")
     if scoring not in SCORING_RULES:
         raise _fail(path, f"scoring must be one of {SCORING_RULES}, got {scoring!r}")
+    aggregate = raw.get("aggregate", "mean")
+    if aggregate not in AGGREGATES:
+        raise _fail(path, f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    if aggregate == "subset_mean" and not raw.get("subset_field"):
+        raise _fail(path, "aggregate: subset_mean needs a subset_field (the subsets to average)")
+    if scoring == "oc_ppl" and any(m not in ("acc",) for m in metrics):
+        raise _fail(path, "scoring: oc_ppl predicts by OpenCompass's lowest PPL; its only metric is acc")
     if raw.get("fewshot_sampler", "first_n") not in FEWSHOT_SAMPLERS:
         raise _fail(path, f"fewshot_sampler must be one of {FEWSHOT_SAMPLERS}")
     if ("mc2" in metrics) != ("mc2_choices" in raw and "mc2_labels" in raw):

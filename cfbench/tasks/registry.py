@@ -71,6 +71,9 @@ class Suite:
     categories: dict[str, list[str]]
     extras: list[str] = field(default_factory=list)
     source_file: str = ""
+    #: The suite whose task lists judge this one's coverage (``reference:`` in the YAML): a suite that
+    #: reuses the paper's category names with fewer tasks is partial against it, never complete.
+    reference: str = "paper"
 
     @property
     def tasks(self) -> list[str]:
@@ -109,7 +112,16 @@ def load_suite(name: str, root: Path | None = None) -> Suite:
     if not isinstance(raw, dict) or not isinstance(raw.get("categories"), dict):
         raise CfbenchError(f"suite {path}: needs a 'categories' mapping of category -> [tasks]")
     cats = {str(k): list(v) for k, v in raw["categories"].items()}
-    suite = Suite(raw.get("suite", name), raw.get("title", name), cats, list(raw.get("extras", [])), str(path))
+    suite = Suite(
+        raw.get("suite", name),
+        raw.get("title", name),
+        cats,
+        list(raw.get("extras", [])),
+        str(path),
+        str(raw.get("reference", "paper")),
+    )
+    if suite.reference != suite.name and not (root / "suites" / f"{suite.reference}.yaml").is_file():
+        raise CfbenchError(f"suite {path}: reference suite {suite.reference!r} does not exist; name an existing suite")
     for t in suite.tasks:
         get_task_config(t, root)  # unknown or malformed member -> one clear error now
     return suite

@@ -10,7 +10,11 @@ Two scoring rules:
   ``(LL(context) + LL(choice_i | context)) / (n_context + n_choice_i)`` from one extra
   ``("", context)`` request, so the shared context still costs one pass, not one per choice.
   (OpenCompass does not score a text's first token when the tokenizer adds no BOS; cfbench scores
-  it from the BOS/EOS prefix token, the same constant for every choice of a document.)
+  it from the BOS/EOS prefix token, the same constant for every choice of a document.) Kept for the
+  ``lmeval`` suite's OpenCompass-prompted tasks; the ``paper`` suite uses ``oc_ppl``.
+* ``oc_ppl`` (OpenCompass exactly, :mod:`cfbench.tasks.opencompass`): each choice's whole text is one
+  request built from the model's tokenizer, its ``get_ppl`` is ``-logprob / (n_tokens + 1)``, and the
+  prediction is the first lowest. Rendering therefore needs the tokenizer (``oc_requests``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from cfbench.data import DataSource, Located, default_sources, locate, missing_d
 from cfbench.data.adapters import get_processor
 from cfbench.errors import CfbenchError
 from cfbench.tasks.config import TaskConfig
+from cfbench.tasks.opencompass import OCPPLRequests, oc_argmin, oc_ppl
 from cfbench.tasks.templates import evaluate, render_text
 
 Row = dict[str, Any]
@@ -98,8 +103,10 @@ class Task:
         if split not in self._docs:
             rows = self.require(split).load()
             if self.cfg.process_docs:
+                # A processor may drop a row by returning None (OpenCompass's ARC loader skips items
+                # without exactly four choices); doc ids count the rows that remain.
                 fn = get_processor(self.cfg.process_docs)
-                rows = [fn(r) for r in rows]
+                rows = [out for r in rows if (out := fn(r)) is not None]
             self._docs[split] = rows
         return self._docs[split]
 
@@ -155,8 +162,18 @@ class Task:
             prefix += self.cfg.fewshot_delimiter.join(shots) + self.cfg.fewshot_delimiter
         return prefix + self._text(doc)
 
-    def instances(self, limit: int | None = None, num_fewshot: int | None = None) -> list[Instance]:
-        """The first ``limit`` documents of the split (per subset) as scoring instances (lm-eval order)."""
+    def instances(
+        self, limit: int | None = None, num_fewshot: int | None = None, oc_requests: OCPPLRequests | None = None
+    ) -> list[Instance]:
+        """The first ``limit`` documents of the split (per subset) as scoring instances (lm-eval order).
+
+        ``oc_requests`` (the model's tokenizer's :class:`OCPPLRequests`) is required by ``scoring: oc_ppl``.
+        """
+        if self.cfg.scoring == "oc_ppl" and oc_requests is None:
+            raise CfbenchError(
+                f"{self.name} uses OpenCompass's PPL rule, whose requests depend on the model's tokenizer: "
+                "render it with oc_requests=load_oc_requests(model_path) (cfbench eval does this)"
+            )
         k = self.cfg.num_fewshot if num_fewshot is None else num_fewshot
         if k and not self.cfg.fewshot_split:
             raise CfbenchError(f"{self.name} has no fewshot_split; use --num-fewshot 0")
@@ -170,7 +187,7 @@ class Task:
         out = []
         for i, doc in selected:
             try:
-                out.append(self.render(doc, i, k))
+                out.append(self.render(doc, i, k, oc_requests))
             except CfbenchError as exc:  # name the document, so a bad row can be found in the data
                 raise CfbenchError(f"{self.name} doc {i} ({self.cfg.split} split): {exc}") from exc
         return out
@@ -192,7 +209,9 @@ class Task:
                 out.append((i, doc))
         return out
 
-    def render(self, doc: Row, doc_id: int, num_fewshot: int = 0) -> Instance:
+    def render(
+        self, doc: Row, doc_id: int, num_fewshot: int = 0, oc_requests: OCPPLRequests | None = None
+    ) -> Instance:
         ctx = self.context(doc, doc_id, num_fewshot)
         choices = self._choices(doc)
         gold = self._target(doc, choices)
@@ -202,6 +221,10 @@ class Task:
         inst = Instance(doc_id, subset, ctx, choices, gold, reqs, n_mc1=len(choices))
         if self.cfg.scoring == "ppl":
             inst.requests = [LoglikRequest("", ctx), *reqs]
+        elif self.cfg.scoring == "oc_ppl":
+            if oc_requests is None:
+                raise CfbenchError(f"{self.name}: scoring oc_ppl needs the model's tokenizer (oc_requests)")
+            inst.requests = [oc_requests.request(ctx + delim + c) for c in choices]
         if self.cfg.mc2_choices:
             mc2 = [str(c) for c in evaluate(self.cfg.mc2_choices, doc, f"{self.name}.mc2_choices")]
             labels = [int(x) for x in evaluate(self.cfg.mc2_labels, doc, f"{self.name}.mc2_labels")]
@@ -234,6 +257,9 @@ class Task:
             choice_ll = lls[1 : 1 + n]
             per_token = (ctx_ll + choice_ll) / np.array([ctx_n + t for t in ntok[1 : 1 + n]], dtype=np.float64)
             pred = int(np.argmax(per_token))
+        elif self.cfg.scoring == "oc_ppl":
+            choice_ll = lls[:n]
+            pred = oc_argmin([oc_ppl(lls[i], ntok[i]) for i in range(n)])
         else:
             choice_ll = lls[:n]
             pred = int(np.argmax(choice_ll))
