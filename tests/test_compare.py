@@ -49,7 +49,7 @@ def test_opencompass_import_reproduces_hand_computed_table(tmp_path: Path) -> No
             assert round(100 * rows[run]["categories"][cat]["score"], 2) == round(float(np.mean(vals)), 2), (run, cat)
         avg = np.mean([np.mean(v) for v in cats.values()])
         assert round(100 * rows[run]["avg"]["score"], 2) == round(float(avg), 2)
-    assert rows["llama-2-7b-hf"]["categories"]["Understanding"]["coverage"]["missing"] == ["csl_dev"]
+    assert rows["llama-2-7b-hf"]["categories"]["Understanding"]["coverage"]["missing"] == ["oc_csl_dev"]
     # Δ is paired: only tasks both runs have (COPA is dropped from Reasoning for the delta).
     cmp = rep["comparisons"][0]
     shared_reason_base = [74.86, 56.07, 51.69, 51.26, 74.03, 50.36]

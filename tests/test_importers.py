@@ -207,23 +207,24 @@ def test_opencompass_two_models(tmp_path: Path) -> None:
         "skipped metrics cfbench does not compute (only accuracy, and mc1/mc2 for truthfulqa): truthful_qa/truth",
     ]
     hf, sft = (_scores(store, r) for r in res.run_ids)
-    assert hf[("boolq", "acc", None)] == pytest.approx(0.7486)
-    assert sft[("boolq", "acc", None)] == pytest.approx(0.7043)
-    assert hf[("copa", "acc", None)] == pytest.approx(0.67) and ("copa", "acc", None) not in sft  # '-'
-    assert hf[("arc_challenge", "acc", None)] == pytest.approx(0.3932)
-    assert hf[("ax_b", "acc", None)] == pytest.approx(0.5607) and hf[("ax_g", "acc", None)] == pytest.approx(0.5169)
-    assert hf[("race_middle", "acc", None)] == pytest.approx(0.4011)
-    assert hf[("openbookqa_fact", "acc", None)] == pytest.approx(0.578)
-    assert sft[("mmlu", "acc", None)] == pytest.approx(0.4405)  # accuracy and naive_average rows agree
-    assert sft[("mmlu", "acc", "stem")] == pytest.approx(0.356)
-    assert sft[("mmlu", "acc", "social_sciences")] == pytest.approx(0.5002)
-    assert sft[("mmlu", "acc", "anatomy")] == pytest.approx(0.4074)
-    assert not any(t in ("csl_dev", "truthfulqa_mc") for t, _, _ in hf)  # never evaluated / generative
+    assert hf[("oc_boolq", "acc", None)] == pytest.approx(0.7486)
+    assert sft[("oc_boolq", "acc", None)] == pytest.approx(0.7043)
+    assert hf[("oc_copa", "acc", None)] == pytest.approx(0.67) and ("oc_copa", "acc", None) not in sft  # '-'
+    assert hf[("oc_arc_challenge", "acc", None)] == pytest.approx(0.3932)
+    assert hf[("oc_ax_b", "acc", None)] == pytest.approx(0.5607)
+    assert hf[("oc_ax_g", "acc", None)] == pytest.approx(0.5169)
+    assert hf[("oc_race_middle", "acc", None)] == pytest.approx(0.4011)
+    assert hf[("oc_openbookqa_fact", "acc", None)] == pytest.approx(0.578)
+    assert sft[("oc_mmlu", "acc", None)] == pytest.approx(0.4405)  # accuracy and naive_average rows agree
+    assert sft[("oc_mmlu", "acc", "stem")] == pytest.approx(0.356)
+    assert sft[("oc_mmlu", "acc", "social_sciences")] == pytest.approx(0.5002)
+    assert sft[("oc_mmlu", "acc", "anatomy")] == pytest.approx(0.4074)
+    assert not any(t in ("oc_csl_dev", "truthfulqa_mc") for t, _, _ in hf)  # never evaluated / generative
     assert len(hf) == 6 + 12 and len(sft) == 6 + 11  # mmlu + groups + anatomy; 12 datasets (sft: no COPA)
     run = store.find_run("llama-2-7b-hf")
     assert run.source == "opencompass" and run.checkpoint_name == "llama-2-7b-hf"
-    assert run.task_hashes["boolq"] == "opencompass:314797" and "mmlu" not in run.task_hashes
-    assert run.extra["modes"]["mmlu"] == "ppl" and run.extra["skipped_datasets"] == ["gsm8k"]
+    assert run.task_hashes["oc_boolq"] == "opencompass:314797" and "oc_mmlu" not in run.task_hashes
+    assert run.extra["modes"]["oc_mmlu"] == "ppl" and run.extra["skipped_datasets"] == ["gsm8k"]
     ts = store.task_scores(res.run_ids[:1])
     assert ts["n_items"].isna().all() and ts["stderr"].isna().all()
 
@@ -231,12 +232,13 @@ def test_opencompass_two_models(tmp_path: Path) -> None:
 def test_opencompass_paper_categories(tmp_path: Path) -> None:
     store = ResultStore(tmp_path)
     import_opencompass(OC_CSV, store)
-    paper = {"DK": ["mmlu"], "Understanding": ["race_middle", "race_high", "openbookqa_fact", "csl_dev"],
-             "Reasoning": ["boolq", "ax_b", "ax_g", "rte", "copa", "hellaswag", "siqa"], "Exams": ["arc_challenge"]}
-    board = leaderboard(store, suite=paper, metrics={"hellaswag": "acc_norm"}).set_index("name")
+    paper = {"DK": ["oc_mmlu"], "Understanding": ["oc_race_middle", "oc_race_high", "oc_openbookqa_fact", "oc_csl_dev"],
+             "Reasoning": ["oc_boolq", "oc_ax_b", "oc_ax_g", "oc_rte", "oc_copa", "oc_hellaswag", "oc_siqa"],
+             "Exams": ["oc_arc_challenge"]}
+    board = leaderboard(store, suite=paper, metrics={"oc_hellaswag": "acc_norm"}).set_index("name")
     hf, sft = board.loc["llama-2-7b-hf"], board.loc["llama-2-7b-sft"]
     assert hf["Reasoning"] == pytest.approx((74.86 + 56.07 + 51.69 + 51.26 + 67.00 + 74.03 + 50.36) / 700)
-    assert hf["hellaswag"] == pytest.approx(0.7403)  # accuracy stands in for acc_norm
+    assert hf["oc_hellaswag"] == pytest.approx(0.7403)  # accuracy stands in for acc_norm
     # COPA missing: the same partial mean `compare` shows, marked partial (issue 8 item 3)
     assert sft["Reasoning"] == pytest.approx((70.43 + 53.89 + 52.25 + 50.18 + 73.19 + 49.69) / 600)
     assert "Reasoning" in sft["partial"].split(",") and "Reasoning" not in hf["partial"].split(",")
@@ -253,8 +255,8 @@ def test_opencompass_name_rules(tmp_path: Path) -> None:
     assert res.warnings == ["skipped OpenCompass datasets with no cfbench equivalent: mmlu-weighted"]
     run = store.find_run("qwen-base")
     assert run.checkpoint_name == "qwen1.5-0.5b-chat-hf"
-    assert _scores(store, run.run_id) == {("boolq", "acc", None): pytest.approx(0.6125),
-                                          ("arc_challenge", "acc", None): pytest.approx(0.3051)}
+    assert _scores(store, run.run_id) == {("oc_boolq", "acc", None): pytest.approx(0.6125),
+                                          ("oc_arc_challenge", "acc", None): pytest.approx(0.3051)}
     assert import_opencompass(OC_SINGLE, store).names == ["qwen1.5-0.5b-chat-hf"]
 
 
@@ -311,22 +313,29 @@ def test_cli_import_and_leaderboard(tmp_path: Path, cli: typer.Typer, monkeypatc
                               "--format", "lm-eval"])
     assert res.exit_code == 0 and "75 task scores, 77 items" in res.stdout
 
-    res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--format", "csv", "--sort", "boolq"])
+    # OpenCompass numbers land on the oc_* tasks, lm-eval numbers on the lm-eval ones: never one column.
+    res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--format", "csv", "--sort", "oc_boolq"])
     board = pd.read_csv(pd.io.common.StringIO(res.stdout))
     assert board["name"].tolist() == ["llama-2-7b-hf", "llama-2-7b-sft", "tiny"]
-    assert board["boolq"].tolist() == pytest.approx([0.7486, 0.7043, 2 / 3])  # fractions for tools
+    assert board["oc_boolq"].tolist()[:2] == pytest.approx([0.7486, 0.7043])  # fractions for tools
+    assert pd.isna(board["oc_boolq"].tolist()[2]) and board["boolq"].tolist()[2] == pytest.approx(2 / 3)
 
+    suites = {"paper": {"DK": ["oc_mmlu"], "Exams": ["oc_arc_challenge"]}, "lmeval": {"DK": ["mmlu"],
+              "Exams": ["arc_challenge"]}}  # fmt: skip
     fake = types.ModuleType("cfbench.tasks.registry")
-    fake.load_suite = lambda name: types.SimpleNamespace(categories={"DK": ["mmlu"], "Exams": ["arc_challenge"]})
+    fake.load_suite = lambda name: types.SimpleNamespace(categories=suites[name], reference=name)
     monkeypatch.setitem(sys.modules, "cfbench.tasks.registry", fake)
     # --paper none: only this store's runs (by default --suite paper also shows the paper's Table 2(a) rows)
     res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--suite", "paper", "--format", "markdown",
                               "--paper", "none"])
-    caption, _, header, _, row1, _, row3 = res.stdout.splitlines()
+    caption, _, header, _, row1, *_ = res.stdout.splitlines()
     assert "×100" in caption
     assert header.endswith("| DK | Exams | AVG |")
     assert row1.startswith("| llama-2-7b-hf |") and "| 46.17 | 39.32 | 42.7" in row1  # AVG 42.745
-    assert row3.startswith("| tiny |") and row3.endswith("| 35.09 | 66.67 | 50.88 |")
+    res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--suite", "lmeval", "--format", "markdown",
+                              "--paper", "none"])
+    row3 = next(line for line in res.stdout.splitlines() if line.startswith("| tiny |"))
+    assert row3.endswith("| 35.09 | 66.67 | 50.88 |")
 
     res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--suite", "paper", "--format", "csv",
                               "--paper", "none"])

@@ -55,15 +55,19 @@ def full_texts(inst: Instance) -> list[str]:
 
 
 def test_paper_suite_categories() -> None:
-    suite = load_suite("paper")
+    # The paper's task list twice: OpenCompass rules (paper, oc_* tasks) and lm-eval rules (lmeval).
+    suite = load_suite("lmeval")
     assert suite.categories == PAPER
     assert suite.extras == ["truthfulqa_mc", "openbookqa"]
     assert len(suite.tasks) == 15
+    paper = load_suite("paper")
+    assert paper.categories == {cat: [f"oc_{t}" for t in ts] for cat, ts in PAPER.items()}
+    assert paper.extras == suite.extras
 
 
 @needs_bundled
 def test_tasks_json_lists_15_tasks_with_real_offline_counts() -> None:
-    res = cli("tasks", "--format", "json")
+    res = cli("tasks", "--suite", "lmeval", "--format", "json")
     assert res.returncode == 0, res.stderr
     rows = {r["task"]: r for r in json.loads(res.stdout)}
     assert len(rows) == 15
@@ -265,7 +269,7 @@ def test_data_dir_wins_over_bundled() -> None:
         assert str(DATA_FIXTURES) in hit.where
         n_fixture = sum(1 for x in Path(hit.where).read_text().splitlines() if x.strip())
         assert len(task.docs()) == n_fixture
-    statuses = {s.task: s for s in task_statuses("paper", DATA_FIXTURES, count=True)}
+    statuses = {s.task: s for s in task_statuses("lmeval", DATA_FIXTURES, count=True)}
     assert statuses["copa"].source == "data-dir" and statuses["ax_b"].source == "data-dir"
 
 
@@ -359,10 +363,10 @@ def _one_error_line(res: subprocess.CompletedProcess[str]) -> str:
 
 def test_malformed_yaml_is_one_error_line(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "task_configs", tmp_path / "tc")
-    (tmp_path / "tc" / "rte.yaml").write_text("task: rte\ndoc_to_text: [unclosed\n")
+    (tmp_path / "tc" / "oc_rte.yaml").write_text("task: oc_rte\ndoc_to_text: [unclosed\n")
     line = _one_error_line(cli("tasks", env={"CFBENCH_TASK_DIR": str(tmp_path / "tc")}))
-    assert "rte.yaml" in line and "malformed YAML" in line
-    (tmp_path / "tc" / "rte.yaml").write_text("task: rte\nsplit: validation\n")
+    assert "oc_rte.yaml" in line and "malformed YAML" in line
+    (tmp_path / "tc" / "oc_rte.yaml").write_text("task: oc_rte\nsplit: validation\n")
     line = _one_error_line(cli("tasks", env={"CFBENCH_TASK_DIR": str(tmp_path / "tc")}))
     assert "missing required field" in line and "doc_to_text" in line
 

@@ -64,7 +64,7 @@ def test_empty_category_without_reference_is_partial() -> None:
 def test_leaderboard_shows_the_same_categories_and_avg_as_compare(two_runs: Path) -> None:
     res = compare("run:a", ["run:b"], suite="offline", results=two_runs, n_boot=0)
     offline = {k: list(v) for k, v in load_suite("offline").categories.items()}
-    paper = load_suite("paper").categories
+    paper = load_suite(load_suite("offline").reference).categories  # lmeval: the paper's list, lm-eval rules
     board = leaderboard(ResultStore(two_runs), suite=offline, reference=paper).set_index("name")
     for run in ("a", "b"):
         row = res.report.row(run)

@@ -62,9 +62,8 @@ def suite_categories(name: str) -> dict[str, list[str]]:
 
 def suite_reference(name: str) -> str:
     """The suite whose task lists judge suite ``name``'s coverage (its ``reference:``, else paper)."""
-    from cfbench.tasks.registry import load_suite
-
-    return load_suite(name).reference
+    registry = importlib.import_module("cfbench.tasks.registry")
+    return str(getattr(registry.load_suite(name), "reference", "paper"))
 
 
 def _emit(text: str, out: Path | None) -> None:

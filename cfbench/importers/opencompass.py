@@ -4,8 +4,10 @@ OpenCompass's ``DefaultSummarizer`` writes ``dataset,version,metric,mode,<model1
 one row per (dataset abbreviation, metric), scores in percent with two decimals, ``-`` where a
 model has no score, and ``<abbr>,-,-,-,-...`` for a configured dataset with no results at all.
 Each model column becomes one run. The paper (Li et al. 2024) used OpenCompass, so its dataset
-abbreviations map one-to-one onto cfbench's tasks. OpenCompass's ``mmlu`` row is the *unweighted*
-mean of the 57 subjects (lm-eval's is size-weighted); its ``version`` column is the prompt hash.
+abbreviations map one-to-one onto the ``oc_*`` tasks of the ``paper`` suite (the same configs and
+PPL rule; ``openbookqa`` and ``truthfulqa`` onto the lm-eval extras). OpenCompass's ``mmlu`` row is
+the *unweighted* mean of the 57 subjects, as ``oc_mmlu``'s score (lm-eval's is size-weighted); its
+``version`` column is the prompt hash.
 """
 
 from __future__ import annotations
@@ -18,25 +20,25 @@ from cfbench.importers._common import MMLU_GROUPS, ImportResult
 from cfbench.store.schema import RunRecord, TaskScore
 from cfbench.store.store import ResultStore
 
-#: OpenCompass dataset abbreviation -> (cfbench task, subset).
+#: OpenCompass dataset abbreviation -> (cfbench task, subset): OpenCompass-rule numbers go to oc_* tasks.
 OPENCOMPASS_DATASETS: dict[str, tuple[str, str | None]] = {
-    "mmlu": ("mmlu", None),
-    "mmlu-stem": ("mmlu", "stem"),
-    "mmlu-humanities": ("mmlu", "humanities"),
-    "mmlu-social-science": ("mmlu", "social_sciences"),
-    "mmlu-other": ("mmlu", "other"),
-    "race-middle": ("race_middle", None),
-    "race-high": ("race_high", None),
-    "openbookqa_fact": ("openbookqa_fact", None),
-    "csl_dev": ("csl_dev", None),
-    "BoolQ": ("boolq", None),
-    "AX_b": ("ax_b", None),
-    "AX_g": ("ax_g", None),
-    "RTE": ("rte", None),
-    "COPA": ("copa", None),
-    "hellaswag": ("hellaswag", None),
-    "siqa": ("siqa", None),
-    "ARC-c": ("arc_challenge", None),
+    "mmlu": ("oc_mmlu", None),
+    "mmlu-stem": ("oc_mmlu", "stem"),
+    "mmlu-humanities": ("oc_mmlu", "humanities"),
+    "mmlu-social-science": ("oc_mmlu", "social_sciences"),
+    "mmlu-other": ("oc_mmlu", "other"),
+    "race-middle": ("oc_race_middle", None),
+    "race-high": ("oc_race_high", None),
+    "openbookqa_fact": ("oc_openbookqa_fact", None),
+    "csl_dev": ("oc_csl_dev", None),
+    "BoolQ": ("oc_boolq", None),
+    "AX_b": ("oc_ax_b", None),
+    "AX_g": ("oc_ax_g", None),
+    "RTE": ("oc_rte", None),
+    "COPA": ("oc_copa", None),
+    "hellaswag": ("oc_hellaswag", None),
+    "siqa": ("oc_siqa", None),
+    "ARC-c": ("oc_arc_challenge", None),
     "openbookqa": ("openbookqa", None),
     "truthfulqa": ("truthfulqa_mc", None),
     "truthful_qa": ("truthfulqa_mc", None),
@@ -50,7 +52,7 @@ def _map_dataset(abbr: str) -> tuple[str, str | None] | None:
     if abbr in OPENCOMPASS_DATASETS:
         return OPENCOMPASS_DATASETS[abbr]
     if abbr.startswith(_SUBJECT_PREFIX) and abbr[len(_SUBJECT_PREFIX):] in _SUBJECTS:
-        return "mmlu", abbr[len(_SUBJECT_PREFIX):]
+        return "oc_mmlu", abbr[len(_SUBJECT_PREFIX):]
     return None
 
 
@@ -60,7 +62,7 @@ def _map_metric(task: str, subset: str | None, abbr: str, metric: str) -> str | 
         return metric if metric in ("mc1", "mc2") else None  # OpenCompass's truthful_qa is generative
     if metric == "accuracy":
         return "acc"
-    if task == "mmlu" and not abbr.startswith(_SUBJECT_PREFIX) and metric in ("naive_average", "weighted_average"):
+    if task == "oc_mmlu" and not abbr.startswith(_SUBJECT_PREFIX) and metric in ("naive_average", "weighted_average"):
         return "acc"  # group rows: the mean of the subjects' accuracy
     return None
 
