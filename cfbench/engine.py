@@ -107,12 +107,7 @@ def items_frame(
     ``instances`` (the rendered items that were scored) give each row its ``item_hash``, so a later
     ``compare`` pairs items only with the same prompt, choices and gold; without them it is null.
     """
-    from cfbench.store.schema import item_fingerprint
-
-    fingerprints = {
-        inst.doc_id: item_fingerprint(inst.context, [task.cfg.target_delimiter + c for c in inst.choices], inst.gold)
-        for inst in instances or ()
-    }
+    fingerprints = {inst.doc_id: _fingerprint(task, inst) for inst in instances or ()}
     rows = []
     for s in scores:
         rows.append(
@@ -136,6 +131,16 @@ def items_frame(
             }
         )
     return pd.DataFrame(rows)
+
+
+def _fingerprint(task: Task, inst: Instance) -> str:
+    """The item as the model saw it. Under OpenCompass's PPL rule that is each label's whole text
+    (empty context), so an ``oc_*`` item never pairs with an lm-eval item of the same prompt."""
+    from cfbench.store.schema import item_fingerprint
+
+    if task.cfg.scoring == "oc_ppl":
+        return item_fingerprint("", [r.context + r.continuation for r in inst.requests], inst.gold)
+    return item_fingerprint(inst.context, [task.cfg.target_delimiter + c for c in inst.choices], inst.gold)
 
 
 class _LazyBackend:
@@ -297,7 +302,10 @@ def plan_evaluation(
         if task.cfg.scoring == "oc_ppl" and oc_requests is None:
             from cfbench.tasks.opencompass import load_oc_requests
 
-            oc_requests = load_oc_requests(ckpt.path, bool(options.get("trust_remote_code", False)))
+            max_len = bkey.get("max_length") or bkey.get("max_model_len")
+            oc_requests = load_oc_requests(
+                ckpt.path, bool(options.get("trust_remote_code", False)), int(max_len) if max_len else None
+            )
         instances = task.instances(limit=task_limit, num_fewshot=k, oc_requests=oc_requests)
         done = store.cached_doc_ids(ckey)
         todo = [inst for inst in instances if inst.doc_id not in done]

@@ -26,11 +26,15 @@ cut off as a string (a byte-level BPE splitting one character into several token
 for SmolLM2), a tokenizer adding anything but one leading BOS, or one whose empty-context token is
 not that BOS, is refused with one error line: the rule would not be OpenCompass's.
 
+Long prompts follow ``PPLInferencer`` too: while a label's text has more than ``max_seq_len`` ids
+(cfbench: the backend's ``max_length``), its last in-context example is dropped, and the labels after
+it keep the shorter prompt (:meth:`Task.render`). A text that does not fit even with no examples is
+refused: OpenCompass would cut its end off on the right, the answer first, and score the labels alike.
+
 What is *not* mirrored, by design: OpenCompass's batched path pads (left-padding in
 ``HuggingFaceBaseModel``) and then scores the first real token from a pad position, so its numbers
 depend on the batch; the paper-era ``HuggingFaceCausalLM`` (``batch_padding=False``) scores each
-text alone, which is what cfbench reproduces. OpenCompass truncates a text longer than
-``max_seq_len`` on the right; cfbench's backends keep the end (left truncation).
+text alone, which is what cfbench reproduces.
 """
 
 from __future__ import annotations
@@ -79,10 +83,11 @@ class OCPPLRequests:
     single leading BOS equal to the backends' empty-context token, so every text is scored exactly.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, max_length: int | None = None) -> None:
         from cfbench.backends.tokenize import prefix_token_id
 
         self.tokenizer = tokenizer
+        self.max_length = max_length
         probe = "Question: is this probe tokenised the same way?"
         with_special = list(tokenizer(probe)["input_ids"])
         plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
@@ -102,6 +107,12 @@ class OCPPLRequests:
                 "OpenCompass's PPL rule (scoring: oc_ppl) is defined here only for tokenizers that add a BOS or "
                 "nothing; score this model with the lm-eval suite (--suite lmeval)"
             )
+
+    def fits(self, text: str) -> bool:
+        """``PPLInferencer``'s test: ``tokenizer(text)`` (special tokens included) has at most ``max_length`` ids."""
+        if self.max_length is None or len(text.encode("utf-8")) + 2 <= self.max_length:
+            return True  # an id covers at least one byte: no need to tokenise
+        return len(self.tokenizer(text)["input_ids"]) <= self.max_length
 
     def request(self, text: str) -> LoglikRequest:
         """The request scoring ids ``1..n-1`` of ``tokenizer(text)`` given id 0 (BOS or the first token)."""
@@ -138,8 +149,11 @@ class OCPPLRequests:
         return head
 
 
-def load_oc_requests(model_path: Any, trust_remote_code: bool = False) -> OCPPLRequests:
-    """:class:`OCPPLRequests` for the tokenizer every backend loads from ``model_path``."""
+def load_oc_requests(
+    model_path: Any, trust_remote_code: bool = False, max_length: int | None = None
+) -> OCPPLRequests:
+    """:class:`OCPPLRequests` for the tokenizer every backend loads from ``model_path``; ``max_length``
+    is the backend's context length, OpenCompass's ``max_seq_len`` (None: never shorten prompts)."""
     from transformers import AutoTokenizer
 
     try:
@@ -149,7 +163,7 @@ def load_oc_requests(model_path: Any, trust_remote_code: bool = False) -> OCPPLR
             f"OpenCompass PPL rule needs the model's tokenizer, which cannot be loaded from {model_path} ({exc}); "
             "score this checkpoint with the lm-eval suite (--suite lmeval)"
         ) from exc
-    return OCPPLRequests(tok)
+    return OCPPLRequests(tok, max_length)
 
 
 # ---- OpenCompass's MMLU summary (configs/summarizers/groups/mmlu.py) ----

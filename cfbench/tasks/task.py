@@ -224,7 +224,7 @@ class Task:
         elif self.cfg.scoring == "oc_ppl":
             if oc_requests is None:
                 raise CfbenchError(f"{self.name}: scoring oc_ppl needs the model's tokenizer (oc_requests)")
-            inst.requests = [oc_requests.request(ctx + delim + c) for c in choices]
+            inst.requests = [oc_requests.request(t) for t in self._oc_texts(doc, doc_id, num_fewshot, oc_requests)]
         if self.cfg.mc2_choices:
             mc2 = [str(c) for c in evaluate(self.cfg.mc2_choices, doc, f"{self.name}.mc2_choices")]
             labels = [int(x) for x in evaluate(self.cfg.mc2_labels, doc, f"{self.name}.mc2_labels")]
@@ -233,6 +233,25 @@ class Task:
             inst.requests = [*inst.requests, *(LoglikRequest(ctx, delim + c) for c in mc2)]
             inst.mc2_labels = labels
         return inst
+
+    def _oc_texts(self, doc: Row, doc_id: int, k: int, oc: OCPPLRequests) -> list[str]:
+        """Each label's whole text as ``PPLInferencer`` builds it: while a text has more ids than the
+        model's length, drop its last in-context example; later labels keep the shortened prompt."""
+        choices, delim = self._choices(doc), self.cfg.target_delimiter
+        ctx = self.context(doc, doc_id, k)
+        texts = []
+        for c in choices:
+            while k > 0 and not oc.fits(ctx + delim + c):
+                k -= 1
+                ctx = self.context(doc, doc_id, k)
+            if not oc.fits(ctx + delim + c):
+                raise CfbenchError(
+                    f"{self.name}: a choice's text has more than max_length={oc.max_length} tokens even without "
+                    "in-context examples; OpenCompass would cut its end (the answer) off: raise the backend's "
+                    "max_length"
+                )
+            texts.append(ctx + delim + c)
+        return texts
 
     # ---- scoring ----
 
