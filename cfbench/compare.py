@@ -301,6 +301,7 @@ def compare(
         confidence=confidence,
         reference_categories=reference,
         missing_reasons=reasons,
+        subset_mean_tasks=[t for t in suite_obj.tasks if get_task_config(t).aggregate == "subset_mean"],
     )
     drift_notes = _attach_drift(
         report, store, refs, suite_obj, raw, floor_record,

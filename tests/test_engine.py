@@ -51,7 +51,7 @@ def test_missing_suite_task_is_skipped_but_named_task_is_an_error(tiny_model: Pa
         str(tiny_model), suite="paper", limit=2, results=tmp_path, progress=False, tasks=None, strict_data=False
     )
     missing = {o.task for o in res.outcomes if o.missing}
-    assert {"ax_b", "race_high", "csl_dev"} <= missing
+    assert {"oc_ax_b", "oc_race_high", "oc_csl_dev"} <= missing
     with pytest.raises(CfbenchError, match="no data for task 'ax_b'"):
         evaluate(str(tiny_model), tasks=["ax_b"], results=tmp_path, progress=False)
 

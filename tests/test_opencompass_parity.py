@@ -132,29 +132,60 @@ def cfbench_side(data: Path, backend: HFBackend, oc: OCPPLRequests) -> dict[str,
     return out
 
 
+def with_bos(src: Path, dst: Path) -> Path:
+    """``src`` whose tokenizer adds BOS (``<|im_start|>``, id 1) as Llama's does; weights shared by links."""
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name != "tokenizer.json":
+            (dst / f.name).symlink_to(f.resolve())
+    tok = json.loads((src / "tokenizer.json").read_text())
+    bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
+    tok["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}},
+    }
+    (dst / "tokenizer.json").write_text(json.dumps(tok))
+    return dst
+
+
+def run_opencompass(py: Path, data: Path, model: Path, out: Path, specs: list[str]) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [str(py), str(WORKER), str(data), str(model), str(out), *specs],
+        env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    theirs = json.loads(out.read_text())
+    # OpenCompass runs MMLU subjects in its mmlu_all_sets order; cfbench in the task's subset order.
+    theirs.get("mmlu", []).sort(key=lambda it: MMLU_SUBJECTS.index(it["subset"]))
+    print(f"[opencompass worker] {model.name}: {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return theirs
+
+
 @pytest.mark.slow
-def test_paper_suite_matches_opencompass(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bos", [False, True], ids=["smollm2-no-bos", "smollm2-with-bos"])
+def test_paper_suite_matches_opencompass(tmp_path: Path, bos: bool) -> None:
+    """SmolLM2's tokenizer adds no BOS (OpenCompass leaves the first token unscored); the same weights
+    with a BOS-adding tokenizer take the Llama path (every token scored after BOS), on fewer tasks."""
     py = opencompass_venv()
     data = tmp_path / "data"
     write_opencompass_data(data)
     model = resolve_checkpoint("smollm2-135m").path
     specs = [*(n for n in N if n != "mmlu"), "mmlu:" + ",".join(MMLU_SUBJECTS)]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [str(py), str(WORKER), str(data), str(model), str(tmp_path / "oc.json"), *specs],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    theirs = json.loads((tmp_path / "oc.json").read_text())
-    # OpenCompass runs MMLU subjects in its mmlu_all_sets order; cfbench in the task's subset order.
-    theirs["mmlu"].sort(key=lambda it: MMLU_SUBJECTS.index(it["subset"]))
-    print(f"[opencompass worker] {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    if bos:
+        model = with_bos(model, tmp_path / "smollm2-bos")
+        specs = ["arc_challenge", "copa", "mmlu:" + MMLU_SUBJECTS[0]]
+    theirs = run_opencompass(py, data, model, tmp_path / "oc.json", specs)
 
-    ours = cfbench_side(data, HFBackend(model, dtype="float32"), load_oc_requests(model))
+    oc = load_oc_requests(model)
+    assert oc.adds_bos is bos
+    ours = cfbench_side(data, HFBackend(model, dtype="float32"), oc)
     worst = 0.0
     for name, want in theirs.items():
-        got = ours[name]
+        got = [g for g in ours[name] if g["subset"] in (None, *(w["subset"] for w in want))]
         assert len(got) == len(want), f"{name}: {len(got)} items vs OpenCompass {len(want)}"
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert g["prompts"] == w["prompts"], f"{name} item {i}: rendered prompts differ"

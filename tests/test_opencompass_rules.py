@@ -262,3 +262,27 @@ def test_long_prompts_drop_shots_like_ppl_inferencer(tiny_model: Path) -> None:
     assert [r.context + r.continuation for r in inst.requests] == [f"{three} {x}" for x in "ABCD"]
     with pytest.raises(CfbenchError, match="even without in-context examples"):
         task.render(doc, doc_id, 5, OCPPLRequests(tok, max_length=n_ids[0] - 1))
+
+
+def test_compare_reports_oc_mmlu_as_the_naive_mean() -> None:
+    from cfbench.report.table import build_report
+
+    # anatomy (stem): 4 items, virology (other): 1 item. Base 3/4 and 1/1; tuned 1/4 and 1/1.
+    subsets = ["anatomy"] * 4 + ["virology"]
+    frames = [
+        pd.DataFrame({"run": run, "task": "oc_mmlu", "doc_id": range(5), "subset": subsets, "score": scores})
+        for run, scores in (("base", [1, 1, 1, 0, 1]), ("tuned", [1, 0, 0, 0, 1]))
+    ]
+    report = build_report(
+        "base", ["tuned"], {"DK": ["oc_mmlu"]}, items=pd.concat(frames), subgroups={"oc_mmlu": MMLU_SUBGROUPS},
+        n_boot=200, subset_mean_tasks=["oc_mmlu"],
+    )  # fmt: skip
+    row = report.row("base")
+    assert row.tasks["oc_mmlu"] == pytest.approx((0.75 + 1.0) / 2)  # items would give 0.8
+    main = next(r for r in report.vs_base("tuned").tasks if r.task == "oc_mmlu" and r.group is None)
+    assert main.ref_score == pytest.approx(0.875) and main.score == pytest.approx((0.25 + 1.0) / 2)
+    assert main.delta == pytest.approx(-0.25) and main.ci is not None and main.forgotten == 2
+    stem = next(r for r in report.vs_base("tuned").tasks if r.group == "stem")
+    assert stem.ref_score == pytest.approx(0.75) and stem.score == pytest.approx(0.25)
+    plain = build_report("base", ["tuned"], {"DK": ["oc_mmlu"]}, items=pd.concat(frames), n_boot=0)
+    assert plain.row("base").tasks["oc_mmlu"] == pytest.approx(0.8)  # without the rule: the item mean

@@ -239,11 +239,27 @@ def paired_task_delta(
     n_boot: int = DEFAULT_N_BOOT,
     rng: np.random.Generator,
     confidence: float = DEFAULT_CONFIDENCE,
+    subset_mean: bool = False,
 ) -> TaskDelta:
-    """Δ = mean(other) − mean(ref) on the common items, with paired bootstrap CI and McNemar p."""
-    ref_mean = float(paired.ref.mean())
-    other_mean = float(paired.other.mean())
-    reps = bootstrap_means(paired.ref, paired.other, n_boot, rng) if n_boot > 0 else None
+    """Δ = mean(other) − mean(ref) on the common items, with paired bootstrap CI and McNemar p.
+
+    ``subset_mean``: the means are OpenCompass's naive average of per-subset means (its ``mmlu``),
+    and the bootstrap resamples items within each subset (stratified), so the CI is for that mean.
+    McNemar and the flip counts stay item-level: they count items, whatever the average.
+    """
+    if subset_mean:
+        masks = [paired.subsets == s for s in dict.fromkeys(paired.subsets.tolist())]
+        ref_mean = float(np.mean([paired.ref[m].mean() for m in masks]))
+        other_mean = float(np.mean([paired.other[m].mean() for m in masks]))
+        reps = (
+            np.mean([bootstrap_means(paired.ref[m], paired.other[m], n_boot, rng) for m in masks], axis=0)
+            if n_boot > 0
+            else None
+        )
+    else:
+        ref_mean = float(paired.ref.mean())
+        other_mean = float(paired.other.mean())
+        reps = bootstrap_means(paired.ref, paired.other, n_boot, rng) if n_boot > 0 else None
     ci = percentile_ci(reps[:, 1] - reps[:, 0], confidence) if reps is not None else None
     p = forgotten = gained = None
     if paired.binary:

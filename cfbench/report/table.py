@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -335,17 +335,24 @@ def _index_task_scores(
 class _Data:
     """Item and task-level scores indexed by (run, task); items win where both exist."""
 
-    def __init__(self, items: pd.DataFrame | None, task_scores: pd.DataFrame | None) -> None:
+    def __init__(
+        self, items: pd.DataFrame | None, task_scores: pd.DataFrame | None, subset_mean: Collection[str] = ()
+    ) -> None:
         self.items = _index_items(items)
         self.values, self.subset_values = _index_task_scores(task_scores)
         self.runs = {r for r, _ in self.items} | {r for r, _ in self.values}
+        #: Tasks scored as the unweighted mean of their subsets' means (OpenCompass's mmlu), not of items.
+        self.subset_mean = frozenset(subset_mean)
 
     def has(self, run: str, task: str) -> bool:
         return (run, task) in self.items or (run, task) in self.values
 
     def score(self, run: str, task: str) -> float | None:
         if (run, task) in self.items:
-            return float(self.items[run, task]["score"].mean())
+            frame = self.items[run, task]
+            if task in self.subset_mean and "subset" in frame:
+                return float(frame.groupby("subset", dropna=False)["score"].mean().mean())
+            return float(frame["score"].mean())
         return self.values.get((run, task))
 
 
@@ -448,7 +455,8 @@ def _compare(
                     f"paired statistics use the {paired.n} matching items only"
                 )
             key = data_key(paired)  # seeds from the data, never from labels
-            d = paired_task_delta(paired, rng=task_rng(settings.seed, key, task), **boot)
+            naive = task in data.subset_mean  # OpenCompass's mmlu: mean of subject means
+            d = paired_task_delta(paired, rng=task_rng(settings.seed, key, task), subset_mean=naive, **boot)
             rows.append(_item_row(task, category, None, d, settings.alpha))
             points[task] = TaskPoint(d.ref_mean, d.other_mean, d.replicates)
             if task in subgroups:
@@ -458,7 +466,7 @@ def _compare(
                     mask = labels == group
                     if mask.any():
                         rng = task_rng(settings.seed, key, task, group)
-                        g = paired_task_delta(paired.select(mask), rng=rng, **boot)
+                        g = paired_task_delta(paired.select(mask), rng=rng, subset_mean=naive, **boot)
                         rows.append(_item_row(task, category, group, g, settings.alpha))
         elif data.has(ref, task) and data.has(run, task):
             row = _value_row(task, category, None, data.score(ref, task), data.score(run, task))
@@ -493,6 +501,7 @@ def build_report(
     alpha: float = 0.05,
     reference_categories: Mapping[str, Sequence[str]] | None = None,
     missing_reasons: Mapping[str, str] | None = None,
+    subset_mean_tasks: Collection[str] = (),
 ) -> ComparisonReport:
     """Compute the whole comparison of ``tuned`` runs against ``base``.
 
@@ -503,7 +512,9 @@ def build_report(
     ``pairs`` are (w/o, w/) run labels whose direct Δ is also reported; None detects them from labels
     like "w/o SAM" / "w/ SAM", ``[]`` disables. ``reference_categories`` (category → expected
     tasks, e.g. the paper's) makes coverage count tasks the suite lacks as missing, with
-    ``missing_reasons`` (task → why) shown next to them.
+    ``missing_reasons`` (task → why) shown next to them. ``subset_mean_tasks`` are scored from items
+    as the unweighted mean of their subsets' means (OpenCompass's ``mmlu``, task config
+    ``aggregate: subset_mean``), their sub-group rows likewise.
     """
     if not tuned:
         raise CfbenchError("no tuned run to compare; pass at least one run besides the base")
@@ -524,7 +535,7 @@ def build_report(
             f"task(s) {', '.join(dup_tasks)} appear in more than one category/extras; list each task once"
         )
 
-    data = _Data(items, task_scores)
+    data = _Data(items, task_scores, subset_mean_tasks)
     if not data.runs:
         raise CfbenchError("no scores given; pass item scores (items=) or task-level scores (task_scores=)")
     for run in (base, *tuned):
