@@ -126,7 +126,9 @@ def test_three_nights_bootstrap_gate_and_failing_gate_keeps_results(tiny_model: 
 
     # Night 3: gated against the paper's Llama2-7B Alpaca numbers with the template's budget: the tiny
     # model is far below them, the gate fails (exit 1), and tonight's scores and reports are still there.
+    # The paper's numbers are OpenCompass-rule scores, so the gate runs the paper suite (oc_* tasks).
     three = _by_name(night(ws, 3, {**small, "CFBENCH_BASELINE": "paper:llama2-7b-alpaca", "CFBENCH_MAX_DROP": "AVG=1.5",
+                                   "CFBENCH_SUITE": "paper", "CFBENCH_LIMIT": "1", "CFBENCH_TASK_LIMIT": "oc_mmlu=1",
                                    "CFBENCH_CANDIDATE": str(ws / "nightly" / "candidate")}))  # fmt: skip
     assert three["Regression gate"].rc == 1, three["Regression gate"].output
     assert "regression gate: FAIL" in three["Regression gate"].output
