@@ -241,6 +241,30 @@ def _reference_coverage(suite: Suite) -> tuple[dict[str, tuple[str, ...]], dict[
     return reference, reasons
 
 
+def _refuse_other_rules(store: ResultStore, refs: Sequence[RunRef], items: Any, scores: Any, suite: Suite) -> None:
+    """A run with no score on the suite but scores on its twin suite's tasks was scored by the other
+    rules (``paper``: OpenCompass ``oc_*`` tasks; ``lmeval``/``offline``: lm-eval ones): say so, and
+    which suite to use, instead of "no scores". The two are never mixed in one report."""
+    have = set()
+    for frame in (items, scores):
+        if frame is not None:
+            have |= set(frame["run"])
+    wanted = set(suite.tasks)
+    for ref in refs:
+        if ref.label in have:
+            continue
+        stored = (ref.store or store).task_scores(run_ids=[ref.record.run_id])
+        tasks = set((ref.record.task_hashes or {}).keys()) | (set(stored["task"]) if not stored.empty else set())
+        twins = {t.removeprefix("oc_") for t in wanted} | {f"oc_{t}" for t in wanted}
+        if tasks & (twins - wanted):
+            other = "lmeval" if suite.name == "paper" else "paper"
+            rule = "lm-eval" if other == "lmeval" else "OpenCompass"
+            raise CfbenchError(
+                f"run '{ref.label}' has no scores on suite {suite.name}: it was scored with {rule} rules "
+                f"(e.g. {sorted(tasks & twins)[0]}), which never mix with this suite's; compare with --suite {other}"
+            )
+
+
 @dataclass
 class CompareResult:
     report: ComparisonReport
@@ -286,6 +310,7 @@ def compare(
     reference, reasons = _reference_coverage(suite_obj)
     if items is None and scores is None:
         raise CfbenchError(f"none of the runs has scores for suite {suite!r}; score them with `cfbench eval` first")
+    _refuse_other_rules(store, refs, items, scores, suite_obj)
     report = build_report(
         refs[0].label,
         [r.label for r in refs[1:]],

@@ -286,3 +286,16 @@ def test_compare_reports_oc_mmlu_as_the_naive_mean() -> None:
     assert stem.ref_score == pytest.approx(0.75) and stem.score == pytest.approx(0.25)
     plain = build_report("base", ["tuned"], {"DK": ["oc_mmlu"]}, items=pd.concat(frames), n_boot=0)
     assert plain.row("base").tasks["oc_mmlu"] == pytest.approx(0.8)  # without the rule: the item mean
+
+
+def test_compare_across_rules_is_refused_with_the_suite_to_use(tmp_path: Path) -> None:
+    from cfbench.compare import compare
+    from cfbench.store import ResultStore, RunRecord, TaskScore
+
+    store = ResultStore(tmp_path)
+    store.append_run(RunRecord(name="lm", checkpoint_name="m"), [TaskScore(task="copa", metric="acc", value=0.5)])
+    store.append_run(RunRecord(name="oc", checkpoint_name="m"), [TaskScore(task="oc_copa", metric="acc", value=0.6)])
+    with pytest.raises(CfbenchError, match="run 'lm' has no scores on suite paper: it was scored with lm-eval rules"):
+        compare("run:lm", ["run:oc"], suite="paper", results=tmp_path, n_boot=0)
+    with pytest.raises(CfbenchError, match="compare with --suite paper"):
+        compare("run:oc", ["run:lm"], suite="lmeval", results=tmp_path, n_boot=0)
