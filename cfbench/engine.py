@@ -296,7 +296,7 @@ def plan_evaluation(
                 )
             )
             continue
-        k = task.cfg.num_fewshot if num_fewshot is None else num_fewshot
+        k = suite_obj.shots(tname, task.cfg.num_fewshot, num_fewshot)  # --num-fewshot > suite > task YAML
         ckey = cache_key(ckpt.content_hash, task, k, bkey)
         task_limit = task_limits.get(tname, limit)
         if task.cfg.scoring == "oc_ppl" and oc_requests is None:
@@ -502,6 +502,7 @@ def run_plan(
             "spec": ckpt.spec,
             "doc_ids": selections,
             "task_limits": task_limits,
+            "fewshot": {tp.name: tp.num_fewshot for tp in plan.tasks},
             "tokenizer_hash": tokenizer_hash(ckpt.path),
         },
     )

@@ -22,7 +22,10 @@ ModelArgs = Annotated[
     typer.Option("--model-args", help="Backend options as k=v,k=v (lm-eval style), e.g. batch_size=16,base_url=..."),
 ]
 Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16 (compare like with like).")]
-NumFewshot = Annotated[int | None, typer.Option("--num-fewshot", help="Few-shot examples (default: each task's).")]
+NumFewshot = Annotated[
+    int | None,
+    typer.Option("--num-fewshot", help="Few-shot count, all tasks (default: the suite's fewshot:, else the task's)."),
+]
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", envvar="CFBENCH_DATA_DIR", help="OpenCompass-style data/ folder.")
 ]

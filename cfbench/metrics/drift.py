@@ -350,7 +350,8 @@ def load_choice_frames(
         if raw.empty or "logprobs" not in raw:
             continue
         for task, grp in raw.groupby("task", sort=False):
-            rule = source.rule(str(task), rec.source, rec.num_fewshot)
+            shots = (rec.extra or {}).get("fewshot", {}).get(str(task), rec.num_fewshot)  # per-task count if recorded
+            rule = source.rule(str(task), rec.source, shots)
             if isinstance(rule, str):
                 notes.append(f"drift: {task} left out: {rule}")
                 continue

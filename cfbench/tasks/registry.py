@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -74,6 +75,15 @@ class Suite:
     #: The suite whose task lists judge this one's coverage (``reference:`` in the YAML): a suite that
     #: reuses the paper's category names with fewer tasks is partial against it, never complete.
     reference: str = "paper"
+    #: Per-task few-shot counts (``fewshot: {task: n}`` in the YAML), e.g. the paper's 5-shot MMLU. They
+    #: override the task YAML's ``num_fewshot``; ``--num-fewshot`` overrides both (see :meth:`shots`).
+    fewshot: dict[str, int] = field(default_factory=dict)
+
+    def shots(self, task: str, task_default: int, override: int | None = None) -> int:
+        """Few-shot count of ``task``: ``--num-fewshot`` if given, else this suite's entry, else the task's own."""
+        if override is not None:
+            return override
+        return self.fewshot.get(task, task_default)
 
     @property
     def tasks(self) -> list[str]:
@@ -90,6 +100,7 @@ class Suite:
         payload = {
             "categories": self.categories,
             "extras": self.extras,
+            **({"fewshot": self.fewshot} if self.fewshot else {}),  # absent: older suites keep their hash
             "tasks": {t: get_task_config(t, root).config_hash for t in self.tasks},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
@@ -119,12 +130,32 @@ def load_suite(name: str, root: Path | None = None) -> Suite:
         list(raw.get("extras", [])),
         str(path),
         str(raw.get("reference", "paper")),
+        _suite_fewshot(path, raw.get("fewshot")),
     )
     if suite.reference != suite.name and not (root / "suites" / f"{suite.reference}.yaml").is_file():
         raise CfbenchError(f"suite {path}: reference suite {suite.reference!r} does not exist; name an existing suite")
     for t in suite.tasks:
         get_task_config(t, root)  # unknown or malformed member -> one clear error now
+    for t, n in suite.fewshot.items():
+        if t not in suite.tasks:
+            raise CfbenchError(f"suite {path}: fewshot names {t!r}, which is not in the suite; list only its tasks")
+        if n and not get_task_config(t, root).fewshot_split:
+            raise CfbenchError(f"suite {path}: fewshot {t}: {n} needs a fewshot_split in {t}.yaml; add one or use 0")
     return suite
+
+
+def _suite_fewshot(path: Path, raw: Any) -> dict[str, int]:
+    """Validate a suite's ``fewshot:`` mapping (task -> non-negative integer)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CfbenchError(f"suite {path}: fewshot must be a mapping of task -> number of shots, e.g. {{mmlu: 5}}")
+    out: dict[str, int] = {}
+    for k, v in raw.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CfbenchError(f"suite {path}: fewshot {k}: {v!r} is not a non-negative integer number of shots")
+        out[str(k)] = v
+    return out
 
 
 def resolve_task_names(suite: str | None, tasks: str | list[str] | None, root: Path | None = None) -> list[str]:
