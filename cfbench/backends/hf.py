@@ -31,6 +31,7 @@ either path (a deterministic function of the config, which is hashed, and of the
 
 from __future__ import annotations
 
+import bisect
 import importlib.metadata
 import logging
 import math
@@ -116,6 +117,23 @@ class Unit:
     mask: torch.Tensor | None
 
 
+@dataclass(slots=True)
+class TreeContext:
+    """What one forward's attention calls share: the units, the cached prefix's keys/values (one
+    ``(k, v)`` per attention call, in call order) and how many leading nodes to append to them.
+
+    Layers are told apart by call order, not by module, so a model that reuses one attention module
+    in several layers still gets one cache entry per call; a model whose calls do not line up with
+    the cache is refused by the self-check (which runs this path).
+    """
+
+    units: list[Unit] | None
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    capture: int = 0  # leading nodes of this forward whose keys/values extend the cache
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    calls: int = 0
+
+
 def tree_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -127,23 +145,42 @@ def tree_attention(
     is_causal: bool | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Attention over a flattened trie, unit by unit; without units it is transformers' sdpa."""
-    units: list[Unit] | None = kwargs.pop(_UNITS_KW, None)
-    if units is not None:
-        _TREE_CALLS[0] += 1
+    """Attention over a flattened trie, unit by unit; without units it is transformers' sdpa.
+
+    With a cached prefix, this call's keys/values are appended to the prefix's (its ``P`` tokens come
+    first in key space, the trie's node ``i`` is key ``P + i``); the units index that space.
+    """
+    ctx: TreeContext | None = kwargs.pop(_UNITS_KW, None)
+    units = None if ctx is None else ctx.units
+    if ctx is not None:
+        layer = ctx.calls
+        ctx.calls += 1
+        if ctx.prefix:
+            if layer >= len(ctx.prefix):
+                raise CfbenchError(
+                    f"hf backend: the model made more attention calls than the {len(ctx.prefix)} cached: "
+                    "pass the backend option scoring_path=plain"
+                )
+            pk, pv = ctx.prefix[layer]
+            key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
+        if ctx.capture:
+            end = key.shape[2] - query.shape[2] + ctx.capture
+            ctx.captured.append((key[:, :, :end].contiguous(), value[:, :, :end].contiguous()))
     if units is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
-    # query [1, H, T, D]; key/value [1, H_kv, T, D]; output [1, T, H, D] like sdpa_attention_forward.
+    _TREE_CALLS[0] += 1
+    # query [1, H, T, D]; key/value [1, H_kv, P + T, D]; output [1, T, H, D] like sdpa_attention_forward.
+    off = key.shape[2] - query.shape[2]
     gqa = query.shape[1] != key.shape[1]
     out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
     for u in units:
         q = query[:, :, u.start : u.end]
         if u.kidx is None:
-            k, v = key[:, :, u.start : u.end], value[:, :, u.start : u.end]
+            k, v = key[:, :, off + u.start : off + u.end], value[:, :, off + u.start : off + u.end]
         else:
             k, v = key.index_select(2, u.kidx), value.index_select(2, u.kidx)
         o = F.scaled_dot_product_attention(
@@ -180,31 +217,45 @@ class _Item:
 class Trie:
     """The inputs of one forward, merged. Nodes are appended in insertion order, so a parent
     precedes its children and (with inputs inserted in sorted order) every subtree is a contiguous
-    index range."""
+    index range.
+
+    ``prefix``: tokens every input starts with whose keys/values come from the backend's prefix
+    cache (computed by an earlier forward); the nodes hold the rest of each input, at positions
+    ``len(prefix) + depth``. ``capture``: after this forward, its first ``capture`` nodes (a chain
+    every input shares, none of them scored) are appended to the cache, so later forwards of the
+    same few-shot prompt start from it instead of forwarding it again.
+    """
 
     tokens: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
     depths: list[int] = field(default_factory=list)
     children: dict[tuple[int, int], int] = field(default_factory=dict)
     items: list[tuple[_Item, list[int]]] = field(default_factory=list)  # (item, scored node ids)
+    prefix: tuple[int, ...] = ()
+    capture: int = 0
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def cost(self, inp: Sequence[int]) -> int:
-        """New nodes that inserting ``inp`` would add."""
+        """New nodes that inserting ``inp`` (a whole input, prefix included) would add."""
         node = -1
-        for j, tok in enumerate(inp):
-            nxt = self.children.get((node, tok))
+        off = len(self.prefix)
+        for j in range(off, len(inp)):
+            nxt = self.children.get((node, inp[j]))
             if nxt is None:
                 return len(inp) - j
             node = nxt
         return 0
 
     def add(self, item: _Item) -> None:
+        off = len(self.prefix)
+        if len(item.inp) - len(item.targets) < off or item.inp[:off] != self.prefix:
+            raise ValueError("an item whose scored positions are not all after the trie's prefix")
         node = -1
         path = []
-        for depth, tok in enumerate(item.inp):
+        for depth in range(off, len(item.inp)):
+            tok = item.inp[depth]
             nxt = self.children.get((node, tok))
             if nxt is None:
                 nxt = len(self.tokens)
@@ -224,8 +275,11 @@ def plan_units(trie: Trie, dense_limit: int, device: torch.device | str = "cpu")
     itself, mask: ancestor relation). A bigger subtree is cut at its root chain (one causal unit on
     top of the ancestor path) and its child subtrees are handled the same way with the chain added
     to their path; small siblings are grouped so the number of units (kernel calls) stays low.
+    Key indices count the trie's cached prefix first (``P = len(trie.prefix)`` keys, the ancestor
+    path of every root), so node ``i`` is key ``P + i``.
     """
     n = len(trie)
+    off = len(trie.prefix)
     kids: list[list[int]] = [[] for _ in range(n)]
     roots: list[int] = []
     for i, p in enumerate(trie.parents):
@@ -247,17 +301,17 @@ def plan_units(trie: Trie, dense_limit: int, device: torch.device | str = "cpu")
             return
         m = torch.zeros((width, len(path) + width), dtype=torch.bool)
         m[:, : len(path)] = True
-        off = len(path)
+        base = len(path)
         for r, i in enumerate(range(start, end)):
             p = trie.parents[i]
             if start <= p < end:
-                m[r, off : off + (p - start) + 1] = m[p - start, off : off + (p - start) + 1]
-            m[r, off + r] = True
-        kidx = torch.tensor([*path, *range(start, end)], device=device) if path else None
+                m[r, base : base + (p - start) + 1] = m[p - start, base : base + (p - start) + 1]
+            m[r, base + r] = True
+        kidx = torch.tensor([*path, *range(off + start, off + end)], device=device) if path else None
         units.append(Unit(start, end, kidx, m.to(device)))
 
-    # (forest of sibling subtree roots, ancestor path) still to split
-    stack: list[tuple[list[int], list[int]]] = [(roots, [])]
+    # (forest of sibling subtree roots, ancestor path as key indices) still to split
+    stack: list[tuple[list[int], list[int]]] = [(roots, list(range(off)))]
     while stack:
         forest, path = stack.pop()
         group: list[int] = []
@@ -279,15 +333,24 @@ def plan_units(trie: Trie, dense_limit: int, device: torch.device | str = "cpu")
             end = r
             while len(kids[end]) == 1:
                 end = kids[end][0]
+            chain_keys = list(range(off + r, off + end + 1))
             if path:
                 m = torch.ones((end - r + 1, len(path) + end - r + 1), dtype=torch.bool)
                 m[:, len(path) :] = torch.ones((end - r + 1, end - r + 1), dtype=torch.bool).tril()
-                units.append(Unit(r, end + 1, torch.tensor([*path, *range(r, end + 1)], device=device), m.to(device)))
+                units.append(Unit(r, end + 1, torch.tensor([*path, *chain_keys], device=device), m.to(device)))
             else:
                 units.append(Unit(r, end + 1, None, None))
             if kids[end]:
-                stack.append((kids[end], [*path, *range(r, end + 1)]))
+                stack.append((kids[end], [*path, *chain_keys]))
     return units
+
+
+def _common_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,6 +448,7 @@ class HFBackend:
         self.sliding_window: int | None = int(window) if use_window else None
         self.tokens_forwarded = 0  # tokens actually run through the model (for benchmarks)
         self.tree = scoring_path == "tree"
+        self._drop_prefix()
         if self.tree:
             self._self_check()
 
@@ -432,24 +496,103 @@ class HFBackend:
         return items
 
     def plan(self, items: list[_Item]) -> list[Trie]:
-        """One trie per forward, filled in lexicographic order so shared prefixes meet.
+        """One trie per forward, in an order where a shared prefix is forwarded once, not per forward.
 
-        A request that mostly extends the current trie (its choices' siblings) may overshoot
-        ``batch_tokens`` by up to one budget rather than recompute its context in the next forward.
+        All inputs are merged into one trie (lexicographic order, so every subtree is a contiguous
+        run of nodes and of items). Sibling subtrees are packed into forwards of at most
+        ``batch_tokens`` nodes (and ``batch_size`` requests). A subtree too big for one forward —
+        the questions of a task or MMLU subject under their common few-shot prompt — has its root
+        chain (up to the first branching or scored node) cached: the first forward under it
+        computes the chain and keeps its keys/values (``Trie.capture``), the later ones start from
+        them (``Trie.prefix``) and hold only what their questions add. Forwards come out in
+        depth-first order, so the cache is one sequence that is cut back or extended as the walk
+        moves between prefixes. A scored node with a subtree too big for one forward (an input
+        that is a prefix of many others) cannot be cached; its items are packed greedily as before.
         """
+        if not items:
+            return []
+        order = sorted(items, key=lambda it: it.inp)
+        full = Trie()
+        for item in order:
+            full.add(item)
+        n = len(full)
+        kids: list[list[int]] = [[] for _ in range(n)]
+        roots: list[int] = []
+        for i, par in enumerate(full.parents):
+            (kids[par] if par >= 0 else roots).append(i)
+        size = [1] * n
+        for i in range(n - 1, -1, -1):
+            if full.parents[i] >= 0:
+                size[full.parents[i]] += size[i]
+        scored = [False] * n
+        for _, nodes in full.items:
+            for node in nodes:
+                scored[node] = True
+        # Each item's last node; preorder is lexicographic order, so these never decrease and a
+        # subtree's items are a contiguous run found by bisection.
+        ends = [nodes[-1] for _, nodes in full.items]
+        budget, cap = self.batch_tokens, self.batch_size
+
+        def span(r: int) -> tuple[int, int]:
+            return bisect.bisect_left(ends, r), bisect.bisect_left(ends, r + size[r])
+
+        groups: list[tuple[int, int, int]] = []  # (cached prefix's last node or -1, item lo, item hi)
+
+        def greedy(lo: int, hi: int, pnode: int) -> None:
+            # Items under a scored node too big for one forward: fill forwards in order; an item that
+            # mostly extends the current one may overshoot the budget by up to one budget.
+            trie = Trie(prefix=order[lo].inp[: full.depths[pnode] + 1] if pnode >= 0 else ())
+            start = lo
+            for k in range(lo, hi):
+                inp = order[k].inp
+                new = trie.cost(inp)
+                fits = len(trie) + new <= budget
+                mostly_shared = new * 2 <= len(inp) - len(trie.prefix) and len(trie) + new <= 2 * budget
+                full_count = cap is not None and len(trie.items) >= cap
+                if trie.items and (full_count or not (fits or mostly_shared)):
+                    groups.append((pnode, start, k))
+                    trie, start = Trie(prefix=trie.prefix), k
+                trie.add(order[k])
+            groups.append((pnode, start, hi))
+
+        def pack(forest: list[int], pnode: int) -> None:
+            glo = ghi = gsize = 0
+            for r in forest:
+                lo, hi = span(r)
+                if size[r] <= budget and (cap is None or hi - lo <= cap):
+                    if ghi > glo and gsize + size[r] <= budget and (cap is None or hi - glo <= cap):
+                        ghi, gsize = hi, gsize + size[r]
+                    else:
+                        if ghi > glo:
+                            groups.append((pnode, glo, ghi))
+                        glo, ghi, gsize = lo, hi, size[r]
+                    continue
+                if ghi > glo:
+                    groups.append((pnode, glo, ghi))
+                glo = ghi = gsize = 0
+                c = r  # too big: cache its root chain, up to the first branching or scored node
+                while not scored[c] and len(kids[c]) == 1:
+                    c = kids[c][0]
+                if not scored[c]:  # branches below c (a leaf is always scored)
+                    pack(kids[c], c)
+                elif c != r:
+                    pack([c], full.parents[c])
+                else:
+                    greedy(lo, hi, pnode)
+            if ghi > glo:
+                groups.append((pnode, glo, ghi))
+
+        pack(roots, -1)
         tries: list[Trie] = []
-        trie = Trie()
-        for item in sorted(items, key=lambda it: it.inp):
-            new = trie.cost(item.inp)
-            fits = len(trie) + new <= self.batch_tokens
-            mostly_shared = new * 2 <= len(item.inp) and len(trie) + new <= 2 * self.batch_tokens
-            full = self.batch_size is not None and len(trie.items) >= self.batch_size
-            if trie.items and (full or not (fits or mostly_shared)):
-                tries.append(trie)
-                trie = Trie()
-            trie.add(item)
-        if trie.items:
+        cache: tuple[int, ...] = ()  # what the prefix cache holds when each forward runs
+        for pnode, lo, hi in groups:
+            want = order[lo].inp[: full.depths[pnode] + 1] if pnode >= 0 else ()
+            have = _common_len(cache, want)
+            trie = Trie(prefix=want[:have], capture=len(want) - have)
+            for item in order[lo:hi]:
+                trie.add(item)
             tries.append(trie)
+            cache = want
         return tries
 
     # ------------------------------------------------------------------------------------------
@@ -490,6 +633,7 @@ class HFBackend:
                 packed.append(item)
         if progress and len(items) > len(plain) + len(packed):
             progress(len(items) - len(plain) - len(packed))
+        self._drop_prefix()  # the cache lives within one call: results never depend on earlier calls
         with torch.inference_mode():
             pending = self.plan(packed)
             while pending:
@@ -520,7 +664,41 @@ class HFBackend:
                     results[item.index] = res
                 if progress:
                     progress(len(group))
+        self._drop_prefix()
         return [r for r in results if r is not None]
+
+    def _drop_prefix(self) -> None:
+        self._prefix_tokens: tuple[int, ...] = ()
+        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _use_prefix(self, prefix: tuple[int, ...]) -> None:
+        """Make the prefix cache hold exactly ``prefix``: cut it back to the common part, then (only
+        when forwards run out of the planned order, e.g. after an out-of-memory split) forward the
+        rest as one chain on top of it."""
+        have = _common_len(self._prefix_tokens, prefix)
+        if have < len(self._prefix_tokens):
+            self._prefix_tokens = self._prefix_tokens[:have]
+            self._prefix_kv = [(k[:, :, :have], v[:, :, :have]) for k, v in self._prefix_kv]
+        if have == len(prefix):
+            return
+        chain = Trie(prefix=prefix[:have], capture=len(prefix) - have)
+        chain.add(_Item(-1, prefix, []))
+        ctx = TreeContext(plan_units(chain, self.dense_limit, self.device), self._prefix_kv, chain.capture)
+        self.tokens_forwarded += len(chain)
+        self._forward(torch.tensor([chain.tokens]), torch.tensor([chain.depths]), torch.tensor([len(chain) - 1]), ctx)
+        self._keep_captured(chain, ctx)
+
+    def _keep_captured(self, trie: Trie, ctx: TreeContext) -> None:
+        """After a forward: check its attention calls matched the cache; keep what it captured."""
+        if ctx.prefix and ctx.calls != len(ctx.prefix):
+            raise CfbenchError(
+                f"hf backend: the model made {ctx.calls} attention calls, {len(ctx.prefix)} cached: "
+                "pass the backend option scoring_path=plain"
+            )
+        if not trie.capture:
+            return
+        self._prefix_tokens = trie.prefix + tuple(trie.tokens[: trie.capture])
+        self._prefix_kv = ctx.captured
 
     def _run_trie(self, trie: Trie) -> list[tuple[int, LoglikResult]]:
         keep: list[int] = []
@@ -530,38 +708,37 @@ class HFBackend:
                 if node not in where:
                     where[node] = len(keep)
                     keep.append(node)
-        units = plan_units(trie, self.dense_limit, self.device)
+        self._use_prefix(trie.prefix)
+        ctx = TreeContext(plan_units(trie, self.dense_limit, self.device), self._prefix_kv, trie.capture)
         self.tokens_forwarded += len(trie)
         wanted = [([where[n] for n in nodes], item.targets) for item, nodes in trie.items]
-        results = self._score(
-            torch.tensor([trie.tokens]), torch.tensor([trie.depths]), torch.tensor(keep), units, wanted
-        )
+        logits = self._forward(torch.tensor([trie.tokens]), torch.tensor([trie.depths]), torch.tensor(keep), ctx)
+        self._keep_captured(trie, ctx)
+        results = self._gather(logits, wanted)
         return [(item.index, res) for (item, _), res in zip(trie.items, results, strict=True)]
 
-    def _score(
-        self,
-        ids: torch.Tensor,
-        pos: torch.Tensor | None,
-        keep: torch.Tensor,
-        units: list[Unit] | None,
-        wanted: list[tuple[list[int], list[int]]],
-    ) -> list[LoglikResult]:
-        """Forward ``ids`` once; for each ``(rows of keep, targets)`` sum log-probs and check greedy.
-
-        Logits exist only at positions ``keep``; their float32 log-softmax is taken in chunks of
-        rows so memory stays bounded whatever the number of scored positions.
-        """
+    def _forward(
+        self, ids: torch.Tensor, pos: torch.Tensor | None, keep: torch.Tensor, ctx: TreeContext | None
+    ) -> torch.Tensor:
+        """Logits ``[len(keep), vocab]`` of one forward; ``ctx`` None is an ordinary causal forward."""
         kwargs: dict[str, Any] = {}
-        if units is not None:
+        if ctx is not None:
             # A 4D mask makes transformers skip building its own (T x T) mask; units replace it.
-            kwargs = {"attention_mask": torch.zeros((1, 1, 1, 1), device=self.device), _UNITS_KW: units}
-        logits = self.model(
+            kwargs = {"attention_mask": torch.zeros((1, 1, 1, 1), device=self.device), _UNITS_KW: ctx}
+        return self.model(
             input_ids=ids.to(self.device),
             position_ids=None if pos is None else pos.to(self.device),
             logits_to_keep=keep.to(self.device),
             use_cache=False,
             **kwargs,
         ).logits[0]
+
+    def _gather(self, logits: torch.Tensor, wanted: list[tuple[list[int], list[int]]]) -> list[LoglikResult]:
+        """For each ``(rows of logits, targets)`` sum log-probs and check greedy.
+
+        The float32 log-softmax is taken in chunks of rows so memory stays bounded whatever the
+        number of scored positions.
+        """
         rows = torch.tensor([r for sel, _ in wanted for r in sel], device=logits.device)
         tgts = torch.tensor([t for _, targets in wanted for t in targets], device=logits.device)
         token_lp = torch.empty(len(rows), device=logits.device)
@@ -590,12 +767,13 @@ class HFBackend:
         n = max(len(item.targets) for item in group)
         self.tokens_forwarded += len(inp)
         keep = torch.arange(len(inp) - n, len(inp))
-        return self._score(
-            torch.tensor([inp]), None, keep, None, [(list(range(n - len(it.targets), n)), it.targets) for it in group]
-        )
+        logits = self._forward(torch.tensor([inp]), None, keep, None)
+        return self._gather(logits, [(list(range(n - len(it.targets), n)), it.targets) for it in group])
 
     def _self_check(self) -> None:
-        """Refuse the tree path unless it equals plain forwards on a small branching input."""
+        """Refuse the tree path unless it equals plain forwards on a small branching input, scored
+        both in one forward and through the prefix cache (captured by one forward, extended by
+        another, cut back by a third)."""
         vocab = int(self.model.get_input_embeddings().weight.shape[0])
         t = [(7 * i + 3) % vocab for i in range(21)]
         items = [
@@ -608,13 +786,20 @@ class HFBackend:
         trie = Trie()
         for item in sorted(items, key=lambda it: it.inp):
             trie.add(item)
+        cached = [Trie(capture=5), Trie(prefix=tuple(t[:5])), Trie(prefix=tuple(t[:12]))]
+        for sub, item in zip(cached, [items[2], items[1], items[0]], strict=True):
+            sub.add(item)
         calls = _TREE_CALLS[0]
         with torch.inference_mode():
             tree = dict(_run_units_small(self, trie))
             called = _TREE_CALLS[0] > calls
+            via_cache = {}
+            for sub in (cached[0], cached[2], cached[1]):  # 5 tokens kept, extended to 12, cut back to 5
+                via_cache.update(_run_units_small(self, sub))
             plain = {item.index: self._run_plain([item])[0] for item in items}
+        self._drop_prefix()
         self.tokens_forwarded = 0
-        worst = max(abs(tree[i].logprob - plain[i].logprob) for i in plain)
+        worst = max(abs(got[i].logprob - plain[i].logprob) for got in (tree, via_cache) for i in plain)
         if called and worst <= _CHECK_TOL[self.dtype]:
             return
         why = f"gives different numbers with the tree attention (|Δ|={worst:.3g})" if called else (
