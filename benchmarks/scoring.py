@@ -10,12 +10,18 @@ Requests per task come from lm-eval's own task objects over the offline ``olmo_e
 (``--requests lmeval``, default) or from cfbench's task registry (``--requests cfbench``). An item
 is one document (a question with all its choices).
 
+``--num-fewshot K`` builds K-shot prompts on both sides (lm-eval: the task's own few-shot sampler
+with lm-eval's default seed 1234, MMLU's first ``dev`` examples; cfbench: the task's
+``fewshot_split``), so the prompts of one task or MMLU subject share their exemplars — what
+cfbench's prefix cache forwards once per subject (see docs/scoring.md).
+
 Tokens forwarded are counted where each scorer calls the model: lm-eval's ``_model_call`` input
 (padding included), cfbench's rows (padding included). Achieved FLOP/s is ``2 · params · tokens /
 time`` (the usual estimate; it overstates cfbench, which skips the LM head at unscored positions)
 against the best ``torch.matmul`` rate measured in this run.
 
     python benchmarks/scoring.py --limit 40 --repeats 3 --json results/scoring.json
+    python benchmarks/scoring.py --tasks mmlu --num-fewshot 5 --limit 20 --repeats 3
 """
 
 from __future__ import annotations
@@ -68,7 +74,10 @@ class Timing:
     results: list[tuple[float, bool]] = field(default_factory=list)
 
 
-def lmeval_workload(name: str, limit: int, tm: Any) -> Workload:
+LMEVAL_FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed (simple_evaluate, the CLI)
+
+
+def lmeval_workload(name: str, limit: int, tm: Any, num_fewshot: int = 0) -> Workload:
     from cfbench.backends.base import LoglikRequest
     from cfbench.backends.lmeval_models import offline_task, task_requests
 
@@ -78,7 +87,10 @@ def lmeval_workload(name: str, limit: int, tm: Any) -> Workload:
     owner: list[int] = []
     items = 0
     for lm_name in lm_names:
-        insts = task_requests(offline_task(lm_name, tm), per)
+        task = offline_task(lm_name, tm)
+        task.set_config(key="num_fewshot", value=num_fewshot)  # as lm-eval's --num_fewshot
+        task.set_fewshot_seed(seed=LMEVAL_FEWSHOT_SEED)
+        insts = task_requests(task, per)
         ids = sorted({i.doc_id for i in insts})
         index = {d: items + k for k, d in enumerate(ids)}
         instances += insts
@@ -87,12 +99,12 @@ def lmeval_workload(name: str, limit: int, tm: Any) -> Workload:
     return Workload(name, items, instances, [LoglikRequest(*i.args) for i in instances], owner)
 
 
-def cfbench_workload(name: str, limit: int) -> Workload:
+def cfbench_workload(name: str, limit: int, num_fewshot: int = 0) -> Workload:
     from lm_eval.api.instance import Instance
 
     from cfbench.tasks.registry import get_task
 
-    insts = get_task(TASKS[name][1]).instances(limit=limit)
+    insts = get_task(TASKS[name][1]).instances(limit=limit, num_fewshot=num_fewshot)
     requests, owner, lm_insts = [], [], []
     for k, inst in enumerate(insts):
         for j, req in enumerate(inst.requests):
@@ -151,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--lmeval-batch-sizes", default="1,8,32", help="lm-eval hf batch sizes to time")
     ap.add_argument("--requests", default="lmeval", choices=["lmeval", "cfbench"])
+    ap.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples per prompt (both sides)")
     ap.add_argument("--model", default="smollm2-135m", help="any cfbench checkpoint spec")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for both (0: torch's default)")
     ap.add_argument("--json", dest="json_out", help="write all measurements here")
@@ -172,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.lmeval_batch_sizes.split(",")]
     ck = resolve_checkpoint(args.model)
     tm = TaskManager() if args.requests == "lmeval" else None
+    if args.num_fewshot < 0:
+        ap.error("--num-fewshot must be 0 or more")
     workloads = [
-        lmeval_workload(n, args.limit, tm) if args.requests == "lmeval" else cfbench_workload(n, args.limit)
+        lmeval_workload(n, args.limit, tm, args.num_fewshot)
+        if args.requests == "lmeval"
+        else cfbench_workload(n, args.limit, args.num_fewshot)
         for n in names
     ]
 
@@ -192,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_peak(dtype)
     print(
         f"model {ck.name} ({params / 1e6:.1f}M params), {args.dtype}, torch threads {torch.get_num_threads()}, "
-        f"matmul peak {peak / 1e9:.0f} GFLOP/s, repeats {args.repeats}, requests from {args.requests}",
+        f"matmul peak {peak / 1e9:.0f} GFLOP/s, repeats {args.repeats}, requests from {args.requests}, "
+        f"{args.num_fewshot}-shot, load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
 

@@ -76,6 +76,30 @@ def test_arc_challenge_parity_fast(task_manager: Any, hflm: Any, ours: HFBackend
     check_parity(["arc_challenge"], 5, task_manager, hflm, ours)
 
 
+def test_mmlu_5shot_prefix_cache_parity(model_path: Path, task_manager: Any, hflm: Any) -> None:
+    """5-shot MMLU (the paper's protocol) with forwards too small for a subject: each subject's
+    prompt is forwarded once and kept in the prefix cache; numbers equal HFLM's on the same prompts."""
+    instances = []
+    for name in ["mmlu_high_school_biology", "mmlu_college_physics"]:
+        task = offline_task(name, task_manager)
+        task.set_config(key="num_fewshot", value=5)
+        task.set_fewshot_seed(seed=1234)
+        got = task_requests(task, 3)
+        assert got[0].args[0].count("\nAnswer:") == 6  # five exemplars and the question
+        instances += got
+    be = HFBackend(model_path, dtype="float32", batch_tokens=160)  # about one question per forward
+    reqs = [LoglikRequest(*i.args) for i in instances]
+    tries = be.plan(be.prepare(reqs))
+    assert sum(t.capture >= 400 for t in tries) == 2 and sum(len(t.prefix) >= 400 for t in tries) >= 2
+    want = hflm.loglikelihood(instances, disable_tqdm=True)
+    got = [(r.logprob, r.is_greedy) for r in be.loglikelihood(reqs)]
+    worst = max(abs(a[0] - b[0]) for a, b in zip(got, want, strict=True))
+    assert worst <= 1e-4, f"max |Δ logprob| {worst:.2e}"
+    assert [g[1] for g in got] == [w[1] for w in want]
+    assert predictions(instances, got) == predictions(instances, want)
+    assert be.tokens_forwarded < 0.5 * sum(len(be.prepare([r])[0].inp) for r in reqs[::4])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "tasks",

@@ -252,6 +252,12 @@ class Trie:
         off = len(self.prefix)
         if len(item.inp) - len(item.targets) < off or item.inp[:off] != self.prefix:
             raise ValueError("an item whose scored positions are not all after the trie's prefix")
+        last = self.items[-1] if self.items else None
+        if last is not None and last[0].inp == item.inp and len(last[0].targets) >= len(item.targets):
+            # Same input as the previous request (MMLU's letters, BoolQ's yes/no): no walk.
+            nodes = last[1]
+            self.items.append((item, nodes[len(nodes) - len(item.targets) :]))
+            return
         node = -1
         path = []
         for depth in range(off, len(item.inp)):
