@@ -202,3 +202,15 @@ def test_model_mishandling_the_cached_prefix_is_refused(tiny: Path, monkeypatch)
     finally:
         monkeypatch.undo()
         hf_module._register_attention()  # later backends get the real attention again
+
+
+def test_batched_tokenisation_equals_encode_pair(plain: HFBackend) -> None:
+    """``prepare`` tokenises in batches with each distinct string once; the ids are encode_pair's."""
+    from cfbench.backends import tokenize
+
+    pairs = [(r.context, r.continuation) for r in few_shot_requests()]
+    pairs += [("", " the ball."), ("The quick brown fox ", "jumps over"), ("Answer:  ", "A"), ("x", "")]
+    pairs = pairs * 12  # more than one batch of _PAIRS_PER_BATCH
+    assert len(pairs) > tokenize._PAIRS_PER_BATCH
+    tok = plain.tokenizer
+    assert tokenize.encode_pairs(tok, pairs) == [tokenize.encode_pair(tok, c, k) for c, k in pairs]

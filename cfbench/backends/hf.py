@@ -2,7 +2,7 @@
 
 lm-eval's ``hf`` model forwards ``context + continuation`` once per request, so a 4-choice question
 pays for its context four times, and it computes vocabulary logits and a log-softmax at every
-position. This backend scores the same requests with the same token ids (``encode_pair``) and the
+position. This backend scores the same requests with the same token ids (``encode_pair``, batched) and the
 same left truncation, but forwards every distinct token prefix once:
 
 * The inputs of the requests in one forward are merged into a token trie: requests sharing a
@@ -52,7 +52,7 @@ from cfbench.backends.base import (
     RollingRequest,
     RollingResult,
 )
-from cfbench.backends.tokenize import encode_pair
+from cfbench.backends.tokenize import encode_pairs
 from cfbench.errors import CfbenchError
 
 log = logging.getLogger(__name__)
@@ -490,8 +490,8 @@ class HFBackend:
         """Tokenise like lm-eval and apply its left truncation to ``max_length``."""
         items = []
         limit = self.max_length
-        for i, req in enumerate(requests):
-            ctx, cont = encode_pair(self.tokenizer, req.context, req.continuation)
+        pairs = encode_pairs(self.tokenizer, [(req.context, req.continuation) for req in requests])
+        for i, (ctx, cont) in enumerate(pairs):
             if len(cont) > limit:
                 raise CfbenchError(
                     f"a continuation of {len(cont)} tokens exceeds max_length={limit}: "
