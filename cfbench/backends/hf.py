@@ -2,8 +2,8 @@
 
 lm-eval's ``hf`` model forwards ``context + continuation`` once per request, so a 4-choice question
 pays for its context four times, and it computes vocabulary logits and a log-softmax at every
-position. This backend scores the same requests with the same token ids (``encode_pair``, batched) and the
-same left truncation, but forwards every distinct token prefix once:
+position. This backend scores the same requests with the same token ids (``encode_pair``, batched) and
+the same left truncation, but forwards every distinct token prefix once:
 
 * The inputs of the requests in one forward are merged into a token trie: requests sharing a
   context, a few-shot prompt or a task header share its nodes. The trie is flattened into a single
@@ -18,6 +18,12 @@ same left truncation, but forwards every distinct token prefix once:
   norms, MLPs, any architecture's head logic) is the model's own code.
 * The LM head runs only at the nodes whose next-token distribution is scored (``logits_to_keep``
   with an index tensor), and log-softmax runs only there, in float32.
+* Across forwards, a shared prefix too big to share within one (a task's or an MMLU subject's
+  few-shot prompt when its questions need several forwards) is forwarded once and its keys/values
+  are kept: :meth:`HFBackend.plan` walks one trie of all inputs of a call depth-first and gives each
+  forward the cached prefix it continues (``Trie.prefix``) and what it adds to the cache
+  (``Trie.capture``). The cache holds token ids, so prompts share exactly their common token
+  prefix, and it is dropped at the end of each call. See docs/scoring.md.
 
 The scoring path is an option, ``scoring_path="tree"`` (default) or ``"plain"`` (one ordinary
 causal forward per distinct input), so it is known before the model loads and is part of the
