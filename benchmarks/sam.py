@@ -20,8 +20,16 @@ How it is measured, and why:
   weights), printed next to the measurement.
 * Each worker does ``--warmup-steps`` untimed steps first (optimizer state, SAM buffer and
   allocator pages are created there), then ``--steps`` timed ones on the same batch.
+* Cheaper SAM variants (``--variants``, see :mod:`cfbench.train.sam`): ``sam-everyK`` (a SAM step
+  every K steps, plain AdamW in between), ``sam-only-norm`` (SAM-ON), ``sam-bf16`` (ε kept in bf16
+  instead of a float32 weight copy). Each is timed in its own process against AdamW, steps
+  alternating as above (the timed steps are rounded up to whole K-cycles); its time ratio is the
+  ratio of *mean* step times (a K-cycle has one two-pass step and K-1 one-pass steps, so medians
+  would hide the SAM step). Memory: one fresh process per variant, like AdamW and SAM.
 
-    python benchmarks/sam.py --repeats 3 --json results/sam_bench.json
+    python benchmarks/sam.py --mem-repeats 1 --json results/sam_bench.json
+    python benchmarks/sam.py --variants sam,sam-every3,sam-only-norm,sam-bf16 --steps 3 \
+        --json results/sam_variants_bench.json
 """
 
 from __future__ import annotations
@@ -58,6 +66,24 @@ def _reset_peak() -> bool:
     except OSError:
         return False
     return True
+
+
+def variant(name: str) -> tuple[str, dict[str, Any]]:
+    """``(optimizer, Trainer keyword arguments)`` of a method name: adamw, sam, sam-everyK, sam-only-norm, sam-bf16."""
+    if name in ("adamw", "sam"):
+        return name, {}
+    if name == "sam-only-norm":
+        return "sam", {"sam_only_norm": True}
+    if name in ("sam-bf16", "sam-fp16"):
+        return "sam", {"sam_backup_dtype": name.split("-")[1]}
+    match = re.fullmatch(r"sam-every(\d+)", name)
+    if match and int(match.group(1)) >= 1:
+        return "sam", {"sam_every": int(match.group(1))}
+    raise SystemExit(f"error: unknown method {name!r}: use adamw, sam, sam-everyK, sam-only-norm, sam-bf16, sam-fp16")
+
+
+def _cycle(name: str) -> int:
+    return int(variant(name)[1].get("sam_every", 1))
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]], int, dict[str, int]]:
@@ -132,17 +158,47 @@ def time_worker(args: argparse.Namespace) -> dict[str, Any]:
     return {**out, **sizes}
 
 
+def variant_time_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """AdamW and one variant (``args.method``) in one process, steps alternating A V / V A."""
+    import copy
+
+    from cfbench.train.finetune import Trainer
+
+    model, batches, n_target, sizes = _setup(args)
+    optimizer, kwargs = variant(args.method)
+    trainers = {
+        "adamw": Trainer(model, "adamw", lr=args.lr, bf16=args.bf16),
+        args.method: Trainer(copy.deepcopy(model), optimizer, lr=args.lr, rho=args.rho, bf16=args.bf16, **kwargs),
+    }
+    k = _cycle(args.method)
+    warm = -(-args.warmup_steps // k) * k  # whole cycles: the timed steps start at a SAM step
+    for trainer in trainers.values():
+        for _ in range(warm):
+            trainer.step(batches, n_target)
+    out: dict[str, Any] = {m: {"wall_s": [], "cpu_s": []} for m in trainers}
+    steps = -(-args.steps // k) * k
+    for i in range(steps):
+        for method in ("adamw", args.method) if i % 2 == 0 else (args.method, "adamw"):
+            w0, c0 = time.perf_counter(), time.process_time()
+            trainers[method].step(batches, n_target)
+            out[method]["wall_s"].append(time.perf_counter() - w0)
+            out[method]["cpu_s"].append(time.process_time() - c0)
+    return {**out, **sizes}
+
+
 def mem_worker(args: argparse.Namespace) -> dict[str, Any]:
     """One method in a fresh process: peak RSS over warm-up + ``args.steps`` steps."""
     from cfbench.train.finetune import Trainer
 
     model, batches, n_target, sizes = _setup(args)
-    trainer = Trainer(model, args.method, lr=args.lr, rho=args.rho, bf16=args.bf16)
+    optimizer, kwargs = variant(args.method)
+    trainer = Trainer(model, optimizer, lr=args.lr, rho=args.rho, bf16=args.bf16, **kwargs)
     param_bytes = sum(p.numel() * p.element_size() for p in trainer.params)
     gc.collect()
     baseline_kb = _status_kb("VmRSS")
     reset_ok = _reset_peak()
-    for _ in range(args.warmup_steps + args.steps):
+    k = _cycle(args.method)
+    for _ in range(max(args.warmup_steps + args.steps, k + 1)):  # at least one SAM step after a plain one
         trainer.step(batches, n_target)
     return {
         "method": args.method,
@@ -155,8 +211,10 @@ def mem_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _spawn(kind: str, model_path: str, args: argparse.Namespace, steps: int) -> dict[str, Any]:
+    worker = ["--worker", "variant-time", "--method", kind.removeprefix("time:")] if kind.startswith("time:") else [
+        "--worker", kind]  # fmt: skip
     cmd = [
-        sys.executable, __file__, "--worker", kind, "--model-path", model_path, "--data", args.data,
+        sys.executable, __file__, *worker, "--model-path", model_path, "--data", args.data,
         "--batch-size", str(args.batch_size), "--micro-batch", str(args.micro_batch),
         "--max-length", str(args.max_length), "--steps", str(steps), "--warmup-steps", str(args.warmup_steps),
         "--rho", str(args.rho), "--lr", str(args.lr), "--threads", str(args.threads or 0),
@@ -197,6 +255,72 @@ def _report_memory_only(args: argparse.Namespace, mem: dict[str, list[dict[str, 
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _run_variants(args: argparse.Namespace, names: list[str]) -> None:
+    """Each variant vs AdamW: time (own process, alternating steps) and peak memory (fresh processes)."""
+    from cfbench.models.checkpoint import resolve_checkpoint
+
+    model_path = str(resolve_checkpoint(args.model).path)
+    t0 = time.time()
+    load = os.getloadavg()
+    methods = ["adamw", *[n for n in names if n != "adamw"]]
+    mem: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for r in range(args.mem_repeats):
+        for method in methods if r % 2 == 0 else methods[::-1]:
+            res = _spawn(method, model_path, args, steps=1)
+            mem[method].append(res)
+            print(f"[{time.time() - t0:6.0f}s] memory {method}: peak RSS {res['peak_rss_bytes'] / 2**30:.3f} GiB",
+                  flush=True)  # fmt: skip
+    timing: dict[str, dict[str, Any]] = {}
+    for name in methods[1:]:
+        timing[name] = _spawn(f"time:{name}", model_path, args, steps=args.steps)
+        print(f"[{time.time() - t0:6.0f}s] timing {name} done", flush=True)
+
+    def peak(method: str, above: bool) -> float:
+        return statistics.median(r["peak_rss_bytes"] - (r["baseline_rss_bytes"] if above else 0) for r in mem[method])
+
+    rows = {}
+    for name in methods[1:]:
+        t = timing[name]
+        mean = {m: {k: statistics.fmean(t[m][k]) for k in ("wall_s", "cpu_s")} for m in ("adamw", name)}
+        rows[name] = {
+            "timed_steps": len(t[name]["wall_s"]),
+            "adamw_mean_wall_s": mean["adamw"]["wall_s"],
+            "mean_wall_s": mean[name]["wall_s"],
+            "time_ratio_wall_mean": mean[name]["wall_s"] / mean["adamw"]["wall_s"],
+            "time_ratio_cpu_mean": mean[name]["cpu_s"] / mean["adamw"]["cpu_s"],
+            "peak_rss_ratio": peak(name, False) / peak("adamw", False),
+            "peak_above_model_ratio": peak(name, True) / peak("adamw", True),
+            "extra_peak_bytes": peak(name, False) - peak("adamw", False),
+        }
+    load_after = os.getloadavg()
+    first = mem["adamw"][0]
+    result = {
+        "model": args.model, "data": args.data, "batch_size": args.batch_size, "micro_batch": args.micro_batch,
+        "max_length": args.max_length, "tokens_per_step": first["tokens_per_step"], "threads": first["threads"],
+        "param_bytes": first["param_bytes"], "rho": args.rho, "bf16": args.bf16,
+        "loadavg_before": load, "loadavg_after": load_after, "variants": rows, "memory": mem, "timing": timing,
+        "wall_s": time.time() - t0,
+    }  # fmt: skip
+    gib = 2**30
+    print(
+        f"\nmodel {args.model}, {args.data}: batch {args.batch_size} (micro-batch {args.micro_batch}), "
+        f"{first['tokens_per_step']} tokens/step, {first['threads']} threads; load average "
+        f"{load[0]:.1f} before, {load_after[0]:.1f} after (1-min)"
+    )
+    print(f"{'method':16s}{'steps':>6s}{'wall/step':>10s}{'AdamW':>8s}{'time×':>7s}{'CPU×':>7s}"
+          f"{'peak RSS×':>10s}{'above model×':>13s}{'extra GiB':>10s}")  # fmt: skip
+    for name, row in rows.items():
+        print(
+            f"{name:16s}{row['timed_steps']:6d}{row['mean_wall_s']:10.2f}{row['adamw_mean_wall_s']:8.2f}"
+            f"{row['time_ratio_wall_mean']:7.3f}{row['time_ratio_cpu_mean']:7.3f}{row['peak_rss_ratio']:10.3f}"
+            f"{row['peak_above_model_ratio']:13.3f}{row['extra_peak_bytes'] / gib:10.3f}"
+        )
+    print(f"one float32 weight copy = {first['param_bytes'] / gib:.3f} GiB")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="Checkpoint spec (resolved by cfbench).")
@@ -213,15 +337,30 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     p.add_argument("--json", type=Path, default=None, help="Write the full results here.")
-    p.add_argument("--worker", choices=["time", "adamw", "sam"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--variants", default="",
+        help="Comma-separated cheaper-SAM variants to measure against AdamW instead of exact SAM "
+        "(sam-everyK, sam-only-norm, sam-bf16, sam-fp16; 'sam' adds exact SAM to the same table).",
+    )  # fmt: skip
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.worker == "time":
         print(json.dumps(time_worker(args)))
         return
+    if args.worker == "variant-time":
+        print(json.dumps(variant_time_worker(args)))
+        return
     if args.worker:
         print(json.dumps(mem_worker(argparse.Namespace(**{**vars(args), "method": args.worker}))))
+        return
+    if args.variants:
+        names = [v.strip() for v in args.variants.split(",") if v.strip()]
+        for name in names:
+            variant(name)  # unknown names fail before any process starts
+        _run_variants(args, names)
         return
 
     from cfbench.models.checkpoint import resolve_checkpoint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,12 @@ class OptimizerName(str, Enum):
 class SamName(str, Enum):
     sam = "sam"
     asam = "asam"
+
+
+class BackupDtype(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 Base = Annotated[str, typer.Argument(help="Base model: HF folder, .gguf, hub id or built-in name (smollm2-135m).")]
@@ -64,6 +71,16 @@ Results = Annotated[Path, typer.Option("--results", envvar="CFBENCH_RESULTS", he
 ActCkpt = Annotated[
     bool, typer.Option("--activation-checkpointing", help="Recompute decoder layers in backward (less memory).")
 ]
+SamEvery = Annotated[
+    int, typer.Option("--sam-every", help="SAM step on steps 0, K, 2K, ...; plain AdamW steps in between (1 = SAM).")
+]
+SamOnlyNorm = Annotated[
+    bool, typer.Option("--sam-only-norm", help="SAM-ON: perturb only normalisation-layer parameters.")
+]
+SamBackup = Annotated[
+    BackupDtype,
+    typer.Option("--sam-backup-dtype", help="SAM restore buffer: fp32 (exact copy) or ε in bf16/fp16 (half memory)."),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -98,6 +115,9 @@ def register(app: typer.Typer) -> None:
         activation_checkpointing: ActCkpt = False,
         heldout: Heldout = None,
         results: Results = Path("results"),
+        sam_every: SamEvery = 1,
+        sam_only_norm: SamOnlyNorm = False,
+        sam_backup_dtype: SamBackup = BackupDtype.fp32,
     ) -> None:
         """Fine-tune BASE on --data with AdamW, SAM or ASAM; writes an HF folder plus cfbench_manifest.json."""
         from cfbench.train.finetune import finetune
@@ -108,6 +128,7 @@ def register(app: typer.Typer) -> None:
             **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                       rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
             **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
+            **_sam(sam_every, sam_only_norm, sam_backup_dtype),
         )  # fmt: skip
         if not _main_rank():
             return
@@ -148,6 +169,9 @@ def register(app: typer.Typer) -> None:
         lora_targets: LoraTargets = None,
         activation_checkpointing: ActCkpt = False,
         heldout: Heldout = None,
+        sam_every: SamEvery = 1,
+        sam_only_norm: SamOnlyNorm = False,
+        sam_backup_dtype: SamBackup = BackupDtype.fp32,
         compare: Annotated[
             bool, typer.Option("--compare", help="Then run `cfbench compare` on base, w/o SAM and w/ SAM.")
         ] = False,
@@ -164,6 +188,7 @@ def register(app: typer.Typer) -> None:
             **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                       rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
             **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
+            **_sam(sam_every, sam_only_norm, sam_backup_dtype),
         )  # fmt: skip
         if not _main_rank():
             return
@@ -174,6 +199,11 @@ def register(app: typer.Typer) -> None:
                 f"{m['forward_backward_passes']} forward+backward passes, final loss {_fmt(run.final_loss)} "
                 f"-> {run.path}"
             )
+        cost = json.loads((result.path / "pair.json").read_text())["cost_ratio"]
+        typer.echo(
+            f"cost w/ SAM / w/o SAM: {_fmt(cost['forward_backward_passes'], 3)} forward+backward passes, "
+            f"{_fmt(cost['wall_time'], 3)} wall time (measured)"
+        )
         typer.echo(f"pair description -> {result.path / 'pair.json'}")
         _learned(results, [(r.label, r.path, r.manifest) for r in (result.wo_sam, result.w_sam)], device)
         if compare:
@@ -219,6 +249,10 @@ def _common(
     }  # fmt: skip
 
 
+def _sam(sam_every: int, sam_only_norm: bool, sam_backup_dtype: BackupDtype) -> dict[str, Any]:
+    return {"sam_every": sam_every, "sam_only_norm": sam_only_norm, "sam_backup_dtype": sam_backup_dtype.value}
+
+
 def _scale(
     lora_r: int | None, lora_alpha: float | None, lora_targets: str | None, activation_checkpointing: bool
 ) -> dict[str, Any]:
@@ -258,5 +292,5 @@ def _quiet(quiet: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"

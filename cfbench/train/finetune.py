@@ -55,7 +55,7 @@ from cfbench.train.data import (
     micro_batches,
     mix_rehearsal,
 )
-from cfbench.train.sam import SAM
+from cfbench.train.sam import BACKUP_DTYPES, SAM, norm_parameters
 
 OPTIMIZERS = ("adamw", "sam", "asam")
 LABELS = {"adamw": "w/o SAM", "sam": "w/ SAM", "asam": "w/ ASAM"}
@@ -182,6 +182,9 @@ class Trainer:
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         bf16: bool = False,
+        sam_every: int = 1,
+        sam_only_norm: bool = False,
+        sam_backup_dtype: str | None = None,
     ) -> None:
         self.model = model
         self.method = optimizer
@@ -198,7 +201,14 @@ class Trainer:
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, **adam)
             self.base_optimizer = self.optimizer
         elif optimizer in ("sam", "asam"):
-            self.optimizer = SAM(groups, torch.optim.AdamW, rho=rho, adaptive=optimizer == "asam", **adam)
+            try:
+                perturb = norm_parameters(model) if sam_only_norm else None
+            except ValueError as exc:
+                raise CfbenchError(f"--sam-only-norm: {exc}; drop --sam-only-norm for this model") from exc
+            self.optimizer = SAM(
+                groups, torch.optim.AdamW, rho=rho, adaptive=optimizer == "asam", every_k=sam_every, perturb=perturb,
+                backup_dtype=BACKUP_DTYPES[sam_backup_dtype] if sam_backup_dtype else None, **adam,
+            )  # fmt: skip
             self.base_optimizer = self.optimizer.base_optimizer
         else:
             raise CfbenchError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
@@ -227,7 +237,9 @@ class Trainer:
         if not math.isfinite(stats["loss"]):
             opt.zero_grad(set_to_none=True)
             raise NonFiniteError("loss", stats["loss"])
-        if isinstance(opt, SAM):
+        if isinstance(opt, SAM) and opt.ascent_due:
+            if opt.every_k > 1:
+                stats["ascent"] = 1.0
             opt.first_step(zero_grad=True)
             stats["grad_norm"] = float(opt.last_grad_norm)  # type: ignore[arg-type]
             try:
@@ -245,16 +257,22 @@ class Trainer:
                 raise
             opt.second_step(zero_grad=True)
         else:
+            if isinstance(opt, SAM):  # only reached with every_k > 1
+                stats["ascent"] = 0.0  # every_k: a plain AdamW step between SAM steps
             stats["grad_norm"] = float(_grad_norm(self.params))
             if not math.isfinite(stats["grad_norm"]):
                 opt.zero_grad(set_to_none=True)
                 raise NonFiniteError("gradient norm", stats["grad_norm"])
-            opt.step()
+            if isinstance(opt, SAM):
+                opt.plain_step()
+            else:
+                opt.step()
             opt.zero_grad(set_to_none=True)
         return stats
 
 
 SCHEDULES = ("cosine", "linear", "constant")
+SAM_BACKUP_DTYPES = ("fp32", "bf16", "fp16")
 
 
 def lr_factor(step: int, total: int, warmup_steps: int, schedule: str = "cosine") -> float:
@@ -284,7 +302,11 @@ def _validate(
     max_steps: int | None,
     lr_schedule: str,
     heldout: int | None = None,
+    sam_every: int = 1,
+    sam_only_norm: bool = False,
+    sam_backup_dtype: str | None = None,
 ) -> None:
+    sam_options = sam_every != 1 or sam_only_norm or sam_backup_dtype not in (None, "fp32")
     checks = [
         (optimizer in OPTIMIZERS, f"--optimizer {optimizer!r} is unknown: choose one of {', '.join(OPTIMIZERS)}"),
         (optimizer == "adamw" or rho > 0, f"--rho must be > 0 for {optimizer} (the paper uses 2.0), got {rho}"),
@@ -299,6 +321,15 @@ def _validate(
         (max_steps is None or max_steps >= 1, f"--max-steps must be >= 1, got {max_steps}"),
         (lr_schedule in SCHEDULES, f"--lr-schedule {lr_schedule!r} is unknown: choose one of {', '.join(SCHEDULES)}"),
         (heldout is None or heldout >= 0, f"--heldout must be >= 0 (0: no held-out split), got {heldout}"),
+        (sam_every >= 1, f"--sam-every must be >= 1 (1 = a SAM step every step), got {sam_every}"),
+        (
+            sam_backup_dtype is None or sam_backup_dtype in SAM_BACKUP_DTYPES,
+            f"--sam-backup-dtype {sam_backup_dtype!r} is unknown: choose one of {', '.join(SAM_BACKUP_DTYPES)}",
+        ),
+        (
+            optimizer != "adamw" or not sam_options,
+            "--sam-every/--sam-only-norm/--sam-backup-dtype need --optimizer sam or asam",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -376,6 +407,9 @@ def finetune(
     lora_targets: str | Sequence[str] | None = None,
     activation_checkpointing: bool = False,
     heldout: int | None = None,
+    sam_every: int = 1,
+    sam_only_norm: bool = False,
+    sam_backup_dtype: str = "fp32",
 ) -> FinetuneResult:
     """Fine-tune ``base`` on ``data`` and write an HF checkpoint folder with a manifest to ``out``.
 
@@ -391,6 +425,10 @@ def finetune(
     ``heldout``: documents of ``data`` held out of training for the in-domain gain
     (:mod:`cfbench.train.indomain`; None: min(64, 10% of the distinct examples), 0: none); the
     split is recorded in the manifest under ``heldout``.
+    Cheaper SAM (:mod:`cfbench.train.sam`; defaults are exact SAM): ``sam_every`` k = a SAM step on
+    steps 0, k, 2k, ... and plain AdamW steps in between; ``sam_only_norm`` = perturb only the
+    normalisation parameters (SAM-ON); ``sam_backup_dtype`` bf16/fp16 = keep ε in that dtype instead
+    of a float32 copy of the weights (half the buffer, restore within ~1 float32 ulp).
     """
     from cfbench.models.checkpoint import resolve_checkpoint
     from cfbench.train.indomain import split_data
@@ -409,6 +447,9 @@ def finetune(
         max_steps,
         lr_schedule,
         heldout,
+        sam_every,
+        sam_only_norm,
+        sam_backup_dtype,
     )
     out = Path(out)
     t_start = time.time()
@@ -441,6 +482,13 @@ def finetune(
         hyper["lora"] = lora
     if split is not None:  # likewise: a run without a held-out split trains on what it always did
         hyper["heldout"] = split.n
+    # Likewise only when set: exact SAM's fingerprint (and its reuse of finished runs) is unchanged.
+    if sam_every != 1:
+        hyper["sam_every"] = sam_every
+    if sam_only_norm:
+        hyper["sam_only_norm"] = True
+    if sam_backup_dtype != "fp32":
+        hyper["sam_backup_dtype"] = sam_backup_dtype
     fingerprint = _fingerprint(hyper, resolved.content_hash, task_data, reh_data)
     if out.is_dir() and (done := _existing(out, fingerprint)) is not None and not overwrite:
         return FinetuneResult(out, done)
@@ -474,6 +522,11 @@ def finetune(
     from cfbench.train import distributed
 
     ctx = distributed.context_from_env(device)
+    sam_options: dict[str, Any] = {
+        "sam_every": sam_every,
+        "sam_only_norm": sam_only_norm,
+        "sam_backup_dtype": None if sam_backup_dtype == "fp32" else sam_backup_dtype,
+    }
     if ctx is not None and lora is not None:
         raise CfbenchError("--lora-r under torchrun is not supported: run LoRA in one process or drop --lora-r")
     dev = ctx.device if ctx else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -486,12 +539,14 @@ def finetune(
     if ctx is not None:
         model = distributed.shard_model(model, ctx, bf16=bf16, activation_checkpointing=activation_checkpointing)
         # FSDP's MixedPrecisionPolicy already computes in bf16: no autocast on top.
-        trainer = distributed.make_trainer(model, optimizer, lr=lr, rho=rho, weight_decay=weight_decay, bf16=False)
+        trainer = distributed.make_trainer(
+            model, optimizer, lr=lr, rho=rho, weight_decay=weight_decay, bf16=False, **sam_options
+        )
     else:
         if activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = model.to(dev)
-        trainer = Trainer(model, optimizer, lr=lr, rho=rho, weight_decay=weight_decay, bf16=bf16)
+        trainer = Trainer(model, optimizer, lr=lr, rho=rho, weight_decay=weight_decay, bf16=bf16, **sam_options)
     model.train()
 
     def make_batches(batch: list[Encoded]) -> list[dict[str, torch.Tensor]]:
@@ -553,10 +608,11 @@ def finetune(
         "steps_per_epoch": steps_per_epoch,
         "planned_steps": planned,
         "warmup_steps": warmup_steps,
-        "forward_backward_per_step": 2 if optimizer != "adamw" else 1,
+        "forward_backward_per_step": 2 if optimizer != "adamw" else 1,  # with --sam-every: of a SAM step
         "loss_curve_fields": {
             "loss": "mean target-token loss of the global batch before the update",
-            "loss_perturbed": "the same at the SAM-perturbed weights (sam/asam)",
+            "loss_perturbed": "the same at the SAM-perturbed weights (sam/asam, SAM steps only)",
+            "ascent": "1 for a SAM step (two passes), 0 for a plain AdamW step between them (--sam-every)",
             "grad_norm": "‖|w|·g‖ (the norm ASAM scales by)" if optimizer == "asam" else "‖g‖ of the global batch",
             "lr": "learning rate used for the update",
             "tokens": "target tokens in the global batch",
@@ -602,7 +658,11 @@ def finetune(
                 break
 
     manifest["steps"] = step
-    manifest["forward_backward_passes"] = step * manifest["forward_backward_per_step"]
+    if optimizer == "adamw":
+        manifest["forward_backward_passes"] = step
+    else:  # counted, not assumed: with --sam-every only the SAM steps take two passes
+        manifest["sam_steps"] = sum(1 for c in curve if c.get("ascent", 1.0))
+        manifest["forward_backward_passes"] = step + manifest["sam_steps"]
     manifest["final_loss"] = curve[-1]["loss"] if curve else None
     manifest["wall_time_s"] = round(time.time() - t_start, 3)
     manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
@@ -639,6 +699,16 @@ def finetune(
     return FinetuneResult(out, manifest)
 
 
+def cost_ratio(adamw: dict[str, Any], sam: dict[str, Any]) -> dict[str, float | None]:
+    """SAM run / AdamW run: forward+backward passes (counted) and wall time (measured, machine-dependent)."""
+    passes = adamw.get("forward_backward_passes") or 0
+    wall = adamw.get("wall_time_s") or 0.0
+    return {
+        "forward_backward_passes": sam["forward_backward_passes"] / passes if passes else None,
+        "wall_time": round(sam["wall_time_s"] / wall, 4) if wall else None,
+    }
+
+
 def _save(model: torch.nn.Module, tokenizer: Any, out: Path, manifest: dict[str, Any]) -> None:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
@@ -655,6 +725,9 @@ def pair(
     epochs: int = 1,
     max_steps: int | None = None,
     overwrite: bool = False,
+    sam_every: int = 1,
+    sam_only_norm: bool = False,
+    sam_backup_dtype: str = "fp32",
     **kwargs: Any,
 ) -> PairResult:
     """The paper's compute-matched pair: ``out/wo_sam`` (AdamW, 2×epochs) and ``out/w_sam`` (SAM, epochs).
@@ -663,6 +736,11 @@ def pair(
     both runs do the same number of passes. ``max_steps`` caps the SAM run (AdamW gets twice as
     many). Completed identical runs are reused, so an interrupted pair resumes. ``pair.json`` is
     written last and describes both runs; :attr:`PairResult.runs` gives ``(label, path)`` pairs.
+
+    The cheaper-SAM options apply to the SAM run only. AdamW still gets 2× the epochs, as in the
+    paper, even when ``sam_every`` > 1 makes the SAM run cost fewer passes (steps·(1 + 1/k)): the
+    pair then compares the variant against the paper's AdamW baseline, *not* at equal compute.
+    ``pair.json`` records the measured cost ratio (passes and wall time, SAM run / AdamW run).
     """
     if sam_optimizer not in ("sam", "asam"):
         raise CfbenchError(f"--sam-optimizer must be sam or asam, got {sam_optimizer!r}")
@@ -689,12 +767,21 @@ def pair(
         epochs=epochs,
         max_steps=max_steps,
         overwrite=overwrite,
+        sam_every=sam_every,
+        sam_only_norm=sam_only_norm,
+        sam_backup_dtype=sam_backup_dtype,
         **kwargs,
     )
     description = {
         "cfbench_pair": 1,
         "paper": "Li et al. 2024, Revisiting Catastrophic Forgetting in LLM Tuning (arXiv 2406.04836)",
-        "compute_matched": "AdamW runs twice the epochs of SAM; a SAM step is two forward+backward passes",
+        "compute_matched": "AdamW runs twice the epochs of SAM; a SAM step is two forward+backward passes"
+        + (
+            ""
+            if sam_every == 1
+            else f" (with sam_every={sam_every} only every {sam_every}th step is: the SAM run costs less)"
+        ),
+        "cost_ratio": cost_ratio(wo.manifest, w.manifest),
         "base": wo.manifest["base"],
         "data": wo.manifest["data"],
         "runs": [
@@ -705,6 +792,7 @@ def pair(
                 "epochs": r.manifest["hyperparameters"]["epochs"],
                 "steps": r.steps,
                 "forward_backward_passes": r.manifest["forward_backward_passes"],
+                "sam_steps": r.manifest.get("sam_steps"),
                 "final_loss": r.final_loss,
                 "wall_time_s": r.manifest["wall_time_s"],
                 "request_fingerprint": r.manifest["request_fingerprint"],
@@ -714,7 +802,7 @@ def pair(
         "shared_hyperparameters": {
             k: v
             for k, v in w.manifest["hyperparameters"].items()
-            if k not in ("optimizer", "rho", "epochs", "max_steps")
+            if k not in ("optimizer", "rho", "epochs", "max_steps", "sam_every", "sam_only_norm", "sam_backup_dtype")
         },
         "environment": environment(),
     }

@@ -30,6 +30,35 @@ allocated: ``ε`` is never materialised, the perturbation is one fused in-place
 ``w += s·g`` (ASAM: ``g ← w·g`` in place, then ``w += s·g·w``). Per step SAM adds about eight
 weight-sized memory passes (norm, copy, perturb, restore), roughly one fused AdamW step, and one
 host synchronisation (the norm as a Python scalar).
+
+Cheaper variants (all off by default; with them off the code path is exact SAM as above):
+
+* ``every_k`` (SAM every k steps, the "SAM-k" baseline of Liu et al. 2022, *Towards Efficient and
+  Scalable Sharpness-Aware Minimization*): optimizer steps 0, k, 2k, ... are SAM steps (two passes);
+  the others are plain base-optimizer steps on the gradient at ``w`` (one pass). This is *not*
+  LookSAM proper, which on the in-between steps adds back the component of the last SAM gradient
+  orthogonal to ``g`` (scaled by α‖g‖/‖g_v‖): that needs a persistent weight-sized ``g_v`` buffer
+  and a second hyper-parameter α, i.e. it keeps SAM's memory cost and only saves time. SAM-k saves
+  the same passes without either. ``every_k=1`` is exact SAM, bit for bit.
+* ``perturb`` (SAM-ON, Mueller et al. 2023, *Normalization Layers Are All That Sharpness-Aware
+  Minimization Needs*): only these parameters (normally the normalisation gains/biases, see
+  :func:`norm_parameters`) are moved to ``w + ε``; ``ε = ρ·g_N/‖g_N‖`` with the norm over *their*
+  gradients only, so ρ is the radius in that subspace. All parameters still get the base update
+  with the gradient at the perturbed point. Only the subset gets a restore buffer. Sharded: the
+  subset's squared norm is all-reduced exactly like the full one (a rank whose shard holds no norm
+  parameter contributes zero).
+* ``backup_dtype`` (``torch.bfloat16``/``torch.float16``): the buffer holds ``ε`` rounded to that
+  dtype instead of a float32 copy of ``w`` (half the bytes). The weights move by exactly that
+  rounded ``ε'`` and are restored by subtracting it: ``fl(fl(w + ε') − ε')``, whose error per
+  element is at most ``u·(2|w| + |ε'|)·(1 + u)`` with ``u = 2⁻²⁴`` (float32 weights), about one
+  float32 ulp of ``w``, the size of one rounding of the base optimizer's own update. ``ε'`` differs
+  from ``ε`` by ≤ 2⁻⁸ relative per element in bfloat16 (radius off by < 0.4 %); float16 rounds to
+  2⁻¹¹ for normal numbers but flushes elements below 3·10⁻⁸ to zero and keeps few bits below
+  6·10⁻⁵, while per-element ε is ~ρ/√n (10⁻⁵ at 7B), so prefer bfloat16. A bfloat16 copy
+  of *w* was not used: restoring from it rounds every weight to bfloat16 every step, which erases
+  AdamW updates smaller than half a bfloat16 ulp (lr 5e-6 against ulp ≈ 1e-4 at |w| ≈ 0.02):
+  training would stall. With ``backup_dtype`` the gradients hold ``ε`` after :meth:`SAM.first_step`
+  (overwritten in place, as ASAM already does, to avoid a weight-sized temporary).
 """
 
 from __future__ import annotations
@@ -42,7 +71,48 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["SAM"]
+__all__ = ["BACKUP_DTYPES", "SAM", "norm_parameters"]
+
+BACKUP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+_NORM_TYPES: tuple[type[torch.nn.Module], ...] = tuple(
+    t
+    for t in (
+        torch.nn.LayerNorm,
+        getattr(torch.nn, "RMSNorm", None),
+        torch.nn.GroupNorm,
+        torch.nn.modules.batchnorm._BatchNorm,
+        torch.nn.modules.instancenorm._InstanceNorm,
+        torch.nn.LocalResponseNorm,
+    )
+    if t is not None
+)
+_NORM_NAME_PARTS = ("norm", "ln_", "ln1", "ln2", "ln_f", "layernorm", "rmsnorm")
+
+
+def norm_parameters(model: torch.nn.Module) -> list[Tensor]:
+    """The normalisation-layer parameters of ``model`` (SAM-ON's perturbed set), trainable only.
+
+    By module type first: torch's norm layers, and any module whose class name ends in ``Norm``
+    (``LlamaRMSNorm``, ``Qwen2RMSNorm``, FSDP2's ``FSDPLlamaRMSNorm``: model code defines its own
+    classes). Then, as a fallback for norm layers that are plain ``Parameter``s or oddly named
+    classes, parameters whose dotted name has a part containing ``norm`` or starting with ``ln``
+    (GPT-2's ``ln_1``/``ln_f``). Raises ``ValueError`` when nothing matches: SAM-ON would then be
+    plain AdamW with extra passes.
+    """
+    found: dict[int, Tensor] = {}
+    for module in model.modules():
+        if isinstance(module, _NORM_TYPES) or type(module).__name__.lower().endswith("norm"):
+            for p in module.parameters(recurse=False):
+                if p.requires_grad:
+                    found[id(p)] = p
+    for name, p in model.named_parameters():
+        parts = name.lower().split(".")[:-1]
+        if p.requires_grad and any(any(k in part for k in _NORM_NAME_PARTS) for part in parts):
+            found.setdefault(id(p), p)
+    if not found:
+        raise ValueError("no normalisation-layer parameters found (by module type or by name) for only_norm")
+    return list(found.values())
 
 
 def _local(t: Tensor) -> Tensor:
@@ -82,10 +152,17 @@ class SAM(Optimizer):
         eps: float = 1e-12,
         sharded: bool | None = None,
         process_group: Any = None,
+        every_k: int = 1,
+        perturb: Iterable[Tensor] | None = None,
+        backup_dtype: torch.dtype | None = None,
         **base_kwargs: Any,
     ) -> None:
         if not rho >= 0.0:
             raise ValueError(f"SAM rho must be >= 0, got {rho}")
+        if not (isinstance(every_k, int) and every_k >= 1):
+            raise ValueError(f"SAM every_k must be an integer >= 1, got {every_k!r}")
+        if backup_dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"SAM backup_dtype must be None, float32, bfloat16 or float16, got {backup_dtype}")
         if isinstance(base_optimizer, Optimizer):
             if base_kwargs:
                 raise TypeError(f"base optimizer keyword arguments {sorted(base_kwargs)} need a class, not an instance")
@@ -111,8 +188,26 @@ class SAM(Optimizer):
         all_params = [p for g in self.param_groups for p in g["params"]]
         self.sharded = _looks_sharded(all_params) if sharded is None else sharded
         self.process_group = process_group
+        self.every_k = every_k
+        # float32 (or None) = the exact copy of w; a lower dtype = ε stored and subtracted back.
+        self.backup_dtype = None if backup_dtype == torch.float32 else backup_dtype
+        self._perturb_ids: set[int] | None = None
+        if perturb is not None:
+            self._perturb_ids = {id(p) for p in perturb}
+            owned = {id(p) for p in all_params}
+            if not self._perturb_ids:
+                raise ValueError("perturb is empty: SAM would never move the weights")
+            if not self._perturb_ids <= owned:
+                raise ValueError("perturb holds tensors that are not parameters of this optimizer")
         self._perturbed: list[tuple[list[Tensor], list[Tensor]]] | None = None
         self.last_grad_norm: Tensor | None = None
+        # Optimizer steps taken (SAM or plain): with every_k, steps 0, k, 2k, ... are SAM steps.
+        self.steps_done = 0
+
+    @property
+    def ascent_due(self) -> bool:
+        """Whether the next optimizer step is a SAM step (always, unless ``every_k`` > 1)."""
+        return self.steps_done % self.every_k == 0
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the base optimizer (and so to this one), with SAM's defaults filled in."""
@@ -153,8 +248,9 @@ class SAM(Optimizer):
         if self._perturbed is not None:
             raise RuntimeError("SAM.first_step called twice: call second_step (or restore) in between")
         per_group: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor]]] = []
+        only = self._perturb_ids
         for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
+            ps = [p for p in group["params"] if p.grad is not None and (only is None or id(p) in only)]
             per_group.append((group, ps, [_local(p) for p in ps], [_local(p.grad) for p in ps]))
         # ASAM: the norm is over |w|·g; ‖w·g‖ = ‖|w|·g‖, so g ← w·g in place (no temporary).
         for group, _, ws, gs in per_group:
@@ -172,6 +268,16 @@ class SAM(Optimizer):
                 continue
             scale = group["rho"] / max(norm_value, self.eps)  # eps only guards a zero gradient
             bufs = [self._buffer(p, w) for p, w in zip(ps, ws, strict=True)]
+            if self.backup_dtype is not None:
+                # ε in place in the gradients (no weight-sized temporary), rounded into the buffer,
+                # and the weights moved by that rounded ε' so that subtracting it restores them.
+                if group["adaptive"]:
+                    torch._foreach_mul_(gs, ws)  # (w·g)·w = |w|²·g
+                torch._foreach_mul_(gs, scale)
+                torch._foreach_copy_(bufs, gs)
+                torch._foreach_add_(ws, bufs)
+                perturbed.append((ws, bufs))
+                continue
             torch._foreach_copy_(bufs, ws)
             if group["adaptive"]:
                 torch._foreach_addcmul_(ws, gs, ws, value=scale)  # w + s·(w·g)·w = w + s·|w|²·g
@@ -183,11 +289,15 @@ class SAM(Optimizer):
             self.zero_grad(set_to_none=True)
 
     def _buffer(self, p: Tensor, w: Tensor) -> Tensor:
-        """The persistent weight-sized buffer of ``p`` (allocated once, reused every step)."""
+        """The persistent weight-sized buffer of ``p`` (allocated once, reused every step).
+
+        ``w_old`` (a copy of ``w``) by default; ``eps_low`` (``ε`` in ``backup_dtype``) otherwise.
+        """
         state = self.state[p]
-        buf = state.get("w_old")
-        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
-            buf = state["w_old"] = torch.empty_like(w)
+        key, dtype = ("w_old", w.dtype) if self.backup_dtype is None else ("eps_low", self.backup_dtype)
+        buf = state.get(key)
+        if buf is None or buf.shape != w.shape or buf.dtype != dtype or buf.device != w.device:
+            buf = state[key] = torch.empty_like(w, dtype=dtype)
         return buf
 
     @torch.no_grad()
@@ -196,7 +306,10 @@ class SAM(Optimizer):
         if self._perturbed is None:
             return
         for ws, bufs in self._perturbed:
-            torch._foreach_copy_(ws, bufs)
+            if self.backup_dtype is None:
+                torch._foreach_copy_(ws, bufs)  # exact
+            else:
+                torch._foreach_sub_(ws, bufs)  # fl(fl(w + ε') - ε'): within ~1 float32 ulp of w
         self._perturbed = None
 
     @torch.no_grad()
@@ -206,7 +319,19 @@ class SAM(Optimizer):
             raise RuntimeError("SAM.second_step called without first_step")
         self.restore()
         self.base_optimizer.step()
+        self.steps_done += 1
         self._opt_called = True  # an LR scheduler attached to SAM knows a step happened
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def plain_step(self, zero_grad: bool = False) -> None:
+        """A base-optimizer step on the gradient at ``w`` (no ascent): the in-between steps of ``every_k``."""
+        if self._perturbed is not None:
+            raise RuntimeError("SAM.plain_step called between first_step and second_step")
+        self.base_optimizer.step()
+        self.steps_done += 1
+        self._opt_called = True
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
@@ -220,6 +345,9 @@ class SAM(Optimizer):
             raise ValueError("SAM.step needs a closure that runs forward+backward; or use first_step/second_step")
         closure = torch.enable_grad()(closure)
         loss = closure()
+        if not self.ascent_due:
+            self.plain_step()
+            return loss
         self.first_step(zero_grad=True)
         try:
             closure()
@@ -232,12 +360,18 @@ class SAM(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state; ``rho``/``adaptive`` travel in its (shared) param groups.
 
-        The weight buffers are scratch space between the two passes and are not saved.
+        The weight buffers are scratch space between the two passes and are not saved. With
+        ``every_k`` > 1 the step count is saved too (it decides which step is a SAM step).
         """
-        return self.base_optimizer.state_dict()
+        state = self.base_optimizer.state_dict()
+        if self.every_k > 1:
+            state["sam_steps_done"] = self.steps_done
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load into the base optimizer and re-share its (new) param-group list."""
+        state_dict = dict(state_dict)
+        self.steps_done = int(state_dict.pop("sam_steps_done", 0))
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         for group in self.param_groups:
