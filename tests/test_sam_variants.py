@@ -324,7 +324,8 @@ def test_pair_cli_passes_options_to_the_sam_run_and_prints_the_cost(tiny, data, 
     assert "w/ SAM: sam, 1 epoch(s), 4 steps, 6 forward+backward passes" in r.output
     assert "cost w/ SAM / w/o SAM: 0.750 forward+backward passes" in r.output
     desc = json.loads((tmp_path / "pr" / "pair.json").read_text())
-    assert desc["cost_ratio"]["forward_backward_passes"] == 0.75 and desc["cost_ratio"]["wall_time"] > 0
+    cost = desc["cost_ratio"]
+    assert (cost["forward_backward_passes"], cost["time_measured"]) == (0.75, "train_time_s") and cost["wall_time"] > 0
     wo = json.loads((tmp_path / "pr" / "wo_sam" / "cfbench_manifest.json").read_text())["hyperparameters"]
     w = json.loads((tmp_path / "pr" / "w_sam" / "cfbench_manifest.json").read_text())["hyperparameters"]
     assert "sam_every" not in wo and (w["sam_every"], w["sam_only_norm"], w["sam_backup_dtype"]) == (2, True, "bf16")

@@ -202,7 +202,7 @@ def register(app: typer.Typer) -> None:
         cost = json.loads((result.path / "pair.json").read_text())["cost_ratio"]
         typer.echo(
             f"cost w/ SAM / w/o SAM: {_fmt(cost['forward_backward_passes'], 3)} forward+backward passes, "
-            f"{_fmt(cost['wall_time'], 3)} wall time (measured)"
+            f"{_fmt(cost['wall_time'], 3)} training time (measured)"
         )
         typer.echo(f"pair description -> {result.path / 'pair.json'}")
         _learned(results, [(r.label, r.path, r.manifest) for r in (result.wo_sam, result.w_sam)], device)

@@ -631,6 +631,7 @@ def finetune(
     diverged: str | None = None
     vocab = int(getattr(model.config, "vocab_size", None) or len(tokenizer))
     weight_limit = max(EXPLODED_FLOOR, EXPLODED_FACTOR * max_abs_weight(trainer.params))
+    t_loop = time.perf_counter()
     with _progress(progress and (ctx is None or ctx.is_main)) as bar:
         task_id = bar.add_task(f"{label} ({optimizer})", total=planned, loss="-")
         for epoch in range(epochs):
@@ -658,6 +659,8 @@ def finetune(
                 break
 
     manifest["steps"] = step
+    # The optimizer steps alone (no loading, hashing or saving): what a cost ratio between runs compares.
+    manifest["train_time_s"] = round(time.perf_counter() - t_loop, 3)
     if optimizer == "adamw":
         manifest["forward_backward_passes"] = step
     else:  # counted, not assumed: with --sam-every only the SAM steps take two passes
@@ -700,12 +703,18 @@ def finetune(
 
 
 def cost_ratio(adamw: dict[str, Any], sam: dict[str, Any]) -> dict[str, float | None]:
-    """SAM run / AdamW run: forward+backward passes (counted) and wall time (measured, machine-dependent)."""
+    """SAM run / AdamW run: forward+backward passes (counted) and time (measured, machine-dependent).
+
+    Time is that of the training loops (``train_time_s``); manifests written before it existed fall
+    back to the whole run's wall time, which also counts loading and saving.
+    """
     passes = adamw.get("forward_backward_passes") or 0
-    wall = adamw.get("wall_time_s") or 0.0
+    key = "train_time_s" if "train_time_s" in adamw and "train_time_s" in sam else "wall_time_s"
+    wall = adamw.get(key) or 0.0
     return {
         "forward_backward_passes": sam["forward_backward_passes"] / passes if passes else None,
-        "wall_time": round(sam["wall_time_s"] / wall, 4) if wall else None,
+        "wall_time": round(sam[key] / wall, 4) if wall else None,
+        "time_measured": key,
     }
 
 
