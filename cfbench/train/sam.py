@@ -33,11 +33,11 @@ host synchronisation (the norm as a Python scalar).
 
 Cheaper variants (all off by default; with them off the code path is exact SAM as above):
 
-* ``every_k`` (SAM every k steps, the "SAM-k" baseline of Liu et al. 2022, *Towards Efficient and
-  Scalable Sharpness-Aware Minimization*): optimizer steps 0, k, 2k, ... are SAM steps (two passes);
-  the others are plain base-optimizer steps on the gradient at ``w`` (one pass). This is *not*
-  LookSAM proper, which on the in-between steps adds back the component of the last SAM gradient
-  orthogonal to ``g`` (scaled by α‖g‖/‖g_v‖): that needs a persistent weight-sized ``g_v`` buffer
+* ``every_k`` (SAM every k steps, the naive schedule that LookSAM, Liu et al. 2022, *Towards
+  Efficient and Scalable Sharpness-Aware Minimization*, improves on): optimizer steps 0, k, 2k,
+  ... are SAM steps (two passes); the others are plain base-optimizer steps on the gradient at
+  ``w`` (one pass). This is *not* LookSAM proper, which on the in-between steps adds back the
+  component of the last SAM gradient orthogonal to ``g`` (scaled by α‖g‖/‖g_v‖): that needs a persistent weight-sized ``g_v`` buffer
   and a second hyper-parameter α, i.e. it keeps SAM's memory cost and only saves time. SAM-k saves
   the same passes without either. ``every_k=1`` is exact SAM, bit for bit.
 * ``perturb`` (SAM-ON, Mueller et al. 2023, *Normalization Layers Are All That Sharpness-Aware
@@ -96,8 +96,8 @@ def norm_parameters(model: torch.nn.Module) -> list[Tensor]:
     By module type first: torch's norm layers, and any module whose class name ends in ``Norm``
     (``LlamaRMSNorm``, ``Qwen2RMSNorm``, FSDP2's ``FSDPLlamaRMSNorm``: model code defines its own
     classes). Then, as a fallback for norm layers that are plain ``Parameter``s or oddly named
-    classes, parameters whose dotted name has a part containing ``norm`` or starting with ``ln``
-    (GPT-2's ``ln_1``/``ln_f``). Raises ``ValueError`` when nothing matches: SAM-ON would then be
+    classes, parameters whose dotted module path has a part containing ``norm``, ``ln_``, ``ln1`` or
+    ``ln2`` (GPT-2's ``ln_1``/``ln_f``). Raises ``ValueError`` when nothing matches: SAM-ON would then be
     plain AdamW with extra passes.
     """
     found: dict[int, Tensor] = {}
