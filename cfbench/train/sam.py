@@ -37,9 +37,9 @@ Cheaper variants (all off by default; with them off the code path is exact SAM a
   Efficient and Scalable Sharpness-Aware Minimization*, improves on): optimizer steps 0, k, 2k,
   ... are SAM steps (two passes); the others are plain base-optimizer steps on the gradient at
   ``w`` (one pass). This is *not* LookSAM proper, which on the in-between steps adds back the
-  component of the last SAM gradient orthogonal to ``g`` (scaled by α‖g‖/‖g_v‖): that needs a persistent weight-sized ``g_v`` buffer
-  and a second hyper-parameter α, i.e. it keeps SAM's memory cost and only saves time. SAM-k saves
-  the same passes without either. ``every_k=1`` is exact SAM, bit for bit.
+  component of the last SAM gradient orthogonal to ``g`` (scaled by α‖g‖/‖g_v‖): that needs a
+  persistent weight-sized ``g_v`` buffer and a second hyper-parameter α, i.e. it keeps SAM's memory
+  cost and only saves time. SAM-k saves the same passes without either. ``every_k=1`` is exact SAM, bit for bit.
 * ``perturb`` (SAM-ON, Mueller et al. 2023, *Normalization Layers Are All That Sharpness-Aware
   Minimization Needs*): only these parameters (normally the normalisation gains/biases, see
   :func:`norm_parameters`) are moved to ``w + ε``; ``ε = ρ·g_N/‖g_N‖`` with the norm over *their*
