@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from cfbench.errors import CfbenchError
 from cfbench.train.data import Example, load_data, mix_rehearsal, rehearsal_count
 from cfbench.train.finetune import finetune
-from cfbench.train.merge import merge, merge_state_dicts
+from cfbench.train.merge import merge, merge_state_dicts, merge_sweep, parse_alphas
 from cfbench.train.tiny import make_tiny_checkpoint
 
 merge_module = importlib.import_module("cfbench.train.merge")
@@ -170,3 +170,54 @@ def test_finetune_records_rehearsal(pair_of_models, tmp_path):
     assert m["rehearsal"]["n_mixed_in"] == 2 and m["rehearsal"]["format"] == "text"
     assert m["rehearsal"]["sha256"] == load_data(general).sha256
     assert m["train_set"]["n_examples"] == 10 and m["hyperparameters"]["rehearsal_ratio"] == 0.2
+
+
+def test_merge_sweep_one_checkpoint_per_alpha(pair_of_models, tmp_path):
+    base, tuned = pair_of_models
+    results = merge_sweep(base, tuned, "0.25,0.5,0.75", tmp_path / "sw")
+    assert [r.path for r in results] == [tmp_path / "sw" / f"alpha-{a}" for a in ("0.25", "0.5", "0.75")]
+    b, t = load_file(str(base / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    for alpha, r in zip((0.25, 0.5, 0.75), results, strict=True):
+        got = load_file(str(r.path / "model.safetensors"))
+        for k in t:
+            torch.testing.assert_close(
+                got[k].double(), (1 - alpha) * b[k].double() + alpha * t[k].double(), atol=1e-7, rtol=0
+            )
+        assert json.loads((r.path / "cfbench_manifest.json").read_text())["alpha"] == alpha
+    # One sweep equals separate single merges, byte for byte in the weights.
+    single = merge(base, tuned, 0.5, tmp_path / "one")
+    assert (single.path / "model.safetensors").read_bytes() == (results[1].path / "model.safetensors").read_bytes()
+    # Refused before anything is written: an existing alpha folder, bad or repeated values.
+    with pytest.raises(CfbenchError, match=r"alpha-0.5 already exists"):
+        merge_sweep(base, tuned, "0.1,0.5", tmp_path / "sw")
+    assert not (tmp_path / "sw" / "alpha-0.1").exists()
+    bad_alphas = [
+        ("0.2,1.5", r"in \[0, 1\].*got 1.5"),
+        ("0.2,0.2", "repeats a value"),
+        ("0.2,x", "not a number list"),
+        ("0.2,", "comma-separated list"),
+        ("nan", r"in \[0, 1\]"),
+    ]
+    for bad, msg in bad_alphas:
+        with pytest.raises(CfbenchError, match=msg):
+            merge_sweep(base, tuned, bad, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    assert parse_alphas(0.3) == [0.3] and parse_alphas([0.1, 0.9]) == [0.1, 0.9]
+    merge_sweep(base, tuned, "0.25,0.5,0.75", tmp_path / "sw", overwrite=True)
+
+
+def test_cli_merge_several_alphas(pair_of_models, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from cfbench.cli.train_cmds import register
+
+    app = typer.Typer()
+    register(app)
+    base, tuned = pair_of_models
+    r = CliRunner().invoke(app, ["merge", str(base), str(tuned), "--alpha", "0.5,1", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "Wise-FT α=0.5: " in r.output and str(tmp_path / "m" / "alpha-1") in r.output
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"alpha-0.5", "alpha-1"}
+    r = CliRunner().invoke(app, ["merge", str(base), str(tuned), "--alpha", "0.5", "--out", str(tmp_path / "single")])
+    assert r.exit_code == 0 and (tmp_path / "single" / "model.safetensors").is_file()

@@ -158,6 +158,14 @@ def register(app: typer.Typer) -> None:
         rehearsal: Rehearsal = None,
         rehearsal_ratio: RehearsalRatio = 0.2,
         seed: Seed = 0,
+        seeds: Annotated[
+            str | None,
+            typer.Option(
+                "--seeds",
+                help="Several seeds (0,1,2): one pair each in OUT/seed-<n>, then the seed spread (mean ± std) "
+                "and OUT/seeds.json.",
+            ),
+        ] = None,
         bf16: Bf16 = False,
         max_steps: MaxSteps = None,
         lr_schedule: LrSchedule = "cosine",
@@ -180,32 +188,57 @@ def register(app: typer.Typer) -> None:
         results: Results = Path("results"),
     ) -> None:
         """The paper's compute-matched pair: OUT/wo_sam (AdamW, 2x epochs) and OUT/w_sam (SAM, epochs)."""
-        from cfbench.train.finetune import pair
+        from cfbench.errors import CfbenchError
+        from cfbench.train.finetune import pair, pair_seeds, parse_seeds
 
         _quiet(quiet)
-        result = pair(
-            base, data, out, sam_optimizer=sam_optimizer.value, progress=not quiet, heldout=heldout,
+        seed_list = parse_seeds(seeds) if seeds is not None else None
+        if seed_list is not None and seed != 0:
+            raise CfbenchError(f"pass either --seed {seed} or --seeds {seeds}, not both")
+        kwargs = {
             **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                       rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
             **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
             **_sam(sam_every, sam_only_norm, sam_backup_dtype),
-        )  # fmt: skip
+            "heldout": heldout,
+        }  # fmt: skip
+        if seed_list is None:
+            done = [pair(base, data, out, sam_optimizer=sam_optimizer.value, progress=not quiet, **kwargs)]
+            seed_list = [seed]
+            summary = None
+        else:
+            del kwargs["seed"]
+            many = pair_seeds(
+                base, data, out, seed_list, sam_optimizer=sam_optimizer.value, progress=not quiet, **kwargs
+            )
+            done, summary = many.pairs, many.summary
         if not _main_rank():
             return
-        for run in (result.wo_sam, result.w_sam):
-            m = run.manifest
+        for s, result in zip(seed_list, done, strict=True):
+            for run in (result.wo_sam, result.w_sam):
+                m = run.manifest
+                typer.echo(
+                    f"{'' if summary is None else f'seed {s}: '}{run.label}: {m['method']}, "
+                    f"{m['hyperparameters']['epochs']} epoch(s), {m['steps']} steps, "
+                    f"{m['forward_backward_passes']} forward+backward passes, final loss {_fmt(run.final_loss)} "
+                    f"-> {run.path}"
+                )
+            cost = json.loads((result.path / "pair.json").read_text())["cost_ratio"]
             typer.echo(
-                f"{run.label}: {m['method']}, {m['hyperparameters']['epochs']} epoch(s), {m['steps']} steps, "
-                f"{m['forward_backward_passes']} forward+backward passes, final loss {_fmt(run.final_loss)} "
-                f"-> {run.path}"
+                f"{'' if summary is None else f'seed {s}: '}cost w/ SAM / w/o SAM: "
+                f"{_fmt(cost['forward_backward_passes'], 3)} forward+backward passes, "
+                f"{_fmt(cost['wall_time'], 3)} training time (measured)"
             )
-        cost = json.loads((result.path / "pair.json").read_text())["cost_ratio"]
-        typer.echo(
-            f"cost w/ SAM / w/o SAM: {_fmt(cost['forward_backward_passes'], 3)} forward+backward passes, "
-            f"{_fmt(cost['wall_time'], 3)} training time (measured)"
-        )
-        typer.echo(f"pair description -> {result.path / 'pair.json'}")
-        _learned(results, [(r.label, r.path, r.manifest) for r in (result.wo_sam, result.w_sam)], device)
+            typer.echo(f"pair description -> {result.path / 'pair.json'}")
+            _learned(results, [(r.label, r.path, r.manifest) for r in (result.wo_sam, result.w_sam)], device)
+        if summary is not None:
+            for which in ("wo_sam", "w_sam"):
+                r = summary["runs"][which]
+                typer.echo(
+                    f"{r['label']} over seeds {','.join(map(str, seed_list))}: final loss "
+                    f"{_pm(r['final_loss'])}, wall time {_pm(r['wall_time_s'], '.0f')} s (mean ± sample std)"
+                )
+            typer.echo(f"seed spread -> {out / 'seeds.json'}")
         if compare:
             import sys
 
@@ -213,10 +246,14 @@ def register(app: typer.Typer) -> None:
 
             from cfbench.compare import compare as run_compare
 
+            tuned, labels, pairs = [], [base], []
+            for s, result in zip(seed_list, done, strict=True):
+                tag = "" if summary is None else f" (seed {s})"
+                tuned += [f"ckpt:{result.wo_sam.path}", f"ckpt:{result.w_sam.path}"]
+                labels += [f"w/o SAM{tag}", f"w/ SAM{tag}"]
+                pairs.append((f"w/o SAM{tag}", f"w/ SAM{tag}"))
             res = run_compare(
-                f"ckpt:{base}", [f"ckpt:{result.wo_sam.path}", f"ckpt:{result.w_sam.path}"], suite=suite,
-                results=results,
-                labels=[base, "w/o SAM", "w/ SAM"], pairs=[("w/o SAM", "w/ SAM")],
+                f"ckpt:{base}", tuned, suite=suite, results=results, labels=labels, pairs=pairs,
                 eval_kwargs={"limit": limit, "progress": "auto"},
             )  # fmt: skip
             res.report.print(Console(width=None if sys.stdout.isatty() else 160))
@@ -225,15 +262,30 @@ def register(app: typer.Typer) -> None:
     def merge_cmd(
         base: Base,
         tuned: Annotated[str, typer.Argument(help="Fine-tuned checkpoint (same architecture as BASE).")],
-        alpha: Annotated[float, typer.Option("--alpha", help="Weight of TUNED: 0 = base, 1 = tuned.")],
+        alpha: Annotated[
+            str,
+            typer.Option(
+                "--alpha",
+                help="Weight of TUNED: 0 = base, 1 = tuned. Several (0.25,0.5,0.75): one checkpoint each, "
+                "in OUT/alpha-<α>.",
+            ),
+        ],
         out: Out,
         overwrite: Overwrite = False,
     ) -> None:
-        """Wise-FT: write (1-alpha)*BASE + alpha*TUNED as an HF folder with a manifest."""
-        from cfbench.train.merge import merge
+        """Wise-FT: write (1-alpha)*BASE + alpha*TUNED as an HF folder with a manifest (or one per alpha)."""
+        from cfbench.train.merge import merge, merge_sweep, parse_alphas
 
-        result = merge(base, tuned, alpha, out, overwrite=overwrite)
-        typer.echo(f"Wise-FT α={alpha:g}: {result.manifest['n_interpolated']} tensors interpolated -> {result.path}")
+        alphas = parse_alphas(alpha)
+        if len(alphas) == 1:
+            results = [merge(base, tuned, alphas[0], out, overwrite=overwrite)]
+        else:
+            results = merge_sweep(base, tuned, alphas, out, overwrite=overwrite)
+        for result in results:
+            typer.echo(
+                f"Wise-FT α={result.manifest['alpha']:g}: {result.manifest['n_interpolated']} tensors interpolated "
+                f"-> {result.path}"
+            )
 
 
 def _common(
@@ -294,3 +346,11 @@ def _quiet(quiet: bool) -> None:
 
 def _fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pm(stat: dict[str, Any], fmt: str = ".4f") -> str:
+    """``mean ± std`` of a seed-summary entry (std ``-`` when fewer than two seeds had a value)."""
+    if stat["mean"] is None:
+        return "-"
+    std = "-" if stat["std"] is None else format(stat["std"], fmt)
+    return f"{format(stat['mean'], fmt)} ± {std}"

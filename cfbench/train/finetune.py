@@ -817,3 +817,91 @@ def pair(
     }
     write_json(out / PAIR_FILE, description)
     return PairResult(out, wo, w)
+
+
+SEEDS_FILE = "seeds.json"
+
+
+def parse_seeds(text: str | Sequence[int]) -> list[int]:
+    """``"0,1,2"`` (or a list) → distinct non-negative seeds in the given order."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",")]
+        if any(not p.isdigit() for p in parts):
+            raise CfbenchError(f"--seeds {text!r}: give non-negative integers separated by commas, e.g. 0,1,2")
+        seeds = [int(p) for p in parts]
+    else:
+        seeds = [int(s) for s in text]
+        if any(s < 0 for s in seeds):
+            raise CfbenchError(f"--seeds {list(text)!r}: seeds must be non-negative integers")
+    if not seeds:
+        raise CfbenchError("--seeds needs at least one seed, e.g. 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise CfbenchError(f"--seeds {text!r} repeats a seed: a repeated seed is the same run, not more evidence")
+    return seeds
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n−1); std is None for fewer than two values, both for none."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
+@dataclass
+class SeedsResult:
+    """One compute-matched pair per seed (``out/seed-<n>``) and the spread across seeds."""
+
+    path: Path
+    seeds: list[int]
+    pairs: list[PairResult]
+    summary: dict[str, Any]
+
+
+def seed_summary(seeds: Sequence[int], pairs: Sequence[PairResult]) -> dict[str, Any]:
+    """Per-seed numbers ``pair`` reports and their mean ± sample std, per run (w/o SAM, w/ SAM)."""
+    runs: dict[str, Any] = {}
+    for which in ("wo_sam", "w_sam"):
+        rs = [getattr(p, which) for p in pairs]
+        per_seed = [
+            {
+                "seed": s,
+                "path": str(r.path),
+                "steps": r.steps,
+                "forward_backward_passes": r.manifest["forward_backward_passes"],
+                "final_loss": r.final_loss,
+                "wall_time_s": r.manifest["wall_time_s"],
+            }
+            for s, r in zip(seeds, rs, strict=True)
+        ]
+        stats = {}
+        for key in ("final_loss", "wall_time_s"):
+            m, sd = mean_std([row[key] for row in per_seed])
+            stats[key] = {"mean": m, "std": sd, "n": sum(1 for row in per_seed if row[key] is not None)}
+        runs[which] = {"label": rs[0].label, "per_seed": per_seed, **stats}
+    return {"cfbench_seeds": 1, "seeds": list(seeds), "std": "sample standard deviation (n-1)", "runs": runs}
+
+
+def pair_seeds(
+    base: str | Path, data: str | Path, out: str | Path, seeds: str | Sequence[int], **kwargs: Any
+) -> SeedsResult:
+    """:func:`pair` once per seed into ``out/seed-<n>``, then ``out/seeds.json`` with the seed spread.
+
+    The seed changes data order, rehearsal sampling and (where used) initialisation of adapters;
+    everything else is shared. Finished seeds are reused like any finished run, so an interrupted
+    sweep resumes; ``seeds.json`` is written last.
+    """
+    if "seed" in kwargs:
+        raise CfbenchError("pass the seeds as --seeds 0,1,2 (not --seed as well)")
+    values = parse_seeds(seeds)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CfbenchError(f"output {out} exists and is not a folder: choose another --out")
+    pairs = [pair(base, data, out / f"seed-{s}", seed=s, **kwargs) for s in values]
+    summary = seed_summary(values, pairs)
+    summary["environment"] = environment()
+    write_json(out / SEEDS_FILE, summary)
+    return SeedsResult(out, values, pairs, summary)

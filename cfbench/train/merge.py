@@ -15,6 +15,7 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,35 @@ def merge_state_dicts(
     return merged
 
 
+def parse_alphas(text: str | float | Sequence[float]) -> list[float]:
+    """``"0.25,0.5"`` (or one float, or a list) → validated alphas in the given order, no repeats."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",")]
+        if not parts or any(not p for p in parts):
+            raise CfbenchError(f"--alpha {text!r}: give one number or a comma-separated list such as 0.25,0.5,0.75")
+        try:
+            alphas = [float(p) for p in parts]
+        except ValueError:
+            raise CfbenchError(f"--alpha {text!r}: not a number list; use e.g. 0.5 or 0.25,0.5,0.75") from None
+    elif isinstance(text, (int, float)):
+        alphas = [float(text)]
+    else:
+        alphas = [float(a) for a in text]
+    if not alphas:
+        raise CfbenchError("--alpha needs at least one value in [0, 1]")
+    for a in alphas:
+        if not 0.0 <= a <= 1.0:  # also refuses NaN
+            raise CfbenchError(f"--alpha must be in [0, 1] (0 = base, 1 = tuned), got {a}")
+    if len(set(alphas)) != len(alphas):
+        raise CfbenchError(f"--alpha {text!r} repeats a value: each alpha gets one checkpoint, list it once")
+    return alphas
+
+
+def alpha_dirname(alpha: float) -> str:
+    """Folder name of one alpha in a sweep (``alpha-0.25``): stable, so reruns and scripts find it."""
+    return f"alpha-{alpha:g}"
+
+
 def merge(
     base: str | Path, tuned: str | Path, alpha: float, out: str | Path, *, overwrite: bool = False
 ) -> MergeResult:
@@ -97,14 +127,36 @@ def merge(
     ``alpha=0`` gives the base weights, ``alpha=1`` the tuned ones. ``base`` and ``tuned`` are anything
     :func:`cfbench.models.resolve_checkpoint` accepts.
     """
+    if not 0.0 <= alpha <= 1.0:
+        raise CfbenchError(f"--alpha must be in [0, 1] (0 = base, 1 = tuned), got {alpha}")
+    return _merge_many(base, tuned, [(float(alpha), Path(out))], overwrite)[0]
+
+
+def merge_sweep(
+    base: str | Path, tuned: str | Path, alphas: str | Sequence[float], out: str | Path, *, overwrite: bool = False
+) -> list[MergeResult]:
+    """A Wise-FT sweep: one merged checkpoint per alpha, at ``out/alpha-<α>`` (see :func:`alpha_dirname`).
+
+    The two checkpoints are read once. Every alpha and output folder is checked before anything is
+    written, and each folder is written atomically, so a refused sweep writes nothing and an
+    interrupted one leaves only complete checkpoints.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CfbenchError(f"output {out} exists and is not a folder: choose another --out")
+    values = parse_alphas(alphas)
+    return _merge_many(base, tuned, [(a, out / alpha_dirname(a)) for a in values], overwrite)
+
+
+def _merge_many(
+    base: str | Path, tuned: str | Path, targets: Sequence[tuple[float, Path]], overwrite: bool
+) -> list[MergeResult]:
     from safetensors.torch import save_file
 
     from cfbench.models.checkpoint import resolve_checkpoint
 
-    if not 0.0 <= alpha <= 1.0:
-        raise CfbenchError(f"--alpha must be in [0, 1] (0 = base, 1 = tuned), got {alpha}")
-    out = Path(out)
-    check_output_dir(out, overwrite)
+    for _, out in targets:
+        check_output_dir(out, overwrite)
     t0 = time.time()
     base_ck = resolve_checkpoint(str(base))
     tuned_ck = resolve_checkpoint(str(tuned))
@@ -130,41 +182,50 @@ def merge(
             f"base and tuned have different tokenizers (base {str(base_tok)[:8]}, tuned {str(tuned_tok)[:8]}): "
             "their vocabularies do not line up; merge a fine-tune with the base it was trained from"
         )
-    merged = merge_state_dicts(load_safetensors_folder(base_ck.path), load_safetensors_folder(tuned_ck.path), alpha)
-    manifest = {
-        "cfbench_manifest": 1,
-        "kind": "merge",
-        "method": "wise-ft",
-        "status": "completed",
-        "label": f"Wise-FT α={alpha:g}",
-        "alpha": alpha,
-        "formula": "(1 - alpha) * base + alpha * tuned over floating tensors; others copied from tuned",
-        "base": {
-            "spec": str(base),
-            "name": base_ck.name,
-            "path": str(base_ck.path),
-            "content_hash": base_ck.content_hash,
-        },
-        "tuned": {
-            "spec": str(tuned),
-            "name": tuned_ck.name,
-            "path": str(tuned_ck.path),
-            "content_hash": tuned_ck.content_hash,
-        },
-        "n_tensors": len(merged),
-        "n_interpolated": sum(1 for t in merged.values() if t.is_floating_point()),
-        "environment": environment(),
-    }
-    with atomic_dir(out) as tmp:
-        save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for f in sorted(tuned_ck.path.iterdir()):
-            skip = f.name.endswith(".safetensors") or f.name in (_WEIGHT_INDEX, MANIFEST) or f.name.startswith(".")
-            if f.is_file() and not skip:
-                shutil.copy2(f, tmp / f.name)
-        tuned_manifest = tuned_ck.path / MANIFEST
-        if tuned_manifest.is_file():
-            with contextlib.suppress(ValueError):
-                manifest["tuned_manifest"] = json.loads(tuned_manifest.read_text())
-        manifest["wall_time_s"] = round(time.time() - t0, 3)
-        write_json(tmp / MANIFEST, manifest)
-    return MergeResult(out, manifest)
+    base_sd, tuned_sd = load_safetensors_folder(base_ck.path), load_safetensors_folder(tuned_ck.path)
+    tuned_manifest: dict[str, Any] | None = None
+    if (tuned_ck.path / MANIFEST).is_file():
+        with contextlib.suppress(ValueError):
+            tuned_manifest = json.loads((tuned_ck.path / MANIFEST).read_text())
+    results = []
+    for alpha, out in targets:
+        t_alpha = time.time()
+        merged = merge_state_dicts(base_sd, tuned_sd, alpha)
+        manifest = {
+            "cfbench_manifest": 1,
+            "kind": "merge",
+            "method": "wise-ft",
+            "status": "completed",
+            "label": f"Wise-FT α={alpha:g}",
+            "alpha": alpha,
+            "formula": "(1 - alpha) * base + alpha * tuned over floating tensors; others copied from tuned",
+            "base": {
+                "spec": str(base),
+                "name": base_ck.name,
+                "path": str(base_ck.path),
+                "content_hash": base_ck.content_hash,
+            },
+            "tuned": {
+                "spec": str(tuned),
+                "name": tuned_ck.name,
+                "path": str(tuned_ck.path),
+                "content_hash": tuned_ck.content_hash,
+            },
+            "n_tensors": len(merged),
+            "n_interpolated": sum(1 for t in merged.values() if t.is_floating_point()),
+            "environment": environment(),
+        }
+        with atomic_dir(out) as tmp:
+            save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            for f in sorted(tuned_ck.path.iterdir()):
+                skip = f.name.endswith(".safetensors") or f.name in (_WEIGHT_INDEX, MANIFEST) or f.name.startswith(".")
+                if f.is_file() and not skip:
+                    shutil.copy2(f, tmp / f.name)
+            if tuned_manifest is not None:
+                manifest["tuned_manifest"] = tuned_manifest
+            # The first merge also paid for reading both checkpoints.
+            manifest["wall_time_s"] = round(time.time() - (t0 if not results else t_alpha), 3)
+            write_json(tmp / MANIFEST, manifest)
+        del merged
+        results.append(MergeResult(out, manifest))
+    return results
