@@ -1,14 +1,13 @@
 """``cfbench demo``: the whole product in one command on the built-in model and offline data.
 
-SmolLM2-135M-Instruct is fine-tuned on the narrow offline ``builtin:arithmetic`` set twice, compute-
-matched as in the paper (AdamW for 2× the steps vs SAM), then base, w/o SAM and w/ SAM are compared
-on the offline suite. Sized to finish within 15 minutes on a 2-core CPU; every number is real.
+A thin wrapper over :func:`cfbench.demo.run_demo`: SmolLM2-135M-Instruct fine-tuned compute-matched
+w/o and w/ SAM, the w/o SAM run Wise-FT-merged with the base, all compared on the offline suite,
+and the learning-vs-forgetting picture. Defaults are the measured sweep's choice (docs/demo.md).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -16,50 +15,58 @@ import typer
 from rich.console import Console
 
 from cfbench.cli.common import Results
+from cfbench.demo import DemoConfig
+
+_D = DemoConfig()
+
+
+_Data = Annotated[str, typer.Option("--data", help="Fine-tuning data: builtin:gsm8k, builtin:arithmetic or a file.")]
+_Steps = Annotated[int, typer.Option("--steps", help="SAM optimizer steps (AdamW gets 2x).")]
+_Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate (the paper used 5e-6 at 7B scale).")]
+_Batch = Annotated[int, typer.Option("--batch-size", help="Global batch (examples per step).")]
+_MaxLen = Annotated[int, typer.Option("--max-length", help="Truncate examples to this many tokens.")]
+_SamOpt = Annotated[str, typer.Option("--sam-optimizer", help="sam or asam for the w/ SAM run.")]
+_Rho = Annotated[float, typer.Option("--rho", help="SAM radius (docs/demo.md: plain SAM and ASAM use other scales).")]
+_Alpha = Annotated[str, typer.Option("--alpha", help="Wise-FT weight(s) of w/o SAM vs base, e.g. 0.5 or 0.25,0.5.")]
+_Limit = Annotated[int, typer.Option("--limit", help="Documents scored per task.")]
+_MmluLimit = Annotated[int, typer.Option("--mmlu-limit", help="Documents per MMLU subject (57).")]
 
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        out: Annotated[Path, typer.Option("--out", help="Where checkpoints, report.md and demo.png go.")] = Path(
-            "demo"
-        ),
+        out: Annotated[
+            Path, typer.Option("--out", help="Where checkpoints, report.md, demo.png and frontier.png go.")
+        ] = Path("demo"),
         results: Results = Path("results"),
-        steps: Annotated[int, typer.Option("--steps", help="SAM optimizer steps (AdamW gets 2x).")] = 8,
-        lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (the paper used 5e-6 at 7B scale).")] = 1e-4,
-        batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch (examples per step).")] = 8,
-        rho: Annotated[float, typer.Option("--rho", help="SAM radius (the paper's full fine-tuning value).")] = 2.0,
-        limit: Annotated[int, typer.Option("--limit", help="Documents scored per task.")] = 100,
-        mmlu_limit: Annotated[int, typer.Option("--mmlu-limit", help="Documents per MMLU subject (57).")] = 4,
-        seed: Annotated[int, typer.Option("--seed")] = 0,
+        data: _Data = _D.data,
+        steps: _Steps = _D.steps,
+        lr: _Lr = _D.lr,
+        batch_size: _Batch = _D.batch_size,
+        max_length: _MaxLen = _D.max_length,
+        sam_optimizer: _SamOpt = _D.sam_optimizer,
+        rho: _Rho = _D.rho,
+        alpha: _Alpha = ",".join(f"{a:g}" for a in _D.alphas),
+        limit: _Limit = _D.limit,
+        mmlu_limit: _MmluLimit = _D.mmlu_limit,
+        seed: Annotated[int, typer.Option("--seed")] = _D.seed,
     ) -> None:
-        """Fine-tune SmolLM2-135M w/o and w/ SAM on offline arithmetic data, then print the forgetting table."""
-        from cfbench.compare import compare
-        from cfbench.report import plot_report
-        from cfbench.train.finetune import pair
+        """Fine-tune SmolLM2-135M w/o and w/ SAM on offline data, merge, and print the forgetting table."""
+        from cfbench.demo import run_demo
+        from cfbench.train.merge import parse_alphas
 
+        cfg = DemoConfig(
+            data=data, steps=steps, lr=lr, batch_size=batch_size, max_length=max_length, sam_optimizer=sam_optimizer,
+            rho=rho, alphas=tuple(parse_alphas(alpha)), limit=limit, mmlu_limit=mmlu_limit, seed=seed,
+        )  # fmt: skip
         console = Console(stderr=True)
-        t0 = time.perf_counter()
-        console.rule("1/2  fine-tune: w/o SAM (AdamW, 2x steps) and w/ SAM (1x steps), compute-matched")
-        pr = pair(
-            "smollm2-135m", "builtin:arithmetic", out / "pair", rho=rho, lr=lr, batch_size=batch_size,
-            micro_batch=min(8, batch_size), max_length=128, warmup=0.1, max_steps=steps, seed=seed,
-            progress=sys.stderr.isatty(),
-        )  # fmt: skip
-        t_train = time.perf_counter() - t0
-        console.rule("2/2  score base, w/o SAM, w/ SAM on the offline suite")
-        res = compare(
-            "ckpt:smollm2-135m", [f"ckpt:{pr.wo_sam.path}", f"ckpt:{pr.w_sam.path}"], suite="offline", results=results,
-            labels=["SmolLM2-135M-Instruct", "w/o SAM", "w/ SAM"], pairs=[("w/o SAM", "w/ SAM")],
-            eval_kwargs={"limit": limit, "task_limits": {"mmlu": mmlu_limit}, "progress": "auto"},
-        )  # fmt: skip
-        res.report.print(Console(width=None if sys.stdout.isatty() else 160))
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(res.report.to_markdown(), encoding="utf-8")
-        res.report.to_json(out / "report.json")
-        plot_report(res.report, out / "demo.png", include_pairs=True)
-        total = time.perf_counter() - t0
+        result = run_demo(cfg, out, results, progress=console)
+        result.report.print(Console(width=None if sys.stdout.isatty() else 160))
+        for note in result.notes:
+            console.print(f"note: {note}")
+        s = result.seconds
         console.print(
-            f"fine-tuning {t_train:.0f}s, scoring {total - t_train:.0f}s, total {total:.0f}s; "
-            f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'demo.png'}; results in {results}/"
+            f"fine-tuning {s['fine-tuning']:.0f}s, merging {s['merging']:.0f}s, scoring {s['scoring']:.0f}s, "
+            f"signals {s['signals']:.0f}s, total {s['total']:.0f}s; wrote {', '.join(map(str, result.files))}; "
+            f"results in {results}/"
         )
