@@ -27,6 +27,8 @@ from cfbench.signals import Signal
 BASE = "smollm2-135m"
 BASE_LABEL = "SmolLM2-135M-Instruct"
 WO, W = "w/o SAM", "w/ SAM"
+#: Forgetting signals drawn as panels of the trade-off plot (all stay in the report).
+PANELS = ("acc_avg", "kl", "ppl_drift")
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,17 @@ class DemoConfig:
     limit: int = 100
     mmlu_limit: int = 4
     seed: int = 0
+    heldout: int = 100  # in-domain documents held out of training (cfbench.train.indomain)
+    floor: bool = True  # re-score the base with scoring_path=plain: the noise floor drift is judged against
+    ppl_limit: int = 100  # LAMBADA passages for the held-out perplexity drift (0: skip)
 
     def check(self) -> None:
         from cfbench.train.merge import parse_alphas
 
         if self.steps < 1 or self.batch_size < 1 or self.max_length < 8:
             raise CfbenchError("--steps and --batch-size must be >= 1 and --max-length >= 8")
+        if self.heldout < 1 or self.ppl_limit < 0:
+            raise CfbenchError("--heldout must be >= 1 (the learned axis needs it) and --ppl-limit >= 0")
         if self.limit < 1 or self.mmlu_limit < 1:
             raise CfbenchError("--limit and --mmlu-limit must be >= 1 (documents per task / per MMLU subject)")
         alphas = parse_alphas(list(self.alphas))
@@ -92,22 +99,23 @@ def accuracy_signals(report: Any) -> dict[str, Signal]:
     return out
 
 
-def learned_signals(results: Path, runs: Sequence[tuple[str, Path, dict[str, Any]]]) -> dict[str, list[Signal]]:
-    """Hook for the in-domain gain producer: ``kind="learned"`` signals per tuned label.
-
-    Connect the producer here (it measures each ``(label, path, manifest)`` on the fine-tune's
-    held-out split and returns paired Signals such as ``indomain_loss``); until then there is no
-    learned signal and the trade-off plot is skipped with a note rather than drawn without an x.
-    """
-    return {}
+def learned_signals(report: Any, labels: Sequence[str]) -> dict[str, list[Signal]]:
+    """In-domain gain per tuned run (``kind="learned"``): what ``compare`` attached from the store's
+    held-out rows (:mod:`cfbench.train.indomain`; measured by :func:`run_demo` before comparing)."""
+    return {lb: [s for s in report.signals.get(lb, []) if s.kind == "learned"] for lb in labels}
 
 
-def drift_signals(results: Path, base: str, runs: Sequence[tuple[str, Path]]) -> dict[str, list[Signal]]:
-    """Hook for drift producers (choice KL vs a noise floor, held-out perplexity drift): ``kind="forgot"``.
+def drift_signals(
+    report: Any, records: Sequence[tuple[str, Any]], cfg: DemoConfig, results: Path
+) -> dict[str, list[Signal]]:
+    """``kind="forgot"`` signals: the item-metric drift compare attached (KL, JS, gold margin, judged
+    against the noise floor) plus held-out LAMBADA perplexity drift (:mod:`cfbench.probes.ppl`)."""
+    if cfg.ppl_limit:
+        from cfbench.probes.ppl import ppl_drift_for_runs
 
-    Only ``scope == "all"`` signals become plot panels (per-task ones stay in the report).
-    """
-    return {}
+        for row in ppl_drift_for_runs(list(records), data="lambada", limit=cfg.ppl_limit, results=results):
+            report.add_signals(row.label, [row.signal])
+    return {lb: [s for s in report.signals.get(lb, []) if s.kind == "forgot"] for lb, _ in records[1:]}
 
 
 def frontier_points(
@@ -116,11 +124,13 @@ def frontier_points(
     forgot: Mapping[str, Sequence[Signal]],
     series: Mapping[str, str] | None = None,
     prefer: Sequence[str] = ("indomain_loss", "indomain_em"),
+    panels: Sequence[str] | None = None,
 ) -> list[Any]:
     """Trade-off points: per label, its preferred learned signal against each overall forgetting signal.
 
     The learned signal is the first of ``prefer`` that *every* label has (one x for the whole plot);
-    labels without it, or without any ``scope == "all"`` forgetting signal, are left out.
+    labels without it are left out. Forgetting signals: overall ones (``scope == "all"``), restricted
+    to ``panels`` names when given.
     """
     from cfbench.report.frontier import FrontierPoint
 
@@ -134,7 +144,7 @@ def frontier_points(
     for lb in labels:
         x = next(s for s in learned[lb] if s.name == names[0])
         for y in forgot.get(lb, ()):
-            if y.scope == "all":
+            if y.scope == "all" and (panels is None or y.name in panels):
                 points.append(FrontierPoint.from_signals(lb, x, y, (series or {}).get(lb)))
     return points
 
@@ -152,16 +162,16 @@ def run_demo(cfg: DemoConfig, out: Path, results: Path, *, progress: Any = None)
     say = progress.rule if progress is not None else (lambda *_: None)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    say(f"1/3  fine-tune on {cfg.data}: w/o SAM (AdamW, {2 * cfg.steps} steps) and w/ SAM ({cfg.steps} steps)")
+    say(f"1/4  fine-tune on {cfg.data}: w/o SAM (AdamW, {2 * cfg.steps} steps) and w/ SAM ({cfg.steps} steps)")
     base_label = BASE_LABEL if cfg.base == BASE else Path(cfg.base).name
     pr = pair(
         cfg.base, cfg.data, out / "pair", sam_optimizer=cfg.sam_optimizer, rho=cfg.rho, lr=cfg.lr,
         batch_size=cfg.batch_size, micro_batch=min(8, cfg.batch_size), max_length=cfg.max_length, warmup=0.1,
-        max_steps=cfg.steps, seed=cfg.seed, progress=sys.stderr.isatty(),
+        max_steps=cfg.steps, seed=cfg.seed, progress=sys.stderr.isatty(), heldout=cfg.heldout,
     )  # fmt: skip
     seconds["fine-tuning"] = time.perf_counter() - t0
     t = time.perf_counter()
-    say(f"2/3  Wise-FT: w/o SAM merged with the base at α = {', '.join(f'{a:g}' for a in cfg.alphas)}")
+    say(f"2/4  Wise-FT: w/o SAM merged with the base at α = {', '.join(f'{a:g}' for a in cfg.alphas)}")
     merges = merge_sweep(cfg.base, pr.wo_sam.path, list(cfg.alphas), out / "wise_ft", overwrite=True)
     seconds["merging"] = time.perf_counter() - t
     checkpoints = {WO: pr.wo_sam.path, pr.w_sam.label: pr.w_sam.path}
@@ -174,20 +184,35 @@ def run_demo(cfg: DemoConfig, out: Path, results: Path, *, progress: Any = None)
         series[label] = WO
     labels = list(checkpoints)
     t = time.perf_counter()
-    say("3/3  score base and every tuned checkpoint on the offline suite")
+    runs = [(lb, checkpoints[lb], manifests[lb]) for lb in labels]
+    say(f"3/4  in-domain: base and every tuned checkpoint on {cfg.heldout} held-out {cfg.data} documents")
+    from cfbench.train.indomain import learned_after_finetune
+
+    learned_after_finetune(results, runs)  # stored: compare attaches the learned signals
+    seconds["in-domain"] = time.perf_counter() - t
+    t = time.perf_counter()
+    say("4/4  score base and every tuned checkpoint on the offline suite" + (" (+ noise floor)" if cfg.floor else ""))
+    eval_kwargs = {"limit": cfg.limit, "task_limits": {"mmlu": cfg.mmlu_limit}, "progress": "auto"}
+    floor = None
+    if cfg.floor:
+        from cfbench.engine import evaluate
+
+        floor = f"{base_label} (scoring_path=plain, noise floor)"
+        evaluate(
+            f"ckpt:{cfg.base}", suite="offline", backend_options={"scoring_path": "plain"}, name=floor,
+            results=results, **eval_kwargs,
+        )  # fmt: skip
     res = compare(
         f"ckpt:{cfg.base}", [f"ckpt:{p}" for p in checkpoints.values()], suite="offline", results=results,
-        labels=[base_label, *labels], pairs=[(WO, pr.w_sam.label)],
-        eval_kwargs={"limit": cfg.limit, "task_limits": {"mmlu": cfg.mmlu_limit}, "progress": "auto"},
+        labels=[base_label, *labels], pairs=[(WO, pr.w_sam.label)], eval_kwargs=eval_kwargs, noise_floor=floor,
     )  # fmt: skip
     seconds["scoring"] = time.perf_counter() - t
     t = time.perf_counter()
-    runs = [(lb, checkpoints[lb], manifests[lb]) for lb in labels]
-    learned = learned_signals(results, runs)
+    learned = learned_signals(res.report, labels)
     forgot: dict[str, list[Signal]] = {lb: [] for lb in labels}
     for lb, s in accuracy_signals(res.report).items():
         forgot.setdefault(lb, []).append(s)
-    for lb, sigs in drift_signals(results, cfg.base, [(lb, checkpoints[lb]) for lb in labels]).items():
+    for lb, sigs in drift_signals(res.report, [(r.label, r.record) for r in res.runs], cfg, results).items():
         forgot.setdefault(lb, []).extend(sigs)
     seconds["signals"] = time.perf_counter() - t
     result = DemoResult(checkpoints, res.report, learned, forgot, seconds, notes=list(res.notes))
@@ -207,7 +232,7 @@ def write_outputs(result: DemoResult, out: Path, series: Mapping[str, str], base
     result.files += [out / "report.md", out / "report.json"]
     result.files.append(plot_report(result.report, out / "demo.png", include_pairs=True))
     labels = list(result.checkpoints)
-    points = frontier_points(labels, result.learned, result.forgot, series)
+    points = frontier_points(labels, result.learned, result.forgot, series, panels=PANELS)
     if points:
         result.files.append(plot_frontier(points, out / "frontier.png", base_label=base_label))
     else:

@@ -30,6 +30,11 @@ _Rho = Annotated[float, typer.Option("--rho", help="SAM radius (docs/demo.md: pl
 _Alpha = Annotated[str, typer.Option("--alpha", help="Wise-FT weight(s) of w/o SAM vs base, e.g. 0.5 or 0.25,0.5.")]
 _Limit = Annotated[int, typer.Option("--limit", help="Documents scored per task.")]
 _MmluLimit = Annotated[int, typer.Option("--mmlu-limit", help="Documents per MMLU subject (57).")]
+_Heldout = Annotated[int, typer.Option("--heldout", help="Fine-tune documents held out for the in-domain gain.")]
+_Floor = Annotated[
+    bool, typer.Option("--floor/--no-floor", help="Re-score the base (scoring_path=plain) as the drift noise floor.")
+]
+_PplLimit = Annotated[int, typer.Option("--ppl-limit", help="LAMBADA passages for perplexity drift (0: skip).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +55,9 @@ def register(app: typer.Typer) -> None:
         limit: _Limit = _D.limit,
         mmlu_limit: _MmluLimit = _D.mmlu_limit,
         seed: Annotated[int, typer.Option("--seed")] = _D.seed,
+        heldout: _Heldout = _D.heldout,
+        floor: _Floor = _D.floor,
+        ppl_limit: _PplLimit = _D.ppl_limit,
     ) -> None:
         """Fine-tune SmolLM2-135M w/o and w/ SAM on offline data, merge, and print the forgetting table."""
         from cfbench.demo import run_demo
@@ -58,6 +66,7 @@ def register(app: typer.Typer) -> None:
         cfg = DemoConfig(
             data=data, steps=steps, lr=lr, batch_size=batch_size, max_length=max_length, sam_optimizer=sam_optimizer,
             rho=rho, alphas=tuple(parse_alphas(alpha)), limit=limit, mmlu_limit=mmlu_limit, seed=seed,
+            heldout=heldout, floor=floor, ppl_limit=ppl_limit,
         )  # fmt: skip
         console = Console(stderr=True)
         result = run_demo(cfg, out, results, progress=console)
@@ -66,7 +75,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"note: {note}")
         s = result.seconds
         console.print(
-            f"fine-tuning {s['fine-tuning']:.0f}s, merging {s['merging']:.0f}s, scoring {s['scoring']:.0f}s, "
+            f"fine-tuning {s['fine-tuning']:.0f}s, merging {s['merging']:.0f}s, in-domain {s['in-domain']:.0f}s, "
+            f"scoring {s['scoring']:.0f}s, "
             f"signals {s['signals']:.0f}s, total {s['total']:.0f}s; wrote {', '.join(map(str, result.files))}; "
             f"results in {results}/"
         )

@@ -223,6 +223,12 @@ def _merge_many(
                     shutil.copy2(f, tmp / f.name)
             if tuned_manifest is not None:
                 manifest["tuned_manifest"] = tuned_manifest
+                if tuned_manifest.get("heldout") and tuned_manifest.get("base", {}).get("content_hash") == (
+                    base_ck.content_hash
+                ):
+                    # Neither side trained on the tuned run's held-out split, so the merge inherits it
+                    # and its in-domain gain is measured on the same documents.
+                    manifest["heldout"] = tuned_manifest["heldout"]
             # The first merge also paid for reading both checkpoints.
             manifest["wall_time_s"] = round(time.time() - (t0 if not results else t_alpha), 3)
             write_json(tmp / MANIFEST, manifest)
