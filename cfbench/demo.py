@@ -6,10 +6,13 @@ at one or more alphas, and base plus every tuned checkpoint are compared on the 
 defaults come from the measured sweep in ``docs/demo.md`` (``benchmarks/demo_sweep.py``): the
 smallest run on a 2-core CPU whose w/o SAM checkpoint both measurably learns and measurably drifts.
 
-The trade-off plot takes one learned signal (x) and the forgetting signals (y) of each tuned
-checkpoint as :class:`cfbench.signals.Signal` records. The accuracy Δ AVG comes from the report
-itself (:func:`accuracy_signals`); other producers plug in through :func:`learned_signals` and
-:func:`drift_signals`, so the demo never reaches into their internals.
+Signals, all :class:`cfbench.signals.Signal` records from the producers on main: learned — the
+in-domain gain on a held-out split of the fine-tune data (:mod:`cfbench.train.indomain`; the
+Wise-FT merges inherit w/o SAM's split); forgot — accuracy Δ AVG (:func:`accuracy_signals`), the
+item-metric drift compare attaches (choice KL / JS / gold margin, judged against a re-score of the
+base with ``scoring_path=plain`` as noise floor, :mod:`cfbench.metrics`) and held-out LAMBADA
+perplexity drift (:mod:`cfbench.probes.ppl`). The trade-off plot (:mod:`cfbench.report.frontier`)
+draws in-domain gain against accuracy Δ AVG, overall KL and perplexity drift.
 """
 
 from __future__ import annotations
@@ -36,20 +39,20 @@ class DemoConfig:
     """What the demo trains and scores; defaults are the sweep's choice (docs/demo.md)."""
 
     base: str = BASE  # tests pass a tiny checkpoint
-    data: str = "builtin:gsm8k"
-    steps: int = 16  # SAM steps; AdamW gets 2×
-    lr: float = 1e-4
+    data: str = "builtin:arithmetic"
+    steps: int = 8  # SAM steps; AdamW gets 2×
+    lr: float = 3e-4
     batch_size: int = 8
-    max_length: int = 320
+    max_length: int = 128
     sam_optimizer: str = "sam"
     rho: float = 0.05
     alphas: tuple[float, ...] = (0.5,)
-    limit: int = 100
-    mmlu_limit: int = 4
+    limit: int = 50
+    mmlu_limit: int = 2
     seed: int = 0
     heldout: int = 100  # in-domain documents held out of training (cfbench.train.indomain)
     floor: bool = True  # re-score the base with scoring_path=plain: the noise floor drift is judged against
-    ppl_limit: int = 100  # LAMBADA passages for the held-out perplexity drift (0: skip)
+    ppl_limit: int = 64  # LAMBADA passages for the held-out perplexity drift (0: skip)
 
     def check(self) -> None:
         from cfbench.train.merge import parse_alphas
