@@ -142,7 +142,7 @@ def frontier_figure(points: Sequence[FrontierPoint], *, title: str | None = None
         for p in ps:
             x, y = p.learned.oriented(), p.forgot
             color = colors[p.series or p.label]
-            # Hollow marker: the forgetting interval is not significant (includes 0 / not above floor).
+            # Hollow marker: the general-ability change is not significant (CI includes 0 / not above floor).
             sig = y.significant if y.significant is not None else (y.ci is not None and (y.ci[0] > 0 or y.ci[1] < 0))
             cont = ax.errorbar(
                 x.value, y.value, xerr=_err(x), yerr=_err(y), fmt="o", ms=7, capsize=3, color=color,
@@ -162,7 +162,7 @@ def frontier_figure(points: Sequence[FrontierPoint], *, title: str | None = None
         ax.set_ylabel(f"general: {y0.label} ({y0.unit}), {arrow} better")
         ax.set_title(f"{y0.label} vs {x0.label}", fontsize=10)
         ax.grid(alpha=0.3)
-    fig.suptitle(title or "Learning vs forgetting (95% CIs; hollow = forgetting not significant)", fontsize=11)
+    fig.suptitle(title or "Learning vs forgetting (95% CIs; filled: general change significant)", fontsize=11)
     fig.tight_layout()
     return fig
 
