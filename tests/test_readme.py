@@ -19,7 +19,7 @@ README = ROOT / "README.md"
 
 # Command prefix → why it cannot run in CI. Everything else in a ```bash block is run.
 NOT_RUNNABLE: dict[str, str] = {
-    "bash scripts/install.sh && .venv/bin/cfbench demo": "long: installs the venv and runs the demo (7m45s measured, README)",
+    "bash scripts/install.sh && .venv/bin/cfbench demo": "long: install + the ~8 min demo",
     "bash .ci/run": "long: the whole CI",
     "cfbench compare meta-llama/": "network: hub model and hub data",
     "cfbench compare base-run ": "needs the user's run and checkpoints",
