@@ -481,6 +481,21 @@ class GateLine:
     reason: str
 
 
+def _budget_value(flag: str, spec: str, val: str, unit: str, example: str) -> float:
+    """A gate budget's number: finite and ≥ 0 (nan compares False with every value and inf allows
+    any, so either would pass every gate). ``unit``: "points" or "" (the metric's own unit)."""
+    of_unit = f" of {unit}" if unit else ""
+    try:
+        v = float(val)
+    except ValueError as exc:
+        raise CfbenchError(f"{flag} {spec!r}: {val!r} is not a number{of_unit}") from exc
+    if not math.isfinite(v):
+        raise CfbenchError(f"{flag} {spec!r}: the budget must be a finite number{of_unit}, e.g. {example}")
+    if v < 0:
+        raise CfbenchError(f"{flag} {spec!r}: the budget must be ≥ 0{' ' + unit if unit else ''}")
+    return v
+
+
 def parse_budgets(specs: Sequence[str], suite: Suite) -> list[Budget]:
     """``CATEGORY=POINTS`` (POINTS ≥ 0, in accuracy points ×100); AVG is allowed too."""
     allowed = {*suite.categories, "AVG"}
@@ -493,16 +508,7 @@ def parse_budgets(specs: Sequence[str], suite: Suite) -> list[Budget]:
             raise CfbenchError(
                 f"--max-drop category {cat!r} is not in suite {suite.name}: use one of {sorted(allowed)}"
             )
-        try:
-            pts = float(val)
-        except ValueError as exc:
-            raise CfbenchError(f"--max-drop {spec!r}: {val!r} is not a number of points") from exc
-        if not math.isfinite(pts):
-            # nan compares False with every drop and inf allows any: either would pass every gate.
-            raise CfbenchError(f"--max-drop {spec!r}: the budget must be a finite number of points, e.g. {cat}=1.5")
-        if pts < 0:
-            raise CfbenchError(f"--max-drop {spec!r}: the budget must be ≥ 0 points")
-        out.append(Budget(cat, pts))
+        out.append(Budget(cat, _budget_value("--max-drop", spec, val, "points", f"{cat}=1.5")))
     if not out:
         raise CfbenchError("give at least one --max-drop CATEGORY=POINTS budget")
     return out
@@ -597,16 +603,7 @@ def parse_drift_budgets(specs: Sequence[str], suite: Suite) -> list[DriftBudget]
                 f"--max-drift scope {scope!r} is not a category or task of suite {suite.name}: use one of "
                 f"{sorted({*suite.categories, 'AVG'})} or a task name, e.g. DK:{name}=0.01"
             )
-        try:
-            v = float(val)
-        except ValueError as exc:
-            raise CfbenchError(f"--max-drift {spec!r}: {val!r} is not a number") from exc
-        if not math.isfinite(v):
-            # nan compares False with everything and inf allows anything: either would pass every gate.
-            raise CfbenchError(f"--max-drift {spec!r}: the budget must be a finite number, e.g. {name}=0.01")
-        if v < 0:
-            raise CfbenchError(f"--max-drift {spec!r}: the budget must be ≥ 0")
-        out.append(DriftBudget(scope, name, v))
+        out.append(DriftBudget(scope, name, _budget_value("--max-drift", spec, val, "", f"{name}=0.01")))
     return out
 
 
