@@ -69,7 +69,8 @@ def _reset_peak() -> bool:
 
 
 def variant(name: str) -> tuple[str, dict[str, Any]]:
-    """``(optimizer, Trainer keyword arguments)`` of a method name: adamw, sam, sam-everyK, sam-only-norm, sam-bf16."""
+    """``(optimizer, Trainer keyword arguments)`` of a method name: adamw, sam, sam-everyK, looksamK (LookSAM
+    every K steps, α = 0.7 as Liu et al. 2022; looksamK-aA for another α), sam-only-norm, sam-bf16."""
     if name in ("adamw", "sam"):
         return name, {}
     if name == "sam-only-norm":
@@ -79,7 +80,13 @@ def variant(name: str) -> tuple[str, dict[str, Any]]:
     match = re.fullmatch(r"sam-every(\d+)", name)
     if match and int(match.group(1)) >= 1:
         return "sam", {"sam_every": int(match.group(1))}
-    raise SystemExit(f"error: unknown method {name!r}: use adamw, sam, sam-everyK, sam-only-norm, sam-bf16, sam-fp16")
+    match = re.fullmatch(r"looksam(\d+)(?:-a([0-9.]+))?", name)
+    if match and int(match.group(1)) >= 2:
+        return "sam", {"sam_every": int(match.group(1)), "sam_look_alpha": float(match.group(2) or 0.7)}
+    raise SystemExit(
+        f"error: unknown method {name!r}: use adamw, sam, sam-everyK, looksamK[-aALPHA], sam-only-norm, "
+        "sam-bf16, sam-fp16"
+    )
 
 
 def _cycle(name: str) -> int:

@@ -335,6 +335,113 @@ def test_pair_cli_passes_options_to_the_sam_run_and_prints_the_cost(tiny, data, 
 
 
 # ---------------------------------------------------------------------------------------------
+# look_alpha (LookSAM proper)
+
+
+def test_looksam_matches_hand_computation(ids):
+    """SAM-SGD on steps 0, k, 2k; in between g + α·‖g‖/‖g_v‖·g_v with g_v = g_s − proj_g(g_s) of
+    the last SAM step (Liu et al. 2022, Algorithm 1), computed here with plain tensors."""
+    rho, k, steps, alpha = 0.5, 3, 7, 0.7
+    model = tiny_llama()
+    w = named(model)
+    gv = None
+    for i in range(steps):
+        g = grads_at(model, w, ids)
+        if i % k == 0:
+            norm = global_norm(g)
+            gs = grads_at(model, {n: w[n] + rho * g[n] / norm for n in w}, ids)
+            dot = sum(float((g[n].double() * gs[n].double()).sum()) for n in w)
+            gv = {n: gs[n] - (dot / norm**2) * g[n] for n in w}
+            step = gs
+        else:
+            scale = alpha * global_norm(g) / global_norm(gv)
+            step = {n: g[n] + scale * gv[n] for n in w}
+        w = {n: w[n] - LR * step[n] for n in w}
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, every_k=k, look_alpha=alpha, lr=LR)
+    assert drive(model, ids, opt, steps) == [0, 3, 6]
+    for n, v in named(model).items():
+        torch.testing.assert_close(v, w[n], atol=2e-7, rtol=1e-5)
+    # g_v is orthogonal to the gradient at w of its SAM step (here: step 6's)
+    assert opt._look_norm is not None and opt._look_norm > 0
+
+
+def test_looksam_orthogonal_part_is_orthogonal_and_alpha_0_is_sam_k(ids):
+    model = tiny_llama()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, every_k=2, look_alpha=0.7, lr=LR)
+    lm_loss(model, None, ids).backward()
+    g = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt.first_step(zero_grad=True)
+    lm_loss(model, None, ids).backward()
+    opt.second_step(zero_grad=True)
+    gv = {n: opt.state[p]["look_gv"] for n, p in model.named_parameters()}
+    dot = sum(float((g[n].double() * gv[n].double()).sum()) for n in g)
+    assert abs(dot) <= 1e-5 * global_norm(g) * opt._look_norm  # ⟨g, g_v⟩ = 0 up to rounding
+    # α = 0 adds nothing: SAM-k bit for bit
+    a, b = tiny_llama(), tiny_llama()
+    drive(a, ids, SAM(a.parameters(), torch.optim.AdamW, rho=0.5, every_k=3, lr=LR), 5)
+    drive(b, ids, SAM(b.parameters(), torch.optim.AdamW, rho=0.5, every_k=3, look_alpha=0.0, lr=LR), 5)
+    for n, v in named(a).items():
+        assert torch.equal(v, named(b)[n]), n
+
+
+def test_looksam_with_a_low_precision_backup_reads_eps_from_the_buffer(ids):
+    """With ε' (bf16) in the buffer instead of w_old, g's direction is read from ε': the run stays
+    within a small fraction of exact-buffer LookSAM's movement (as the plain bf16 backup does)."""
+    a, b = tiny_llama(), tiny_llama()
+    start = named(a)
+    drive(a, ids, SAM(a.parameters(), torch.optim.SGD, rho=0.5, every_k=2, look_alpha=0.7, lr=LR), 4)
+    low = SAM(b.parameters(), torch.optim.SGD, rho=0.5, every_k=2, look_alpha=0.7, backup_dtype=torch.bfloat16, lr=LR)
+    drive(b, ids, low, 4)
+    diff = max(float((named(a)[n] - named(b)[n]).abs().max()) for n in start)
+    moved = max(float((named(a)[n] - start[n]).abs().max()) for n in start)
+    assert 0 < diff < 0.01 * moved
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_k": 1}, "every_k > 1"),
+        ({"every_k": 2, "adaptive": True}, "adaptive=True"),
+        ({"every_k": 2, "look_alpha": -1.0}, "must be >= 0"),
+        ({"every_k": 2, "sharded": True}, "sharded"),
+    ],
+)
+def test_looksam_refuses_what_it_does_not_define(kwargs, match):
+    model = tiny_llama()
+    kwargs = {"look_alpha": 0.7, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=LR, **kwargs)
+    with pytest.raises(ValueError, match="perturb subset"):
+        SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=LR, every_k=2, look_alpha=0.7,
+            perturb=norm_parameters(model))  # fmt: skip
+
+
+def test_looksam_through_finetune_and_its_refusals(tiny, data, tmp_path, monkeypatch):
+    kw = {"lr": 1e-3, "batch_size": 1, "max_steps": 4, "seed": 1, "progress": False}
+    look = finetune(tiny, data, tmp_path / "look", optimizer="sam", sam_every=2, sam_look_alpha=0.7, **kw).manifest
+    k2 = finetune(tiny, data, tmp_path / "k2", optimizer="sam", sam_every=2, **kw).manifest
+    assert look["hyperparameters"]["sam_look_alpha"] == 0.7 and "sam_look_alpha" not in k2["hyperparameters"]
+    assert (look["sam_steps"], look["forward_backward_passes"]) == (2, 6)
+    assert look["request_fingerprint"] != k2["request_fingerprint"]
+    assert look["final_loss"] != k2["final_loss"]  # the in-between steps used g + α·‖g‖/‖g_v‖·g_v
+    for extra, match in [
+        ({"sam_look_alpha": 0.7}, "add --sam-every K with K > 1"),
+        ({"sam_every": 2, "sam_look_alpha": float("nan")}, "finite number >= 0"),
+        ({"sam_every": 2, "sam_look_alpha": 0.7, "sam_only_norm": True}, "without --sam-only-norm"),
+    ]:
+        with pytest.raises(CfbenchError, match=match):
+            finetune(tiny, data, tmp_path / "x", optimizer="sam", **kw, **extra)
+    with pytest.raises(CfbenchError, match="need --optimizer sam or asam"):
+        finetune(tiny, data, tmp_path / "x", optimizer="adamw", sam_every=2, sam_look_alpha=0.7, **kw)
+    with pytest.raises(CfbenchError, match="needs plain SAM"):
+        finetune(tiny, data, tmp_path / "x", optimizer="asam", sam_every=2, sam_look_alpha=0.7, **kw)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(CfbenchError, match="under torchrun"):
+        finetune(tiny, data, tmp_path / "x", optimizer="sam", sam_every=2, sam_look_alpha=0.7, **kw)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+# ---------------------------------------------------------------------------------------------
 # FSDP2: the subset's squared norm is all-reduced; every_k stays in lockstep
 
 WORLD, GLOBAL_BATCH, STEPS, RHO = 2, 16, 4, 0.3

@@ -77,6 +77,14 @@ SamEvery = Annotated[
 SamOnlyNorm = Annotated[
     bool, typer.Option("--sam-only-norm", help="SAM-ON: perturb only normalisation-layer parameters.")
 ]
+SamLookAlpha = Annotated[
+    float | None,
+    typer.Option(
+        "--sam-look-alpha",
+        help="LookSAM (with --sam-every K > 1): between SAM steps add back the last SAM gradient's part "
+        "orthogonal to the gradient, scaled by ALPHA·‖g‖/‖g_v‖ (Liu et al. 2022 use 0.7).",
+    ),
+]
 SamBackup = Annotated[
     BackupDtype,
     typer.Option("--sam-backup-dtype", help="SAM restore buffer: fp32 (exact copy) or ε in bf16/fp16 (half memory)."),
@@ -118,6 +126,7 @@ def register(app: typer.Typer) -> None:
         sam_every: SamEvery = 1,
         sam_only_norm: SamOnlyNorm = False,
         sam_backup_dtype: SamBackup = BackupDtype.fp32,
+        sam_look_alpha: SamLookAlpha = None,
     ) -> None:
         """Fine-tune BASE on --data with AdamW, SAM or ASAM; writes an HF folder plus cfbench_manifest.json."""
         from cfbench.train.finetune import finetune
@@ -128,7 +137,7 @@ def register(app: typer.Typer) -> None:
             **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                       rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
             **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
-            **_sam(sam_every, sam_only_norm, sam_backup_dtype),
+            **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha),
         )  # fmt: skip
         if not _main_rank():
             return
@@ -180,6 +189,7 @@ def register(app: typer.Typer) -> None:
         sam_every: SamEvery = 1,
         sam_only_norm: SamOnlyNorm = False,
         sam_backup_dtype: SamBackup = BackupDtype.fp32,
+        sam_look_alpha: SamLookAlpha = None,
         compare: Annotated[
             bool, typer.Option("--compare", help="Then run `cfbench compare` on base, w/o SAM and w/ SAM.")
         ] = False,
@@ -199,7 +209,7 @@ def register(app: typer.Typer) -> None:
             **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                       rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
             **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
-            **_sam(sam_every, sam_only_norm, sam_backup_dtype),
+            **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha),
             "heldout": heldout,
         }  # fmt: skip
         if seed_list is None:
@@ -301,8 +311,11 @@ def _common(
     }  # fmt: skip
 
 
-def _sam(sam_every: int, sam_only_norm: bool, sam_backup_dtype: BackupDtype) -> dict[str, Any]:
-    return {"sam_every": sam_every, "sam_only_norm": sam_only_norm, "sam_backup_dtype": sam_backup_dtype.value}
+def _sam(
+    sam_every: int, sam_only_norm: bool, sam_backup_dtype: BackupDtype, sam_look_alpha: float | None
+) -> dict[str, Any]:
+    return {"sam_every": sam_every, "sam_only_norm": sam_only_norm, "sam_backup_dtype": sam_backup_dtype.value,
+            "sam_look_alpha": sam_look_alpha}  # fmt: skip
 
 
 def _scale(

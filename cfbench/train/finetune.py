@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -185,6 +186,7 @@ class Trainer:
         sam_every: int = 1,
         sam_only_norm: bool = False,
         sam_backup_dtype: str | None = None,
+        sam_look_alpha: float | None = None,
     ) -> None:
         self.model = model
         self.method = optimizer
@@ -207,7 +209,8 @@ class Trainer:
                 raise CfbenchError(f"--sam-only-norm: {exc}; drop --sam-only-norm for this model") from exc
             self.optimizer = SAM(
                 groups, torch.optim.AdamW, rho=rho, adaptive=optimizer == "asam", every_k=sam_every, perturb=perturb,
-                backup_dtype=BACKUP_DTYPES[sam_backup_dtype] if sam_backup_dtype else None, **adam,
+                backup_dtype=BACKUP_DTYPES[sam_backup_dtype] if sam_backup_dtype else None,
+                look_alpha=sam_look_alpha, **adam,
             )  # fmt: skip
             self.base_optimizer = self.optimizer.base_optimizer
         else:
@@ -272,6 +275,10 @@ class Trainer:
 
 
 SCHEDULES = ("cosine", "linear", "constant")
+# Hyper-parameters of the SAM run of a pair that its AdamW run does not share.
+SAM_ONLY_HYPERPARAMETERS = (
+    "optimizer", "rho", "epochs", "max_steps", "sam_every", "sam_only_norm", "sam_backup_dtype", "sam_look_alpha",
+)  # fmt: skip
 SAM_BACKUP_DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -305,8 +312,11 @@ def _validate(
     sam_every: int = 1,
     sam_only_norm: bool = False,
     sam_backup_dtype: str | None = None,
+    sam_look_alpha: float | None = None,
 ) -> None:
-    sam_options = sam_every != 1 or sam_only_norm or sam_backup_dtype not in (None, "fp32")
+    sam_options = (
+        sam_every != 1 or sam_only_norm or sam_backup_dtype not in (None, "fp32") or sam_look_alpha is not None
+    )
     checks = [
         (optimizer in OPTIMIZERS, f"--optimizer {optimizer!r} is unknown: choose one of {', '.join(OPTIMIZERS)}"),
         (optimizer == "adamw" or rho > 0, f"--rho must be > 0 for {optimizer} (the paper uses 2.0), got {rho}"),
@@ -328,7 +338,19 @@ def _validate(
         ),
         (
             optimizer != "adamw" or not sam_options,
-            "--sam-every/--sam-only-norm/--sam-backup-dtype need --optimizer sam or asam",
+            "--sam-every/--sam-only-norm/--sam-backup-dtype/--sam-look-alpha need --optimizer sam or asam",
+        ),
+        (
+            sam_look_alpha is None or (math.isfinite(sam_look_alpha) and sam_look_alpha >= 0),
+            f"--sam-look-alpha must be a finite number >= 0 (LookSAM's α), got {sam_look_alpha}",
+        ),
+        (
+            sam_look_alpha is None or sam_every > 1,
+            "--sam-look-alpha (LookSAM) reuses the SAM gradient between SAM steps: add --sam-every K with K > 1",
+        ),
+        (
+            sam_look_alpha is None or (optimizer == "sam" and not sam_only_norm),
+            "--sam-look-alpha (LookSAM) needs plain SAM on all weights: use --optimizer sam without --sam-only-norm",
         ),
     ]
     for ok, message in checks:
@@ -410,6 +432,7 @@ def finetune(
     sam_every: int = 1,
     sam_only_norm: bool = False,
     sam_backup_dtype: str = "fp32",
+    sam_look_alpha: float | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``base`` on ``data`` and write an HF checkpoint folder with a manifest to ``out``.
 
@@ -428,7 +451,9 @@ def finetune(
     Cheaper SAM (:mod:`cfbench.train.sam`; defaults are exact SAM): ``sam_every`` k = a SAM step on
     steps 0, k, 2k, ... and plain AdamW steps in between; ``sam_only_norm`` = perturb only the
     normalisation parameters (SAM-ON); ``sam_backup_dtype`` bf16/fp16 = keep ε in that dtype instead
-    of a float32 copy of the weights (half the buffer, restore within ~1 float32 ulp).
+    of a float32 copy of the weights (half the buffer, restore within ~1 float32 ulp);
+    ``sam_look_alpha`` α (with ``sam_every`` > 1) = LookSAM: the in-between steps add back the last
+    SAM gradient's part orthogonal to the current gradient, scaled by α·‖g‖/‖g_v‖.
     """
     from cfbench.models.checkpoint import resolve_checkpoint
     from cfbench.train.indomain import split_data
@@ -450,7 +475,10 @@ def finetune(
         sam_every,
         sam_only_norm,
         sam_backup_dtype,
+        sam_look_alpha,
     )
+    if sam_look_alpha is not None and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise CfbenchError("--sam-look-alpha under torchrun (sharded FSDP) is not supported: use --sam-every alone")
     out = Path(out)
     t_start = time.time()
     resolved = resolve_checkpoint(str(base))
@@ -489,6 +517,8 @@ def finetune(
         hyper["sam_only_norm"] = True
     if sam_backup_dtype != "fp32":
         hyper["sam_backup_dtype"] = sam_backup_dtype
+    if sam_look_alpha is not None:
+        hyper["sam_look_alpha"] = sam_look_alpha
     fingerprint = _fingerprint(hyper, resolved.content_hash, task_data, reh_data)
     if out.is_dir() and (done := _existing(out, fingerprint)) is not None and not overwrite:
         return FinetuneResult(out, done)
@@ -526,6 +556,7 @@ def finetune(
         "sam_every": sam_every,
         "sam_only_norm": sam_only_norm,
         "sam_backup_dtype": None if sam_backup_dtype == "fp32" else sam_backup_dtype,
+        "sam_look_alpha": sam_look_alpha,
     }
     if ctx is not None and lora is not None:
         raise CfbenchError("--lora-r under torchrun is not supported: run LoRA in one process or drop --lora-r")
@@ -737,6 +768,7 @@ def pair(
     sam_every: int = 1,
     sam_only_norm: bool = False,
     sam_backup_dtype: str = "fp32",
+    sam_look_alpha: float | None = None,
     **kwargs: Any,
 ) -> PairResult:
     """The paper's compute-matched pair: ``out/wo_sam`` (AdamW, 2×epochs) and ``out/w_sam`` (SAM, epochs).
@@ -779,6 +811,7 @@ def pair(
         sam_every=sam_every,
         sam_only_norm=sam_only_norm,
         sam_backup_dtype=sam_backup_dtype,
+        sam_look_alpha=sam_look_alpha,
         **kwargs,
     )
     description = {
@@ -811,7 +844,7 @@ def pair(
         "shared_hyperparameters": {
             k: v
             for k, v in w.manifest["hyperparameters"].items()
-            if k not in ("optimizer", "rho", "epochs", "max_steps", "sam_every", "sam_only_norm", "sam_backup_dtype")
+            if k not in SAM_ONLY_HYPERPARAMETERS
         },
         "environment": environment(),
     }

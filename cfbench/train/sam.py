@@ -36,10 +36,15 @@ Cheaper variants (all off by default; with them off the code path is exact SAM a
 * ``every_k`` (SAM every k steps, the naive schedule that LookSAM, Liu et al. 2022, *Towards
   Efficient and Scalable Sharpness-Aware Minimization*, improves on): optimizer steps 0, k, 2k,
   ... are SAM steps (two passes); the others are plain base-optimizer steps on the gradient at
-  ``w`` (one pass). This is *not* LookSAM proper, which on the in-between steps adds back the
-  component of the last SAM gradient orthogonal to ``g`` (scaled by α‖g‖/‖g_v‖): that needs a
-  persistent weight-sized ``g_v`` buffer and a second hyper-parameter α, i.e. it keeps SAM's memory
-  cost and only saves time. SAM-k saves the same passes without either. ``every_k=1`` is exact SAM, bit for bit.
+  ``w`` (one pass). ``every_k=1`` is exact SAM, bit for bit.
+* ``look_alpha`` α (with ``every_k`` > 1: LookSAM proper). At each SAM step the part of the SAM
+  gradient ``g_s`` orthogonal to ``g`` is kept, ``g_v = g_s − (⟨g, g_s⟩/‖g‖²)·g``; ``g``'s direction
+  is ``ε``'s, read from the weights before they are restored, so no copy of ``g`` is made. The
+  in-between steps use ``g + α·‖g‖/‖g_v‖·g_v``. ``g_v`` is a persistent weight-sized buffer (so
+  LookSAM costs SAM's memory plus one more copy, for SAM-k's passes) and is not saved in
+  ``state_dict``: after a resume the in-between steps before the next SAM step are SAM-k steps.
+  Plain SAM only (not ASAM, not with ``perturb``), and not on sharded parameters (refused).
+  ``look_alpha=0`` is SAM-k bit for bit.
 * ``perturb`` (SAM-ON, Mueller et al. 2023, *Normalization Layers Are All That Sharpness-Aware
   Minimization Needs*): only these parameters (normally the normalisation gains/biases, see
   :func:`norm_parameters`) are moved to ``w + ε``; ``ε = ρ·g_N/‖g_N‖`` with the norm over *their*
@@ -155,12 +160,19 @@ class SAM(Optimizer):
         every_k: int = 1,
         perturb: Iterable[Tensor] | None = None,
         backup_dtype: torch.dtype | None = None,
+        look_alpha: float | None = None,
         **base_kwargs: Any,
     ) -> None:
         if not rho >= 0.0:
             raise ValueError(f"SAM rho must be >= 0, got {rho}")
         if not (isinstance(every_k, int) and every_k >= 1):
             raise ValueError(f"SAM every_k must be an integer >= 1, got {every_k!r}")
+        if look_alpha is not None and not (look_alpha >= 0.0 and every_k > 1 and not adaptive and perturb is None):
+            raise ValueError(
+                f"SAM look_alpha (LookSAM) needs every_k > 1, plain SAM (not adaptive) and all parameters "
+                f"perturbed (no perturb subset), and must be >= 0; got look_alpha={look_alpha}, every_k={every_k}, "
+                f"adaptive={adaptive}, perturb={'a subset' if perturb is not None else None}"
+            )
         if backup_dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"SAM backup_dtype must be None, float32, bfloat16 or float16, got {backup_dtype}")
         if isinstance(base_optimizer, Optimizer):
@@ -191,6 +203,13 @@ class SAM(Optimizer):
         self.every_k = every_k
         # float32 (or None) = the exact copy of w; a lower dtype = ε stored and subtracted back.
         self.backup_dtype = None if backup_dtype == torch.float32 else backup_dtype
+        self.look_alpha = look_alpha
+        if look_alpha is not None and self.sharded:
+            raise ValueError("SAM look_alpha (LookSAM) is not supported with sharded parameters: use every_k alone")
+        if look_alpha is not None and any(g.get("adaptive") for g in self.param_groups):
+            raise ValueError("SAM look_alpha (LookSAM) needs plain SAM: a param group is adaptive")
+        self._look_norm: float | None = None  # ‖g_v‖ of the last SAM step (None: no g_v yet)
+        self._look_params: list[Tensor] = []
         self._perturb_ids: set[int] | None = None
         if perturb is not None:
             self._perturb_ids = {id(p) for p in perturb}
@@ -199,7 +218,7 @@ class SAM(Optimizer):
                 raise ValueError("perturb is empty: SAM would never move the weights")
             if not self._perturb_ids <= owned:
                 raise ValueError("perturb holds tensors that are not parameters of this optimizer")
-        self._perturbed: list[tuple[list[Tensor], list[Tensor]]] | None = None
+        self._perturbed: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] | None = None  # (params, w, buffer)
         self.last_grad_norm: Tensor | None = None
         # Optimizer steps taken (SAM or plain): with every_k, steps 0, k, 2k, ... are SAM steps.
         self.steps_done = 0
@@ -262,7 +281,7 @@ class SAM(Optimizer):
         # One host sync per step buys scalar-alpha foreach kernels: ε is never materialised, the
         # perturbation is a single fused read-modify-write of the weights.
         norm_value = float(norm)
-        perturbed: list[tuple[list[Tensor], list[Tensor]]] = []
+        perturbed: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []
         for group, ps, ws, gs in per_group:
             if not ws:
                 continue
@@ -276,14 +295,14 @@ class SAM(Optimizer):
                 torch._foreach_mul_(gs, scale)
                 torch._foreach_copy_(bufs, gs)
                 torch._foreach_add_(ws, bufs)
-                perturbed.append((ws, bufs))
+                perturbed.append((ps, ws, bufs))
                 continue
             torch._foreach_copy_(bufs, ws)
             if group["adaptive"]:
                 torch._foreach_addcmul_(ws, gs, ws, value=scale)  # w + s·(w·g)·w = w + s·|w|²·g
             else:
                 torch._foreach_add_(ws, gs, alpha=scale)  # w + s·g
-            perturbed.append((ws, bufs))
+            perturbed.append((ps, ws, bufs))
         self._perturbed = perturbed
         if zero_grad:
             self.zero_grad(set_to_none=True)
@@ -301,11 +320,56 @@ class SAM(Optimizer):
         return buf
 
     @torch.no_grad()
+    def _keep_orthogonal_part(self) -> None:
+        """LookSAM at a SAM step: ``g_v = g_s − proj_g(g_s)`` into a persistent buffer, and ‖g_v‖.
+
+        ``g_s`` is the gradient at ``w + ε`` (in ``.grad`` now); ``g``'s direction is ``ε``'s (plain
+        SAM: ``ε = ρ·g/‖g‖``), read from the weights before they are restored (``ε = w − w_old``, or
+        the stored ``ε'`` with ``backup_dtype``), so ``g`` itself needs no buffer.
+        """
+        assert self._perturbed is not None
+        gvs: list[Tensor] = []
+        gss: list[Tensor] = []
+        for ps, ws, bufs in self._perturbed:
+            for p, w, buf in zip(ps, ws, bufs, strict=True):
+                if p.grad is None:
+                    continue
+                g_s = _local(p.grad)
+                state = self.state[p]
+                gv = state.get("look_gv")
+                if gv is None or gv.shape != g_s.shape or gv.dtype != g_s.dtype or gv.device != g_s.device:
+                    gv = state["look_gv"] = torch.empty_like(g_s)
+                if self.backup_dtype is None:
+                    torch.sub(w, buf, out=gv)  # ε = (w + ε) − w_old
+                else:
+                    gv.copy_(buf)  # ε'
+                gvs.append(gv)
+                gss.append(g_s)
+        dot = sum((torch.dot(a.reshape(-1), b.reshape(-1)).double() for a, b in zip(gvs, gss, strict=True)),
+                  torch.zeros((), dtype=torch.float64))  # fmt: skip
+        eps_sq = self._grad_norm(gvs).double().square()
+        coef = float(dot / eps_sq) if float(eps_sq) > 0 else 0.0
+        torch._foreach_mul_(gvs, -coef)
+        torch._foreach_add_(gvs, gss)  # g_v = g_s − (⟨ε, g_s⟩ / ‖ε‖²)·ε
+        self._look_norm = float(self._grad_norm(gvs))
+        self._look_params = [p for ps, _, _ in self._perturbed for p in ps if p.grad is not None]
+
+    @torch.no_grad()
+    def _add_orthogonal_part(self) -> None:
+        """LookSAM between SAM steps: ``g ← g + α·‖g‖/‖g_v‖·g_v`` with the last SAM step's ``g_v``."""
+        ps = [p for p in self._look_params if p.grad is not None and "look_gv" in self.state[p]]
+        if not ps or self._look_norm is None:
+            return
+        gs = [_local(p.grad) for p in ps]
+        scale = self.look_alpha * float(self._grad_norm(gs)) / max(self._look_norm, self.eps)
+        torch._foreach_add_(gs, [self.state[p]["look_gv"] for p in ps], alpha=scale)
+
+    @torch.no_grad()
     def restore(self) -> None:
         """Put the unperturbed weights back without stepping (e.g. when the second loss is NaN)."""
         if self._perturbed is None:
             return
-        for ws, bufs in self._perturbed:
+        for _, ws, bufs in self._perturbed:
             if self.backup_dtype is None:
                 torch._foreach_copy_(ws, bufs)  # exact
             else:
@@ -317,6 +381,8 @@ class SAM(Optimizer):
         """Restore ``w`` and apply the base optimizer with the gradient taken at ``w + ε``."""
         if self._perturbed is None:
             raise RuntimeError("SAM.second_step called without first_step")
+        if self.look_alpha is not None:
+            self._keep_orthogonal_part()
         self.restore()
         self.base_optimizer.step()
         self.steps_done += 1
@@ -329,6 +395,8 @@ class SAM(Optimizer):
         """A base-optimizer step on the gradient at ``w`` (no ascent): the in-between steps of ``every_k``."""
         if self._perturbed is not None:
             raise RuntimeError("SAM.plain_step called between first_step and second_step")
+        if self.look_alpha is not None and self._look_norm is not None:
+            self._add_orthogonal_part()
         self.base_optimizer.step()
         self.steps_done += 1
         self._opt_called = True
