@@ -459,6 +459,7 @@ class HFBackend:
         use_window = window and getattr(cfg, "use_sliding_window", True)
         self.sliding_window: int | None = int(window) if use_window else None
         self.tokens_forwarded = 0  # tokens actually run through the model (for benchmarks)
+        self.head_rows = 0  # positions the LM head ran at (for benchmarks' FLOP counts)
         self.tree = scoring_path == "tree"
         self._drop_prefix()
         if self.tree:
@@ -737,6 +738,7 @@ class HFBackend:
         if ctx is not None:
             # A 4D mask makes transformers skip building its own (T x T) mask; units replace it.
             kwargs = {"attention_mask": torch.zeros((1, 1, 1, 1), device=self.device), _UNITS_KW: ctx}
+        self.head_rows += len(keep)
         return self.model(
             input_ids=ids.to(self.device),
             position_ids=None if pos is None else pos.to(self.device),
@@ -810,7 +812,7 @@ class HFBackend:
                 via_cache.update(_run_units_small(self, sub))
             plain = {item.index: self._run_plain([item])[0] for item in items}
         self._drop_prefix()
-        self.tokens_forwarded = 0
+        self.tokens_forwarded = self.head_rows = 0
         worst = max(abs(got[i].logprob - plain[i].logprob) for got in (tree, via_cache) for i in plain)
         if called and worst <= _CHECK_TOL[self.dtype]:
             return
