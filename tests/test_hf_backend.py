@@ -178,6 +178,7 @@ def test_single_token_choices_cost_one_context_forward(tiny: Path, backend: HFBa
     assert_same(got, naive(backend, reqs), 1e-4)
     lengths = [len(encode_pair(be.tokenizer, c, " B")[0]) for c in contexts]
     assert be.tokens_forwarded == sum(lengths)  # each context forwarded once, nothing else
+    assert be.head_rows == len(contexts)  # the LM head ran at one row per context (three letters each)
 
 
 def test_left_truncation_matches_lmeval_rule(tiny: Path) -> None:
