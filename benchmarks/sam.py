@@ -21,7 +21,9 @@ How it is measured, and why:
 * Each worker does ``--warmup-steps`` untimed steps first (optimizer state, SAM buffer and
   allocator pages are created there), then ``--steps`` timed ones on the same batch.
 * Cheaper SAM variants (``--variants``, see :mod:`cfbench.train.sam`): ``sam-everyK`` (a SAM step
-  every K steps, plain AdamW in between), ``sam-only-norm`` (SAM-ON), ``sam-bf16`` (ε kept in bf16
+  every K steps, plain AdamW in between), ``looksamK`` (LookSAM: SAM every K steps, the in-between
+  steps add the last SAM gradient's orthogonal part, α 0.7; ``looksamK-aA`` for α = A),
+  ``sam-only-norm`` (SAM-ON), ``sam-bf16`` (ε kept in bf16
   instead of a float32 weight copy). Each is timed in its own process against AdamW, steps
   alternating as above (the timed steps are rounded up to whole K-cycles); its time ratio is the
   ratio of *mean* step times (a K-cycle has one two-pass step and K-1 one-pass steps, so medians
