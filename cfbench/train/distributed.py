@@ -65,13 +65,19 @@ class DistContext:
         }
 
 
+def launched_world_size() -> int:
+    """The number of processes torchrun launched (``WORLD_SIZE``; 1 when unset), read without
+    starting anything, so callers can refuse an option before any work."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def context_from_env(device: str | None = None) -> DistContext | None:
     """A :class:`DistContext` when launched by torchrun with ``WORLD_SIZE`` > 1, else None.
 
     ``device``: ``cpu`` forces gloo on CPU (tests, CPU clusters); otherwise CUDA is used when present,
     one GPU per rank (``LOCAL_RANK``).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = launched_world_size()
     if world <= 1:
         return None
     if not dist.is_available():

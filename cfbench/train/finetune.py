@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -477,7 +476,9 @@ def finetune(
         sam_backup_dtype,
         sam_look_alpha,
     )
-    if sam_look_alpha is not None and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    from cfbench.train.distributed import launched_world_size
+
+    if sam_look_alpha is not None and launched_world_size() > 1:
         raise CfbenchError("--sam-look-alpha under torchrun (sharded FSDP) is not supported: use --sam-every alone")
     out = Path(out)
     t_start = time.time()

@@ -167,11 +167,11 @@ class SAM(Optimizer):
             raise ValueError(f"SAM rho must be >= 0, got {rho}")
         if not (isinstance(every_k, int) and every_k >= 1):
             raise ValueError(f"SAM every_k must be an integer >= 1, got {every_k!r}")
-        if look_alpha is not None and not (look_alpha >= 0.0 and every_k > 1 and not adaptive and perturb is None):
+        if look_alpha is not None and not (look_alpha >= 0.0 and every_k > 1 and perturb is None):
             raise ValueError(
-                f"SAM look_alpha (LookSAM) needs every_k > 1, plain SAM (not adaptive) and all parameters "
-                f"perturbed (no perturb subset), and must be >= 0; got look_alpha={look_alpha}, every_k={every_k}, "
-                f"adaptive={adaptive}, perturb={'a subset' if perturb is not None else None}"
+                f"SAM look_alpha (LookSAM) needs every_k > 1 and all parameters perturbed (no perturb subset), "
+                f"and must be >= 0; got look_alpha={look_alpha}, every_k={every_k}, "
+                f"perturb={'a subset' if perturb is not None else None}"
             )
         if backup_dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"SAM backup_dtype must be None, float32, bfloat16 or float16, got {backup_dtype}")
@@ -206,8 +206,9 @@ class SAM(Optimizer):
         self.look_alpha = look_alpha
         if look_alpha is not None and self.sharded:
             raise ValueError("SAM look_alpha (LookSAM) is not supported with sharded parameters: use every_k alone")
-        if look_alpha is not None and any(g.get("adaptive") for g in self.param_groups):
-            raise ValueError("SAM look_alpha (LookSAM) needs plain SAM: a param group is adaptive")
+        # Groups carry ``adaptive`` (the argument is their default), so this covers both.
+        if look_alpha is not None and any(g["adaptive"] for g in self.param_groups):
+            raise ValueError("SAM look_alpha (LookSAM) needs plain SAM, not adaptive=True (ASAM)")
         self._look_norm: float | None = None  # ‖g_v‖ of the last SAM step (None: no g_v yet)
         self._look_params: list[Tensor] = []
         self._perturb_ids: set[int] | None = None
@@ -352,12 +353,13 @@ class SAM(Optimizer):
         torch._foreach_mul_(gvs, -coef)
         torch._foreach_add_(gvs, gss)  # g_v = g_s − (⟨ε, g_s⟩ / ‖ε‖²)·ε
         self._look_norm = float(self._grad_norm(gvs))
+        # the parameters whose g_v is this step's (a buffer of one without a gradient now is stale)
         self._look_params = [p for ps, _, _ in self._perturbed for p in ps if p.grad is not None]
 
     @torch.no_grad()
     def _add_orthogonal_part(self) -> None:
         """LookSAM between SAM steps: ``g ← g + α·‖g‖/‖g_v‖·g_v`` with the last SAM step's ``g_v``."""
-        ps = [p for p in self._look_params if p.grad is not None and "look_gv" in self.state[p]]
+        ps = [p for p in self._look_params if p.grad is not None]
         if not ps or self._look_norm is None:
             return
         gs = [_local(p.grad) for p in ps]
