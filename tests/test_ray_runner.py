@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _threads import torch_threads
 
 from cfbench.errors import CfbenchError
 
@@ -36,8 +37,9 @@ def test_ray_workers_give_the_items_of_one_process(cluster: None, tiny_model: Pa
     from cfbench.scale.workers import evaluate_parallel
 
     kw = dict(tasks=TASKS, limit=6, backend="hf", backend_options={"dtype": "float32"})
-    one = evaluate(str(tiny_model), results=tmp_path / "one", progress="off", **kw)
     runner = RayRunner(workers=2)
+    with torch_threads(runner.threads):  # exact only at the actors' thread count (tests/_threads.py)
+        one = evaluate(str(tiny_model), results=tmp_path / "one", progress="off", **kw)
     two = evaluate_parallel(str(tiny_model), runner, results=tmp_path / "two", progress="off", **kw)
     assert len(runner._where) == 2 and all(w.endswith(":cpu") for w in runner._where)
     a, b = _items(tmp_path / "one"), _items(tmp_path / "two")

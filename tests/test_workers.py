@@ -1,10 +1,14 @@
-"""Scoring over 2 worker processes gives exactly the items of one process (tiny model, CPU)."""
+"""Scoring over 2 worker processes gives exactly the items of one process at the workers' thread count (tiny model)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from _threads import torch_threads
 
 from cfbench.errors import CfbenchError
 from cfbench.scale.workers import parse_devices
@@ -23,11 +27,13 @@ def _items(results: Path):
 @pytest.mark.timeout(600)
 def test_two_workers_give_the_items_of_one(tiny_model: Path, tmp_path: Path) -> None:
     from cfbench.engine import evaluate
-    from cfbench.scale.workers import evaluate_parallel
+    from cfbench.scale.workers import LocalRunner, evaluate_parallel
 
     kw = dict(tasks=TASKS, limit=6, backend="hf", backend_options={"dtype": "float32"})
-    one = evaluate(str(tiny_model), results=tmp_path / "one", progress="off", **kw)
-    two = evaluate_parallel(str(tiny_model), ["cpu", "cpu"], results=tmp_path / "two", progress="off", **kw)
+    runner = LocalRunner(["cpu", "cpu"])
+    with torch_threads(runner.threads):  # exact only at the workers' thread count (tests/_threads.py)
+        one = evaluate(str(tiny_model), results=tmp_path / "one", progress="off", **kw)
+    two = evaluate_parallel(str(tiny_model), runner, results=tmp_path / "two", progress="off", **kw)
     a, b = _items(tmp_path / "one"), _items(tmp_path / "two")
     assert len(a) == len(b) == 6 * len(TASKS)
     assert two.scored_items == 6 * len(TASKS)
@@ -36,6 +42,42 @@ def test_two_workers_give_the_items_of_one(tiny_model: Path, tmp_path: Path) -> 
         assert a[c].astype(str).tolist() == b[c].astype(str).tolist(), c  # exact, every column
     assert [(o.task, o.metrics) for o in one.outcomes] == [(o.task, o.metrics) for o in two.outcomes]
     assert all(o.n_scored == 6 for o in two.outcomes)
+
+
+_AT_WORKER_THREADS = """
+import sys
+from pathlib import Path
+from _threads import torch_threads
+from cfbench.engine import evaluate
+from cfbench.scale.workers import LocalRunner, evaluate_parallel
+from cfbench.store import ResultStore
+
+model, out = sys.argv[1], Path(sys.argv[2])
+kw = dict(tasks=["arc_challenge", "copa"], limit=6, backend="hf", backend_options={"dtype": "float32"}, progress="off")
+runner = LocalRunner(["cpu", "cpu"])
+with torch_threads(runner.threads):
+    evaluate(model, results=out / "one", **kw)
+evaluate_parallel(model, runner, results=out / "two", **kw)
+a, b = (ResultStore(out / r).items().sort_values(["task", "doc_id"]) for r in ("one", "two"))
+assert len(a) == len(b) == 12
+assert a["logprobs"].astype(str).tolist() == b["logprobs"].astype(str).tolist(), "not bit for bit"
+"""
+
+
+@pytest.mark.timeout(600)
+def test_workers_match_one_process_on_thread_sensitive_kernels(tiny_model: Path, tmp_path: Path) -> None:
+    """MKL's AVX2 float32 sgemm rounds differently at 1 and 2 threads (a CI host without AVX-512 showed
+    1-ulp log-likelihood differences between 1-thread workers and a 2-thread process). Forced onto
+    those kernels here, one process at ``runner.threads`` still gives the workers' items bit for bit."""
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        pytest.skip("MKL's instruction-set switch is what makes the kernels thread-sensitive")
+    env = {**os.environ, "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", _AT_WORKER_THREADS, str(tiny_model), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=540)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_parse_devices() -> None:
@@ -90,9 +132,11 @@ def test_compare_on_two_workers_gives_the_items_and_report_of_one(tiny_model: Pa
     tuned = _tuned_copy(tiny_model, tmp_path / "tuned")
     kw = dict(suite="offline", n_boot=200, eval_kwargs={"limit": 3, "backend_options": {"dtype": "float32"},
                                                         "progress": "off"})  # fmt: skip
-    one = compare(str(tiny_model), [str(tuned)], results=tmp_path / "one", **kw)  # type: ignore[arg-type]
+    runner = LocalRunner(["cpu", "cpu"])
+    with torch_threads(runner.threads):
+        one = compare(str(tiny_model), [str(tuned)], results=tmp_path / "one", **kw)  # type: ignore[arg-type]
     two = compare(str(tiny_model), [str(tuned), str(tiny_model)], results=tmp_path / "two",
-                  runner=LocalRunner(["cpu", "cpu"]), **kw)  # type: ignore[arg-type]  # fmt: skip
+                  runner=runner, **kw)  # type: ignore[arg-type]  # fmt: skip
     from cfbench.store import ResultStore
 
     a, b = (ResultStore(tmp_path / r).items().sort_values(["cache_key", "task", "doc_id"]).reset_index(drop=True)

@@ -74,6 +74,9 @@ class RayRunner:
         self._actors: list[Any] = []
         self._gpus_each = 0
         self._where: list[str] = []
+        # torch threads per actor (each holds num_cpus=1): as LocalRunner.threads, the count one process
+        # needs to reproduce an actor's items bit for bit.
+        self.threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
 
     def start(self, backend: str, options: dict[str, Any]) -> int:
         """Connect (or start a local cluster), check the resources, create the actors; returns their number."""
@@ -116,9 +119,8 @@ class RayRunner:
                 raise CfbenchError(f"--workers {n} CPU workers but the Ray cluster has {cpus} CPU(s): give "
                                    f"--workers {cpus} or fewer")  # fmt: skip
             opts = {"num_cpus": 1, "num_gpus": 0}
-        threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
         actor_cls = ray.remote(ScoringActor)
-        self._actors = [actor_cls.options(**opts).remote(threads) for _ in range(n)]
+        self._actors = [actor_cls.options(**opts).remote(self.threads) for _ in range(n)]
         self._where = ray.get([a.where.remote() for a in self._actors])
         return n
 

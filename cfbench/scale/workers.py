@@ -243,6 +243,10 @@ class LocalRunner:
         if not devices:
             raise CfbenchError("no devices to score on: give --workers N or --devices cuda:0,...")
         self.devices = list(devices)
+        # torch threads per worker: the cores shared out. On some CPUs float32 kernels round differently
+        # with another thread count (MKL's AVX2 sgemm does), so one process reproduces a worker's items
+        # bit for bit at this thread count, and only to ~1 ulp at another.
+        self.threads = max(1, (os.cpu_count() or 1) // len(self.devices))
 
     def start(self, backend: str, options: dict[str, Any]) -> int:
         """Check the devices fit the engine; returns the number of workers."""
@@ -261,10 +265,9 @@ class LocalRunner:
         queue = ctx.Manager().Queue()
         for d in self.devices:
             queue.put(d)
-        threads = max(1, (os.cpu_count() or 1) // len(self.devices))
         report = Reporter(jobs, f"{len(self.devices)} device(s)", progress)
         with ProcessPoolExecutor(len(self.devices), mp_context=ctx, initializer=_init_worker,
-                                 initargs=(queue, threads)) as pool:  # fmt: skip
+                                 initargs=(queue, self.threads)) as pool:  # fmt: skip
             futures = {pool.submit(_run_job, j): j for j in jobs}
             try:
                 for fut in as_completed(futures):
