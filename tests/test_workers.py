@@ -73,7 +73,9 @@ def test_workers_match_one_process_on_thread_sensitive_kernels(tiny_model: Path,
 
     if not torch.backends.mkl.is_available():
         pytest.skip("MKL's instruction-set switch is what makes the kernels thread-sensitive")
+    # Its own inductor cache: kernels compiled at avx2 and reused at AVX-512 are wrong (see vllm._checked_rank).
     env = {**os.environ, "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     run = subprocess.run([sys.executable, "-c", _AT_WORKER_THREADS, str(tiny_model), str(tmp_path)], env=env,
                          capture_output=True, text=True, timeout=540)  # fmt: skip

