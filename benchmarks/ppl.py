@@ -36,10 +36,10 @@ def main() -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from cfbench.backends.base import RollingRequest
     from cfbench.backends.hf import HFBackend
     from cfbench.data.text import load_text_source
     from cfbench.models.checkpoint import resolve_checkpoint
+    from cfbench.requests import RollingRequest
 
     ck = resolve_checkpoint(args.checkpoint)
     texts = list(load_text_source(args.data).docs[: args.limit])

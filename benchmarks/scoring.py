@@ -84,8 +84,8 @@ LMEVAL_FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed (simple_eval
 
 
 def lmeval_workload(name: str, limit: int, tm: Any, num_fewshot: int = 0) -> Workload:
-    from cfbench.backends.base import LoglikRequest
     from cfbench.backends.lmeval_models import offline_task, task_requests
+    from cfbench.requests import LoglikRequest
 
     lm_names = TASKS[name][0]
     per = max(1, limit // len(lm_names))

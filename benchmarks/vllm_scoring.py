@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from cfbench.backends import make_backend
-    from cfbench.backends.tokenize import encode_pair
+    from cfbench.models.tokenize import encode_pair
     from cfbench.models.checkpoint import resolve_checkpoint
 
     path = str(resolve_checkpoint(args.model).path)

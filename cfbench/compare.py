@@ -143,7 +143,7 @@ def gather(
 
     A run scored with ``--limit N`` contributes exactly the documents it selected, even when the
     shared item cache holds more. ``item_hash`` (the item's fingerprint, null for items stored before
-    it existed) and ``task_hash`` decide which items may be paired (:func:`cfbench.report.stats.align_items`).
+    it existed) and ``task_hash`` decide which items may be paired (:func:`cfbench.stats.align_items`).
     ``raw`` (if given) receives each run's full item rows by label (:func:`run_items`), for the drift metrics.
     """
     item_frames, score_frames = [], []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cfbench.backends.base import LoglikRequest, LoglikResult
+from cfbench.requests import LoglikRequest, LoglikResult
 
 TOLERANCE = 1e-3
 

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from cfbench.backends.base import LoglikRequest
 from cfbench.backends.hf import HFBackend
 from cfbench.errors import CfbenchError
 from cfbench.models import ResolvedCheckpoint, resolve_checkpoint
 from cfbench.models.checkpoint import _atomic_build, _builtin_gguf
 from cfbench.models.tiny import make_tiny_llama
+from cfbench.requests import LoglikRequest
 
 REQS = [LoglikRequest("The quick brown fox", " jumps over the lazy dog."), LoglikRequest("A man is", " on a roof.")]
 

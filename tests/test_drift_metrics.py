@@ -111,7 +111,7 @@ def test_acc_norm_lengths_come_from_the_bundled_task_data() -> None:
 @pytest.mark.parametrize("task", ["arc_challenge", "copa", "hellaswag"])  # acc, ppl rule, acc_norm
 def test_choice_scores_rank_exactly_as_the_task_primary_metric(task: str) -> None:
     """Random backend results through Task.score: argmax of the choice scores is what the metric counts."""
-    from cfbench.backends.base import LoglikResult
+    from cfbench.requests import LoglikResult
     from cfbench.store.schema import item_fingerprint
     from cfbench.tasks.registry import get_task
 

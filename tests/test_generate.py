@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cfbench.backends.base import GenerateRequest
 from cfbench.backends.generate import stop_strings, truncate_at_stop
 from cfbench.backends.hf import HFBackend
 from cfbench.errors import CfbenchError
 from cfbench.models.tiny import make_tiny_llama
+from cfbench.requests import GenerateRequest
 
 PROMPTS = [
     "Question: Which object rolls",

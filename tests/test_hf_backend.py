@@ -10,11 +10,11 @@ import torch
 
 from cfbench.backends import hf as hf_module
 from cfbench.backends import make_backend
-from cfbench.backends.base import LoglikRequest, LoglikResult
 from cfbench.backends.hf import HFBackend, Trie, Unit, _Item, plan_units
-from cfbench.backends.tokenize import encode_pair
+from cfbench.models.tokenize import encode_pair
 from cfbench.errors import CfbenchError
 from cfbench.models.tiny import make_tiny_llama
+from cfbench.requests import LoglikRequest, LoglikResult
 
 CONTEXTS = [
     "Question: Which object rolls the farthest down a ramp?\nAnswer:",

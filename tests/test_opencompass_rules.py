@@ -17,7 +17,7 @@ from cfbench.backends.hf import HFBackend
 from cfbench.data.adapters import PROCESSORS
 from cfbench.errors import CfbenchError
 from cfbench.report.groups import MMLU_SUBGROUPS
-from cfbench.report.stats import align_items
+from cfbench.stats import align_items
 from cfbench.tasks.opencompass import (
     OCPPLRequests,
     get_ppl_reference,
@@ -94,7 +94,7 @@ def test_task_with_oc_ppl_needs_the_tokenizer() -> None:
 
 
 def test_scoring_picks_lowest_opencompass_ppl(tiny_model: Path) -> None:
-    from cfbench.backends.base import LoglikResult
+    from cfbench.requests import LoglikResult
 
     task = get_task("oc_copa")
     from transformers import AutoTokenizer

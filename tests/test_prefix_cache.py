@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cfbench.backends.base import LoglikRequest, LoglikResult
 from cfbench.backends.hf import HFBackend, Trie
-from cfbench.backends.tokenize import encode_pair
+from cfbench.models.tokenize import encode_pair
 from cfbench.models.tiny import make_tiny_llama
+from cfbench.requests import LoglikRequest, LoglikResult
 
 TOL = 1e-4
 HEADER = "The following are multiple choice questions (with answers) about {}.\n\n"
@@ -206,7 +206,7 @@ def test_model_mishandling_the_cached_prefix_is_refused(tiny: Path, monkeypatch)
 
 def test_batched_tokenisation_equals_encode_pair(plain: HFBackend) -> None:
     """``prepare`` tokenises in batches with each distinct string once; the ids are encode_pair's."""
-    from cfbench.backends import tokenize
+    from cfbench.models import tokenize
 
     pairs = [(r.context, r.continuation) for r in few_shot_requests()]
     pairs += [("", " the ball."), ("The quick brown fox ", "jumps over"), ("Answer:  ", "A"), ("x", "")]

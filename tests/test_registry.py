@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cfbench.backends.base import LoglikRequest, LoglikResult
 from cfbench.data import default_sources
 from cfbench.data.bundled import bundled_root
 from cfbench.errors import CfbenchError
+from cfbench.requests import LoglikRequest, LoglikResult
 from cfbench.tasks import get_task, get_task_config, load_suite
 from cfbench.tasks.config import load_task_config
 from cfbench.tasks.listing import task_statuses

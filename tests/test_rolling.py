@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from cfbench.backends.base import RollingRequest
 from cfbench.backends.hf import HFBackend
 from cfbench.backends.rolling import plan_windows, rolling_windows, score_rolling
 from cfbench.errors import CfbenchError
 from cfbench.models.tiny import make_tiny_llama
+from cfbench.requests import RollingRequest
 
 TOL = 1e-3
 TEXTS = [

@@ -1,4 +1,4 @@
-"""Paired statistics of cfbench.report.stats checked against cases with a known answer."""
+"""Paired statistics of cfbench.stats checked against cases with a known answer."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cfbench import stats
 from cfbench.errors import CfbenchError
-from cfbench.report import stats
-from cfbench.report.stats import (
+from cfbench.stats import (
     Coverage,
     TaskPoint,
     aggregate_deltas,

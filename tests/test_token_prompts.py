@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cfbench.backends.base import LoglikRequest
 from cfbench.backends.token_prompts import plan_prompts
 from cfbench.errors import CfbenchError
+from cfbench.requests import LoglikRequest
 
 
 class CharTokenizer:

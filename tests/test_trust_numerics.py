@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from cfbench.backends.base import LoglikResult
 from cfbench.errors import CfbenchError
+from cfbench.requests import LoglikResult
 from cfbench.tasks import get_task
 from cfbench.train.finetune import finetune
 from cfbench.train.merge import load_safetensors_folder
@@ -67,7 +67,7 @@ def test_nonfinite_logprob_is_an_error_naming_task_and_doc(tqa, bad: float) -> N
 def test_hf_backend_keeps_nan_instead_of_minus_inf(tiny_model: Path) -> None:
     """The backend must hand a NaN on (Task.score refuses it), not turn it into a silent -inf."""
     from cfbench.backends import make_backend
-    from cfbench.backends.base import LoglikRequest
+    from cfbench.requests import LoglikRequest
 
     be = make_backend("hf", tiny_model, dtype="float32")
     try:

@@ -119,7 +119,7 @@ def test_vllm_truncates_like_a_window(vllm_backend: Any, model_path: str) -> Non
 @pytest.mark.slow  # hf reference forward of ~1.2k tokens
 def test_vllm_rolling_equals_hf_in_windows_of_max_model_len_minus_2(vllm_backend: Any, model_path: str) -> None:
     """Prompt log-probs give hf's rolling numbers for windows two shorter than max_model_len."""
-    from cfbench.backends.base import RollingRequest
+    from cfbench.requests import RollingRequest
 
     texts = ["one two three four five six seven eight nine ten. " * 60, "A short text.", "Answer: B"]
     done: list[int] = []

@@ -11,20 +11,14 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from cfbench.backends.base import (
-    Backend,
-    LoglikRequest,
-    LoglikResult,
-    RollingBackend,
-    RollingRequest,
-    RollingResult,
-)
+from cfbench.backends.base import Backend, RollingBackend
 from cfbench.errors import CfbenchError
+from cfbench.requests import LoglikRequest, LoglikResult, RollingRequest, RollingResult
 
 BACKENDS: dict[str, str] = {
     "hf": "cfbench.backends.hf:HFBackend",
     "vllm": "cfbench.backends.vllm:VLLMBackend",
-    "openai": "cfbench.backends.openai_api:OpenAIBackend",
+    "openai": "cfbench.backends.openai_pool:OpenAIPool",  # one server or several (load-balanced)
 }
 
 

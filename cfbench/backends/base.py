@@ -19,57 +19,16 @@ windows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-
-@dataclass(frozen=True, slots=True)
-class LoglikRequest:
-    """Score ``log p(continuation | context)``."""
-
-    context: str
-    continuation: str
-
-
-@dataclass(frozen=True, slots=True)
-class LoglikResult:
-    """Sum of continuation-token log-probs, whether each token was the argmax, and the token count."""
-
-    logprob: float
-    is_greedy: bool
-    n_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class GenerateRequest:
-    """Greedy continuation of ``context``: at most ``max_gen_toks`` tokens, cut at the first of ``until``.
-
-    lm-eval's ``generate_until`` request (``until`` and ``max_gen_toks`` of its ``gen_kwargs``;
-    256 is its default ``max_gen_toks``). The EOS token always stops a generation as well.
-    """
-
-    context: str
-    until: tuple[str, ...] = ()
-    max_gen_toks: int = 256
-
-
-@dataclass(frozen=True, slots=True)
-class RollingRequest:
-    """Score ``log p(text)`` from the first token on (the first token is conditioned on BOS/EOS)."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class RollingResult:
-    """Sum of the log-probs of every token of the text, and how many tokens that is."""
-
-    logprob: float
-    n_tokens: int
-
-
-ProgressFn = Callable[[int], None]
+from cfbench.requests import (
+    LoglikRequest,
+    LoglikResult,
+    ProgressFn,
+    RollingRequest,
+    RollingResult,
+)
 
 
 @runtime_checkable

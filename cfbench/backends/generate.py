@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from cfbench.backends.base import GenerateRequest, ProgressFn
 from cfbench.errors import CfbenchError
+from cfbench.requests import GenerateRequest, ProgressFn
 
 
 def stop_strings(until: Sequence[str], eos: str | None) -> list[str]:

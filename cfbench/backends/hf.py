@@ -50,7 +50,9 @@ import torch
 import torch.nn.functional as F
 
 from cfbench.backends import rolling
-from cfbench.backends.base import (
+from cfbench.models.tokenize import encode_pairs
+from cfbench.errors import CfbenchError
+from cfbench.requests import (
     GenerateRequest,
     LoglikRequest,
     LoglikResult,
@@ -58,8 +60,6 @@ from cfbench.backends.base import (
     RollingRequest,
     RollingResult,
 )
-from cfbench.backends.tokenize import encode_pairs
-from cfbench.errors import CfbenchError
 
 log = logging.getLogger(__name__)
 

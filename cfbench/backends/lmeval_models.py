@@ -27,8 +27,8 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from cfbench.backends import make_backend
-from cfbench.backends.base import LoglikRequest, RollingRequest
 from cfbench.errors import CfbenchError
+from cfbench.requests import LoglikRequest, RollingRequest
 
 # ----------------------------------------------------------------------------------------------
 # Models

@@ -27,14 +27,14 @@ from typing import Any
 import httpx
 
 from cfbench.backends import rolling
-from cfbench.backends.base import LoglikRequest, LoglikResult, ProgressFn, RollingRequest, RollingResult
 from cfbench.backends.token_prompts import PromptPlan, plan_prompts
 from cfbench.errors import CfbenchError
+from cfbench.requests import LoglikRequest, LoglikResult, ProgressFn, RollingRequest, RollingResult
 
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
-class _Retryable(Exception):
+class Retryable(Exception):
     """A failure worth retrying (the server may be overloaded or restarting)."""
 
 
@@ -96,15 +96,6 @@ class OpenAIBackend:
     """
 
     name = "openai"
-
-    def __new__(cls, *args: Any, **options: Any) -> OpenAIBackend:
-        """Several base URLs (``"u1;u2"`` or a list) build a load-balancing pool (:mod:`cfbench.scale.openai_pool`)."""
-        url = options.get("base_url")
-        if cls is OpenAIBackend and (isinstance(url, list | tuple) or ";" in str(url or "")):
-            from cfbench.scale.openai_pool import OpenAIPool
-
-            return super().__new__(OpenAIPool)
-        return super().__new__(cls)
 
     @classmethod
     def key_settings(cls, model_path: str | Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -245,11 +236,11 @@ class OpenAIBackend:
                 except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
                     if not retry_connect:
                         raise self._unreachable(f"{type(exc).__name__}: {exc}") from exc
-                    raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+                    raise Retryable(f"{type(exc).__name__}: {exc}") from exc
                 except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                    raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+                    raise Retryable(f"{type(exc).__name__}: {exc}") from exc
                 if reply.status_code in _RETRY_STATUS:
-                    raise _Retryable(f"HTTP {reply.status_code}: {reply.text[:200]}")
+                    raise Retryable(f"HTTP {reply.status_code}: {reply.text[:200]}")
                 if reply.status_code >= 400:
                     raise CfbenchError(
                         f"the server at {self.base_url} rejected {method} {path} with HTTP {reply.status_code}: "
@@ -262,7 +253,7 @@ class OpenAIBackend:
                         f"the server at {self.base_url} answered {path} with non-JSON: is base_url an "
                         "OpenAI-compatible API (it usually ends in /v1)?"
                     ) from exc
-            except _Retryable as exc:
+            except Retryable as exc:
                 if attempt == self.max_retries:
                     raise self._unreachable(f"{exc}; gave up after {attempt + 1} attempts") from exc
                 time.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random()))

@@ -27,10 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cfbench.backends.base import ProgressFn, RollingRequest, RollingResult
 from cfbench.backends.token_prompts import PromptPlan, Span
-from cfbench.backends.tokenize import prefix_token_id
+from cfbench.models.tokenize import prefix_token_id
 from cfbench.errors import CfbenchError
+from cfbench.requests import ProgressFn, RollingRequest, RollingResult
 
 #: Window tokens per call of a backend's scorer: big enough to pack forwards, small enough that
 #: progress moves and memory stays bounded.

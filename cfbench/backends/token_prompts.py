@@ -4,7 +4,7 @@ Such engines score a whole prompt in one pass and report ``log p(token_j | token
 position, so a request is answered by reading the continuation positions of *some* prompt that
 starts with the request's tokens. Planning therefore:
 
-* tokenises every request with :func:`cfbench.backends.tokenize.encode_pair` (the ids every backend
+* tokenises every request with :func:`cfbench.models.tokenize.encode_pair` (the ids every backend
   agrees on) and left-truncates to what the engine accepts;
 * merges identical token sequences, and sequences that are a strict prefix of another one (a
   causal model gives the prefix the same log-probs inside the longer prompt);
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cfbench.backends.base import LoglikRequest
-from cfbench.backends.tokenize import encode_pair
+from cfbench.models.tokenize import encode_pair
 from cfbench.errors import CfbenchError
+from cfbench.requests import LoglikRequest
 
 
 @dataclass(frozen=True, slots=True)

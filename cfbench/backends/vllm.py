@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from cfbench.backends import rolling
-from cfbench.backends.base import LoglikRequest, LoglikResult, ProgressFn, RollingRequest, RollingResult
 from cfbench.backends.token_prompts import PromptPlan, plan_prompts
 from cfbench.errors import CfbenchError
+from cfbench.requests import LoglikRequest, LoglikResult, ProgressFn, RollingRequest, RollingResult
 
 # Fail at import (the registry turns this into "pip install 'cfbench[vllm]'") without paying for
 # importing vllm itself, which loads torch and probes the hardware.

@@ -29,7 +29,7 @@ def _print_version(value: bool) -> None:
     A check inside the root callback body never runs: ``no_args_is_help`` / "Missing command" fires first.
     """
     if value:
-        from cfbench import __version__
+        from cfbench._version import __version__
 
         typer.echo(f"cfbench {__version__}")
         raise typer.Exit()

@@ -3,13 +3,13 @@
 Pipeline, the same for every metric (so a new metric needs no code here):
 
 1. per run and task, stored item rows become per-choice scores (:mod:`cfbench.metrics.choices`);
-2. two runs' items of a task pair exactly as accuracy's do (:func:`cfbench.report.stats.align_items`:
+2. two runs' items of a task pair exactly as accuracy's do (:func:`cfbench.stats.align_items`:
    same ``doc_id`` *and* same fingerprint, or same task config hash where a fingerprint is missing);
 3. the metric gives one value per paired item; the task value is their mean, with a percentile
-   bootstrap CI over items (:func:`~cfbench.report.stats.bootstrap_means`, seeded from the data by
-   :func:`~cfbench.report.stats.task_rng`, so labels and run order never move a number);
+   bootstrap CI over items (:func:`~cfbench.stats.bootstrap_means`, seeded from the data by
+   :func:`~cfbench.stats.task_rng`, so labels and run order never move a number);
 4. categories are means of task values and the overall value is the mean of category values, with a
-   stratified bootstrap — :func:`~cfbench.report.stats.aggregate_deltas`, exactly as accuracy Δ AVG;
+   stratified bootstrap — :func:`~cfbench.stats.aggregate_deltas`, exactly as accuracy Δ AVG;
 5. judgement. A ``delta`` metric (signed) is significant when its CI excludes 0, as accuracy Δ is.
    A ``divergence`` is never negative, so its CI never contains 0 and "excludes 0" would mark every
    run: it is judged against the *noise floor*, the same statistic between the base and the base
@@ -32,7 +32,8 @@ import pandas as pd
 
 from cfbench.errors import CfbenchError
 from cfbench.metrics.registry import ChoiceBatch, ItemMetric, registered_metrics
-from cfbench.report.stats import (
+from cfbench.signals import Signal
+from cfbench.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_BOOT,
     AggregateDelta,
@@ -46,7 +47,6 @@ from cfbench.report.stats import (
     percentile_ci,
     task_rng,
 )
-from cfbench.signals import Signal
 
 if TYPE_CHECKING:
     from cfbench.store import ResultStore, RunRecord

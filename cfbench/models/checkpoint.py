@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from cfbench.errors import CfbenchError
-from cfbench.models.hashing import HashCache, folder_content_hash
+from cfbench.fsutil import remove_stale_tmp, tmp_prefix
+from cfbench.models.hashing import HashCache, default_cache_dir, folder_content_hash
 
 KINDS = ("hf-folder", "gguf", "hub", "state-dict", "builtin")
 STATE_DICT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
@@ -81,12 +82,6 @@ class ResolvedCheckpoint:
     base: str | None = None
 
 
-def default_cache_dir() -> Path:
-    """``$CFBENCH_CACHE`` or ``~/.cache/cfbench``: where conversions and the hash cache live."""
-    env = os.environ.get("CFBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cfbench"
-
-
 def resolve_checkpoint(spec: str, *, base: str | None = None, cache_dir: Path | None = None) -> ResolvedCheckpoint:
     """Resolve ``spec`` (see :data:`ACCEPTED_FORMS`) to a local HF folder, converting once if needed."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -126,8 +121,6 @@ def _atomic_build(final: Path, build: Callable[[Path], None]) -> Path:
     """Run ``build(tmp)`` in a sibling temp dir and rename it to ``final``; reuse ``final`` if present."""
     if (final / "config.json").is_file():
         return final
-    from cfbench.fsutil import remove_stale_tmp, tmp_prefix
-
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(final.parent, f".tmp-{final.name}-")  # left by a conversion that was killed
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=tmp_prefix(f".tmp-{final.name}-")))

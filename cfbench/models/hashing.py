@@ -15,6 +15,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from cfbench.errors import CfbenchError
+
 _CHUNK = 1 << 22
 
 # Files whose bytes change the numbers: weights, tokenizer, and the architecture config.
@@ -196,15 +198,18 @@ def first_bad_tensor(folder: Path) -> str | None:
     return None
 
 
+def default_cache_dir() -> Path:
+    """``$CFBENCH_CACHE`` or ``~/.cache/cfbench``: where conversions and the hash cache live."""
+    env = os.environ.get("CFBENCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cfbench"
+
+
 def require_finite_weights(folder: Path, content_hash: str, name: str, cache_dir: Path | None = None) -> None:
     """Refuse to score a checkpoint whose weights hold NaN / inf (a diverged fine-tune).
 
     Scanning the weights costs about a second per GB, so the verdict is remembered per content
     hash in ``<cache>/weights_checked.json``: a rerun only looks it up.
     """
-    from cfbench.errors import CfbenchError
-    from cfbench.models.checkpoint import default_cache_dir
-
     store = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = store / "weights_checked.json"
     try:

@@ -149,7 +149,7 @@ def _run_id(name: str) -> str:
 
 def paper_runs() -> list[tuple[Any, list[Any]]]:
     """``(RunRecord, [TaskScore, ...])`` per CSV row; scores are fractions (the printed % / 100)."""
-    from cfbench import __version__
+    from cfbench._version import __version__
     from cfbench.store import RunRecord, TaskScore
 
     out = []

@@ -236,10 +236,10 @@ def drift_with_ci(
 
     Each replicate resamples documents with replacement (once for both models) and recomputes
     ``sum(Δnll) / sum(tokens)``: the ratio of the resampled means of Δnll and of the token counts,
-    which :func:`cfbench.report.stats.bootstrap_means` draws for the pair (tokens, Δnll).
+    which :func:`cfbench.stats.bootstrap_means` draws for the pair (tokens, Δnll).
     ``n_boot=0`` (compare's "no CIs") gives no interval.
     """
-    from cfbench.report.stats import bootstrap_means, percentile_ci, task_rng
+    from cfbench.stats import bootstrap_means, percentile_ci, task_rng
 
     if n_boot < 0:
         raise CfbenchError(f"--n-boot must be 0 (no CI) or more, got {n_boot}")
@@ -259,7 +259,7 @@ def ppl_drift(
     base: PplResult, tuned: PplResult, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
 ) -> Signal:
     """The ``ppl_drift`` forgot-signal of ``tuned`` against ``base`` (positive: the tuned model is worse)."""
-    from cfbench.report.stats import ci_excludes_zero
+    from cfbench.stats import ci_excludes_zero
 
     paired = pair_docs(base, tuned)
     value, ci = drift_with_ci(paired, n_boot, seed, confidence)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from cfbench.report.groups import MMLU_SUBGROUPS
 from cfbench.report.plot import plot_report
-from cfbench.report.stats import AggregateDelta, Coverage, TaskDelta
 from cfbench.report.table import (
     CategoryScore,
     Comparison,
@@ -24,6 +23,7 @@ from cfbench.report.table import (
     build_report,
     detect_pairs,
 )
+from cfbench.stats import AggregateDelta, Coverage, TaskDelta
 
 __all__ = [
     "MMLU_SUBGROUPS",

@@ -202,7 +202,7 @@ def notes_html(notes: Sequence[str]) -> str:
 
 def page(title: str, body: str, *, subtitle: str | None = None) -> str:
     """The whole document: doctype, charset, title, inline CSS and the sorting script."""
-    from cfbench import __version__
+    from cfbench._version import __version__
 
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sub = f'<p class="sub">{esc(subtitle)}</p>' if subtitle else ""

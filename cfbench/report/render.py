@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
-from cfbench.report.stats import AggregateDelta, Coverage
 from cfbench.signals import Signal
+from cfbench.stats import AggregateDelta, Coverage
 
 if TYPE_CHECKING:
     from rich.console import Group

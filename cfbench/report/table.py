@@ -11,7 +11,7 @@ Two numbers per tuned row are easy to confuse and are kept apart on purpose:
   change of test set. With complete, identical item sets the two agree (Δ = AVG − base AVG).
 
 Items pair only when they are the same item (fingerprint or task config hash, see
-:func:`cfbench.report.stats.align_items`). A task whose items do not match at all gets an
+:func:`cfbench.stats.align_items`). A task whose items do not match at all gets an
 *unpaired* row: Δ of the two task means, no CI, no McNemar, no flips, and one note saying why.
 Where only some items match, the paired statistics use the matching ones and a note counts the rest.
 """
@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from cfbench.errors import CfbenchError
-from cfbench.report.stats import (
+from cfbench.signals import Signal
+from cfbench.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_BOOT,
     AggregateDelta,
@@ -45,7 +46,6 @@ from cfbench.report.stats import (
     paired_task_delta,
     task_rng,
 )
-from cfbench.signals import Signal
 
 if TYPE_CHECKING:
     from rich.console import Console, Group

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from cfbench import __version__
+from cfbench._version import __version__
 
 #: Version of the on-disk layout; a store whose ``_schema.json`` is newer is refused on open.
 SCHEMA_VERSION = 1

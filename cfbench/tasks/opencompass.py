@@ -14,7 +14,7 @@ i.e. ``n - 1`` shifted losses divided by ``n``. cfbench gets the same number fro
 request per text, without a backend change:
 
 * **tokenizer adds BOS** (Llama, Mistral): request ``("", text)``. An empty context is the BOS
-  prefix token (:func:`cfbench.backends.tokenize.prefix_token_id`), so the backend scores every
+  prefix token (:func:`cfbench.models.tokenize.prefix_token_id`), so the backend scores every
   text token after BOS: the same ``n - 1`` losses; its token count is ``n - 1``.
 * **tokenizer adds nothing** (SmolLM2, GPT-2, Qwen): OpenCompass never scores the first token (it
   has no left context). The request is ``(head, rest)`` with ``head`` the text of the first token;
@@ -44,8 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from cfbench.backends.base import LoglikRequest
 from cfbench.errors import CfbenchError
+from cfbench.models.tokenize import prefix_token_id
+from cfbench.requests import LoglikRequest
 
 #: How much of a text is tokenised to find its first token (a first pre-token is never this long).
 _HEAD_WINDOW = 256
@@ -84,8 +85,6 @@ class OCPPLRequests:
     """
 
     def __init__(self, tokenizer: Any, max_length: int | None = None) -> None:
-        from cfbench.backends.tokenize import prefix_token_id
-
         self.tokenizer = tokenizer
         self.max_length = max_length
         probe = "Question: is this probe tokenised the same way?"

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from cfbench.backends.base import LoglikRequest, LoglikResult
 from cfbench.data import DataSource, Located, default_sources, locate, missing_data_message
 from cfbench.data.adapters import get_processor
 from cfbench.errors import CfbenchError
+from cfbench.requests import LoglikRequest, LoglikResult
 from cfbench.tasks.config import TaskConfig
 from cfbench.tasks.opencompass import OCPPLRequests, oc_argmin, oc_ppl
 from cfbench.tasks.templates import evaluate, render_text

@@ -67,7 +67,7 @@ def environment() -> dict[str, str]:
     import torch
     import transformers
 
-    from cfbench import __version__
+    from cfbench._version import __version__
 
     return {
         "cfbench": __version__,

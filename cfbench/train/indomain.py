@@ -274,9 +274,9 @@ def evaluate_split(
     ``max_length`` should be the fine-tune's ``--max-length`` (the same truncation as training);
     ``max_gen_toks`` defaults to :func:`default_max_gen_toks`.
     """
-    from cfbench.backends.base import GenerateRequest
     from cfbench.backends.hf import HFBackend
     from cfbench.models.checkpoint import resolve_checkpoint
+    from cfbench.requests import GenerateRequest
 
     resolved = resolve_checkpoint(str(checkpoint))
     backend = HFBackend(resolved.path, device=device, dtype=dtype, scoring_path="plain")
@@ -391,7 +391,7 @@ def _checkpoint_hash(store_df: pd.DataFrame, ckpt: str) -> str:
 def _paired_delta(
     base: np.ndarray, tuned: np.ndarray, n_boot: int, rng: np.random.Generator, confidence: float
 ) -> tuple[float, tuple[float, float] | None, bool | None]:
-    from cfbench.report.stats import bootstrap_means, percentile_ci
+    from cfbench.stats import bootstrap_means, percentile_ci
 
     delta = float(np.mean(tuned - base))
     if n_boot <= 0 or base.size < 2:
@@ -418,7 +418,7 @@ def indomain_gain(
     :func:`cfbench.models.resolve_checkpoint` accepts. ``split``: a :class:`HeldoutSplit` or its hash.
     ``significant``: the CI excludes 0.
     """
-    from cfbench.report.stats import task_rng
+    from cfbench.stats import task_rng
 
     split_hash = split.split_hash if isinstance(split, HeldoutSplit) else str(split)
     df = store.read_table(TABLE)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cfbench.backends.openai_api import OpenAIBackend, _Retryable
+from cfbench.backends.openai_api import OpenAIBackend, Retryable
 from cfbench.errors import CfbenchError
 
 
@@ -29,8 +29,24 @@ def split_urls(base_url: str | list[str] | tuple[str, ...]) -> list[str]:
     return [p.strip() for p in parts if p and p.strip()]
 
 
+def is_pool(base_url: Any) -> bool:
+    """Whether ``base_url`` names several servers (``"u1;u2"`` or a list)."""
+    return isinstance(base_url, list | tuple) or ";" in str(base_url or "")
+
+
 class OpenAIPool(OpenAIBackend):
-    """An :class:`OpenAIBackend` whose requests are spread over several servers of the same model."""
+    """An :class:`OpenAIBackend` whose requests are spread over several servers of the same model.
+
+    This is the class registered as the ``openai`` backend: given one server it builds a plain
+    :class:`OpenAIBackend`, given several it builds the pool. The choice lives here, in the
+    subclass, so that the single-server backend never has to know the pool exists.
+    """
+
+    def __new__(cls, *args: Any, **options: Any) -> OpenAIBackend:
+        """Several base URLs build a pool; one builds a plain :class:`OpenAIBackend` (fully initialised)."""
+        if cls is OpenAIPool and not is_pool(options.get("base_url")):
+            return OpenAIBackend(*args, **options)
+        return super().__new__(cls)
 
     def __init__(self, model_path: str | Path, *, base_url: str | list[str], max_retries: int = 5, **options: Any):
         urls = split_urls(base_url)
@@ -74,7 +90,7 @@ class OpenAIPool(OpenAIBackend):
                         self.requests_per_server[i] += 1
                     return result
                 except CfbenchError as exc:
-                    if not isinstance(exc.__cause__, _Retryable):
+                    if not isinstance(exc.__cause__, Retryable):
                         raise  # the server answered with a real rejection: another server would too
                     last = exc
                 finally:
