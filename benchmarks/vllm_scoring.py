@@ -86,8 +86,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from cfbench.backends import make_backend
-    from cfbench.models.tokenize import encode_pair
     from cfbench.models.checkpoint import resolve_checkpoint
+    from cfbench.models.tokenize import encode_pair
 
     path = str(resolve_checkpoint(args.model).path)
     requests, owner, gold = arc_requests(args.limit, args.num_fewshot)

@@ -11,9 +11,9 @@ import torch
 from cfbench.backends import hf as hf_module
 from cfbench.backends import make_backend
 from cfbench.backends.hf import HFBackend, Trie, Unit, _Item, plan_units
-from cfbench.models.tokenize import encode_pair
 from cfbench.errors import CfbenchError
 from cfbench.models.tiny import make_tiny_llama
+from cfbench.models.tokenize import encode_pair
 from cfbench.requests import LoglikRequest, LoglikResult
 
 CONTEXTS = [

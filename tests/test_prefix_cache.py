@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from cfbench.backends.hf import HFBackend, Trie
-from cfbench.models.tokenize import encode_pair
 from cfbench.models.tiny import make_tiny_llama
+from cfbench.models.tokenize import encode_pair
 from cfbench.requests import LoglikRequest, LoglikResult
 
 TOL = 1e-4

@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F
 
 from cfbench.backends import rolling
-from cfbench.models.tokenize import encode_pairs
 from cfbench.errors import CfbenchError
+from cfbench.models.tokenize import encode_pairs
 from cfbench.requests import (
     GenerateRequest,
     LoglikRequest,

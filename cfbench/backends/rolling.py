@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cfbench.backends.token_prompts import PromptPlan, Span
-from cfbench.models.tokenize import prefix_token_id
 from cfbench.errors import CfbenchError
+from cfbench.models.tokenize import prefix_token_id
 from cfbench.requests import ProgressFn, RollingRequest, RollingResult
 
 #: Window tokens per call of a backend's scorer: big enough to pack forwards, small enough that

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cfbench.models.tokenize import encode_pair
 from cfbench.errors import CfbenchError
+from cfbench.models.tokenize import encode_pair
 from cfbench.requests import LoglikRequest
 
 
