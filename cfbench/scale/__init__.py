@@ -1,5 +1,5 @@
-"""Scale-out (layer 4): score one plan over many devices or processes (:mod:`.workers`) or Ray nodes.
+"""Scale-out (layer 4): score one plan over many processes (:mod:`.workers`) or Ray nodes (:mod:`.ray_runner`).
 
-(:mod:`.ray_runner`). May import the engine and everything below it; several OpenAI-compatible servers are a backend
+May import the engine and everything below it. Several OpenAI-compatible servers are a backend
 (:mod:`cfbench.backends.openai_pool`), not a runner.
 """
