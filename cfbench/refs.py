@@ -37,14 +37,14 @@ class Ref:
 
 def checkpoint_meaning(spec: str) -> str | None:
     """Why ``spec`` can be read as a checkpoint ("the built-in checkpoint", "the folder ./x", ...), else None."""
-    from cfbench.models.checkpoint import _HUB_ID, BUILTIN_MODELS
+    from cfbench.models.checkpoint import BUILTIN_MODELS, HUB_ID
 
     if spec in BUILTIN_MODELS:
         return f"the built-in checkpoint {spec!r}"
     path = Path(spec).expanduser()
     if path.exists():
         return f"the {'folder' if path.is_dir() else 'file'} {path}"
-    if _HUB_ID.match(spec):
+    if HUB_ID.match(spec):
         return f"the Hugging Face hub checkpoint {spec!r}"
     return None
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cfbench.analysis.results import write_diagnostics
 from cfbench.store import ResultStore, RunRecord, TaskScore
+from cfbench.store.diagnostics import write_diagnostics
 
 
 def _run(store: ResultStore, name: str, ckpt_hash: str, acc: float) -> None:

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from cfbench.analysis.diff import effective_rank, load_state, total_displacement, weight_diff
-from cfbench.analysis.results import diagnostics_for_runs
 from cfbench.cli import app
 from cfbench.errors import CfbenchError
 from cfbench.store import ResultStore
+from cfbench.store.diagnostics import diagnostics_for_runs
 from cfbench.store.schema import RunRecord
 
 
@@ -74,7 +74,7 @@ def test_diff_refuses_other_architecture_with_one_line(tiny_model: Path, tmp_pat
 
 
 def test_diagnostics_for_runs_joins_on_checkpoint_hash(tiny_model: Path, tmp_path: Path) -> None:
-    from cfbench.analysis.results import write_diagnostics
+    from cfbench.store.diagnostics import write_diagnostics
 
     store = ResultStore(tmp_path / "r")
     write_diagnostics(

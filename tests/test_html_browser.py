@@ -322,7 +322,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_compare_and_leaderboard_commands_write_whole_pages(browser: Any, tmp_path: Path) -> None:
     """`compare --format html --diagnostics --plot` and `leaderboard --format html`, end to end."""
-    from cfbench.analysis.results import write_diagnostics
+    from cfbench.store.diagnostics import write_diagnostics
 
     store = ResultStore(tmp_path / "results")
     for name, h, acc in (("base", "h-base", 0.50), ("wo", "h-wo", 0.40)):

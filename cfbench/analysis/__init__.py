@@ -5,7 +5,7 @@
 * :mod:`cfbench.analysis.landscape` — the 2-D loss surface and the loss along the fine-tuning direction.
 * :mod:`cfbench.analysis.sharpness` — Hessian-vector products, Hutchinson trace, top eigenvalue.
 * :mod:`cfbench.analysis.diff` — what moved: per-layer ‖ΔW‖, relative change, effective rank.
-* :mod:`cfbench.analysis.results` — storing all of it and looking it up for ``cfbench compare``.
+* :mod:`cfbench.store.diagnostics` — storing all of it and looking it up for ``cfbench compare``.
 """
 
 from cfbench.analysis.metrics import ag, flatness_metrics, mag, sc, snake_path

@@ -13,25 +13,12 @@ top-q spectrum (column ``svd`` says which).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from cfbench.errors import CfbenchError
-
-
-@dataclass
-class LayerDiff:
-    param: str
-    shape: tuple[int, ...]
-    numel: int
-    norm_base: float
-    norm_delta: float
-    rel_delta: float
-    effective_rank: float | None
-    top_singular: list[float]
-    svd: str
+from cfbench.store.diagnostics import LayerDiff
 
 
 def effective_rank(s: torch.Tensor) -> float:

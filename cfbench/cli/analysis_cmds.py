@@ -68,11 +68,11 @@ def register(app: typer.Typer) -> None:
         from cfbench.analysis.directions import DIRECTION_KINDS
         from cfbench.analysis.heldout import load_heldout
         from cfbench.analysis.landscape import interpolation_curve, loss_surface, perturbable
-        from cfbench.analysis.results import write_diagnostics, write_landscape
         from cfbench.analysis.sharpness import model_sharpness
         from cfbench.errors import CfbenchError
         from cfbench.progress import Progress
         from cfbench.store import ResultStore
+        from cfbench.store.diagnostics import write_diagnostics, write_landscape
 
         if directions not in DIRECTION_KINDS:
             raise CfbenchError(f"unknown --directions {directions!r}: use gaussian or filter")
@@ -202,10 +202,10 @@ def register(app: typer.Typer) -> None:
         import math
 
         from cfbench.analysis.diff import check_same_architecture, load_state, total_displacement, weight_diff
-        from cfbench.analysis.results import write_diagnostics, write_weight_diff
         from cfbench.errors import CfbenchError
         from cfbench.models.checkpoint import resolve_checkpoint
         from cfbench.store import ResultStore
+        from cfbench.store.diagnostics import write_diagnostics, write_weight_diff
 
         names = [x.strip() for x in labels.split(",")] if labels else list(tuned)
         if len(names) != len(tuned):

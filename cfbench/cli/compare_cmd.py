@@ -256,10 +256,10 @@ def register(app: typer.Typer) -> None:
 
 def _emit_html_page(res: Any, results: Path, out: Path | None, plot: Path | None, pair: bool, diag: bool) -> None:
     """The whole page: run metadata from the store, the Δ plot embedded (also written to --plot)."""
-    from cfbench.analysis.results import diagnostics_for_runs
     from cfbench.report import html as html_page
     from cfbench.report.plot import plot_report
     from cfbench.store import ResultStore
+    from cfbench.store.diagnostics import diagnostics_for_runs
 
     store = ResultStore(results)
     records = [(r.label, r.record) for r in res.runs]
@@ -284,8 +284,8 @@ def _show_diagnostics(res: Any, results: Path, plot: Path | None, err: Console, 
     """Flatness/sharpness/displacement columns of the compared runs, next to their forgetting (Δ AVG)."""
     from rich.table import Table
 
-    from cfbench.analysis.results import DIAGNOSTIC_COLUMNS, diagnostics_for_runs
     from cfbench.store import ResultStore
+    from cfbench.store.diagnostics import DIAGNOSTIC_COLUMNS, diagnostics_for_runs
 
     frame = diagnostics_for_runs(ResultStore(results), [(r.label, r.record) for r in res.runs])
     forgetting = {

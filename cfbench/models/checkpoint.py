@@ -56,7 +56,7 @@ ACCEPTED_FORMS = (
     f"or a built-in name ({', '.join(BUILTIN_MODELS)})"
 )
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _TRUE = {"1", "on", "yes", "true"}
 # Files copied from the base folder next to materialised state dicts.
 _TOKENIZER_GLOBS = (
@@ -106,7 +106,7 @@ def resolve_checkpoint(spec: str, *, base: str | None = None, cache_dir: Path | 
             return _resolve_state_dict(spec, path, base, cache_dir, hashes)
         raise CfbenchError(f"unsupported checkpoint file {spec}: give {ACCEPTED_FORMS}")
     looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith((".gguf", *STATE_DICT_SUFFIXES))
-    if not looks_like_path and _HUB_ID.match(spec):
+    if not looks_like_path and HUB_ID.match(spec):
         return _resolve_hub(spec, cache_dir, hashes)
     if looks_like_path:
         raise CfbenchError(f"checkpoint {spec} does not exist: check the path, or give {ACCEPTED_FORMS}")

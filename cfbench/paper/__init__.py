@@ -198,19 +198,19 @@ def write_paper_store(root: Path) -> Path:
     import pyarrow.parquet as pq
 
     from cfbench.store.schema import RUNS_SCHEMA, SCHEMA_VERSION, TABLES, TASK_SCORES_SCHEMA
-    from cfbench.store.store import SCHEMA_FILE, _run_row, _score_rows, _table_from_rows
+    from cfbench.store.store import SCHEMA_FILE, run_row, score_rows, table_from_rows
 
     root = Path(root)
     if root.exists():
         raise CfbenchError(f"{root} already exists: remove it first (the paper store is rebuilt, never appended to)")
-    runs, score_rows = [], []
+    runs, all_scores = [], []
     for run, scores in paper_runs():
-        runs.append(_run_row(run))
-        score_rows += _score_rows(run.run_id, scores)
+        runs.append(run_row(run))
+        all_scores += score_rows(run.run_id, scores)
     (root / "runs").mkdir(parents=True)
     (root / "task_scores").mkdir()
-    pq.write_table(_table_from_rows(RUNS_SCHEMA, runs, "paper run"), root / "runs" / _PART)
-    pq.write_table(_table_from_rows(TASK_SCORES_SCHEMA, score_rows, "paper score"), root / "task_scores" / _PART)
+    pq.write_table(table_from_rows(RUNS_SCHEMA, runs, "paper run"), root / "runs" / _PART)
+    pq.write_table(table_from_rows(TASK_SCORES_SCHEMA, all_scores, "paper score"), root / "task_scores" / _PART)
     info = {"schema_version": SCHEMA_VERSION, "tables": sorted(TABLES), "read_only": READ_ONLY_NOTE}
     (root / SCHEMA_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return root

@@ -436,7 +436,7 @@ def diagnostics_section(frame: pd.DataFrame | None, forgetting: Mapping[str, flo
     """Stored flatness/sharpness/displacement per run (``compare --diagnostics``); '' when none."""
     if frame is None or frame.empty:
         return ""
-    from cfbench.analysis.results import DIAGNOSTIC_COLUMNS
+    from cfbench.store.diagnostics import DIAGNOSTIC_COLUMNS
 
     present = [m for m in DIAGNOSTIC_COLUMNS if m in frame and frame[m].notna().any()]
     if not present:

@@ -8,52 +8,14 @@ eval`` re-scores on the next run (items are cached by key, runs can be re-create
 
 from __future__ import annotations
 
-import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from cfbench.store.parts import BadPart, part_problem, repair_hint
 from cfbench.store.schema import TABLES
+from cfbench.store.store import ResultStore
 
 QUARANTINE = "_quarantine"
-_OK: dict[tuple[str, int, int], None] = {}  # parts already verified, by (path, size, mtime)
-
-
-@dataclass(frozen=True)
-class BadPart:
-    table: str
-    path: Path
-    problem: str
-
-
-def part_problem(path: Path, schema: pa.Schema) -> str | None:
-    """Why ``path`` is not a readable part of a table with ``schema``; None when it is."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        return f"cannot stat ({exc.strerror})"
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key in _OK:
-        return None
-    if st.st_size == 0:
-        return "0-byte file"
-    try:
-        found = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        return f"not a readable Parquet file ({str(exc).splitlines()[0][:120]})"
-    for field in schema:
-        if field.name not in found.names:
-            if not field.nullable:
-                return f"foreign schema: required column {field.name!r} is missing"
-            continue
-        have = found.field(field.name).type
-        if have != field.type and not (pa.types.is_null(have)):
-            return f"foreign schema: column {field.name!r} is {have}, expected {field.type}"
-    _OK[key] = None
-    return None
 
 
 def check_store(root: Path, tables: list[str] | None = None) -> list[BadPart]:
@@ -76,8 +38,6 @@ def move_aside(root: Path, bad: list[BadPart]) -> list[Path]:
 
     A read-only store (the paper's reference runs) is refused: its parts are rebuilt, not moved.
     """
-    from cfbench.store.store import ResultStore
-
     ResultStore(root).require_writable()
     moved = []
     for b in bad:
@@ -89,5 +49,4 @@ def move_aside(root: Path, bad: list[BadPart]) -> list[Path]:
     return moved
 
 
-def repair_hint(root: Path) -> str:
-    return f"run `cfbench store check --results {os.fspath(root)} --fix` to move bad parts aside"
+__all__ = ["QUARANTINE", "BadPart", "check_store", "move_aside", "part_problem", "repair_hint"]

@@ -224,7 +224,7 @@ INDOMAIN_SCHEMA = pa.schema(
 TABLES["indomain"] = (INDOMAIN_SCHEMA, ("checkpoint_hash", "split_hash", "settings_hash", "doc_id"))
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
@@ -259,7 +259,7 @@ class RunRecord:
     cfbench_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
     run_id: str = field(default_factory=_new_id)
-    created_at: datetime = field(default_factory=_now)
+    created_at: datetime = field(default_factory=utc_now)
 
 
 @dataclass

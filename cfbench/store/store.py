@@ -30,6 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from cfbench.errors import CfbenchError
+from cfbench.store.parts import part_problem, repair_hint
 from cfbench.store.schema import (
     ITEMS_SCHEMA,
     RUNS_SCHEMA,
@@ -211,8 +212,6 @@ class ResultStore:
         Reading such a part either fails deep inside pyarrow or, for a foreign schema, silently
         yields null columns; both would turn into wrong or missing numbers further on.
         """
-        from cfbench.store.check import part_problem, repair_hint
-
         schema = TABLES[name][0]
         for part in parts:
             problem = part_problem(part, schema) if part.exists() else None
@@ -234,10 +233,10 @@ class ResultStore:
                 f"run {run.name!r} has source 'paper': the paper's runs ship with cfbench and are not stored "
                 "again; refer to them as paper:NAME (`cfbench runs --source paper` lists the names)"
             )
-        row = _run_row(run)
-        score_rows = _score_rows(run.run_id, scores)
-        runs_table = _table_from_rows(RUNS_SCHEMA, [row], "run")
-        scores_table = _table_from_rows(TASK_SCORES_SCHEMA, score_rows, "task score")
+        row = run_row(run)
+        new_scores = score_rows(run.run_id, scores)
+        runs_table = table_from_rows(RUNS_SCHEMA, [row], "run")
+        scores_table = table_from_rows(TASK_SCORES_SCHEMA, new_scores, "task score")
         items_table = _items_table(items) if items is not None and len(items) else None
         existing = self._read("runs", ds.field("run_id") == run.run_id, ["run_id"])
         if existing.num_rows:
@@ -421,7 +420,7 @@ def _dedupe(table: pa.Table, keys: Sequence[str]) -> pa.Table:
     return table.filter(pa.array(keep))
 
 
-def _table_from_rows(schema: pa.Schema, rows: list[dict[str, Any]], what: str) -> pa.Table:
+def table_from_rows(schema: pa.Schema, rows: list[dict[str, Any]], what: str) -> pa.Table:
     for field in schema:
         if not field.nullable:
             for row in rows:
@@ -433,7 +432,7 @@ def _table_from_rows(schema: pa.Schema, rows: list[dict[str, Any]], what: str) -
         raise CfbenchError(f"{what} does not fit the results schema ({exc}): fix the field types") from exc
 
 
-def _run_row(run: RunRecord) -> dict[str, Any]:
+def run_row(run: RunRecord) -> dict[str, Any]:
     if not run.name:
         raise CfbenchError("run name is empty: give the run a name (e.g. --name sft-lr1e-5)")
     if run.source not in SOURCES:
@@ -453,7 +452,7 @@ def _run_row(run: RunRecord) -> dict[str, Any]:
     return row
 
 
-def _score_rows(run_id: str, scores: Sequence[TaskScore]) -> list[dict[str, Any]]:
+def score_rows(run_id: str, scores: Sequence[TaskScore]) -> list[dict[str, Any]]:
     rows, seen = [], set()
     for s in scores:
         key = (s.task, s.metric, s.subset)

@@ -258,7 +258,7 @@ def mix_rehearsal(
     return mixed, n_general
 
 
-def _render_fallback(messages: Sequence[tuple[str, str]], eos: str) -> tuple[str, list[tuple[int, int]]]:
+def render_fallback(messages: Sequence[tuple[str, str]], eos: str) -> tuple[str, list[tuple[int, int]]]:
     """Plain layout for tokenizers without a chat template; returns text and assistant spans."""
     parts: list[str] = []
     spans: list[tuple[int, int]] = []
@@ -320,7 +320,7 @@ def encode_example(tokenizer: Any, example: Example, max_length: int) -> Encoded
     if getattr(tokenizer, "chat_template", None):
         text, spans = _render_template(tokenizer, example.messages)
     else:
-        text, spans = _render_fallback(example.messages, tokenizer.eos_token or "")
+        text, spans = render_fallback(example.messages, tokenizer.eos_token or "")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])[:max_length]
     offsets = enc["offset_mapping"][: len(ids)]

@@ -216,9 +216,9 @@ def generation_prompt(tokenizer: Any, ex: Example) -> tuple[str, tuple[str, ...]
             [{"role": r, "content": c} for r, c in before], tokenize=False, add_generation_prompt=True
         )
         return prompt, ()
-    from cfbench.train.data import _render_fallback
+    from cfbench.train.data import render_fallback
 
-    text, _ = _render_fallback(before, tokenizer.eos_token or "")
+    text, _ = render_fallback(before, tokenizer.eos_token or "")
     return text + "### Assistant:\n", ("\n\n### ",)
 
 
@@ -357,7 +357,7 @@ def measure(
     from transformers import AutoTokenizer
 
     from cfbench.models.checkpoint import resolve_checkpoint
-    from cfbench.store.schema import _now
+    from cfbench.store.schema import utc_now
 
     resolved = resolve_checkpoint(str(checkpoint))
     if max_gen_toks is None:
@@ -370,7 +370,7 @@ def measure(
         checkpoint, split, max_length=max_length, max_gen_toks=max_gen_toks, device=device, dtype=dtype,
         batch_size=batch_size,
     )  # fmt: skip
-    rows.insert(4, "created_at", _now())
+    rows.insert(4, "created_at", utc_now())
     store.append_table(TABLE, pa.Table.from_pandas(rows, preserve_index=False))
     return stored_rows(store, resolved.content_hash, split.split_hash, key).sort_values("doc_id").reset_index(drop=True)
 

@@ -1,4 +1,4 @@
-"""Writing diagnostics to the results store, and looking them up per run for ``cfbench compare``.
+"""Storing diagnostics (flatness, landscapes, weight diffs), and looking them up per run for ``cfbench compare``.
 
 Everything is keyed by the checkpoint's content hash (as runs are), so a landscape computed once for a
 folder is found again for any stored run of that checkpoint, whatever it was called.
@@ -9,22 +9,32 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
-from cfbench.analysis.diff import LayerDiff
-from cfbench.store import ResultStore
-from cfbench.store.schema import DIAGNOSTICS_SCHEMA, LANDSCAPE_SCHEMA, WEIGHT_DIFF_SCHEMA
+from cfbench.store.schema import DIAGNOSTICS_SCHEMA, LANDSCAPE_SCHEMA, WEIGHT_DIFF_SCHEMA, utc_now
+from cfbench.store.store import ResultStore
 
 #: Diagnostics ``compare --diagnostics`` shows, in order.
 DIAGNOSTIC_COLUMNS = ("sc", "ag", "mag", "hessian_trace", "top_eigenvalue", "displacement", "rel_displacement")
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+@dataclass
+class LayerDiff:
+    """One parameter's row of a weight diff (:mod:`cfbench.analysis.diff` computes it; this is its stored shape)."""
+
+    param: str
+    shape: tuple[int, ...]
+    numel: int
+    norm_base: float
+    norm_delta: float
+    rel_delta: float
+    effective_rank: float | None
+    top_singular: list[float]
+    svd: str
 
 
 def write_diagnostics(
@@ -39,7 +49,7 @@ def write_diagnostics(
 ) -> str:
     """One row per metric in ``values``; returns the diagnostic id."""
     did = uuid.uuid4().hex
-    now = _now()
+    now = utc_now()
     rows = [
         {
             "diag_id": did,
@@ -71,7 +81,7 @@ def write_landscape(
 ) -> str:
     """Grid (or curve) points ``(i, j, alpha, beta, loss)`` as rows of the ``landscape`` table."""
     lid = uuid.uuid4().hex
-    now = _now()
+    now = utc_now()
     sj = json.dumps(settings, sort_keys=True)
     rows = [
         {
@@ -105,7 +115,7 @@ def write_weight_diff(
     tuned_hash: str | None,
 ) -> str:
     did = uuid.uuid4().hex
-    now = _now()
+    now = utc_now()
     out = [
         {
             "diff_id": did,
