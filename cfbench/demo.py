@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cfbench.errors import CfbenchError
+from cfbench.report.render import to_json, to_markdown
 from cfbench.signals import Signal
 
 BASE = "smollm2-135m"
@@ -230,8 +231,8 @@ def write_outputs(result: DemoResult, out: Path, series: Mapping[str, str], base
     from cfbench.report.frontier import plot_frontier
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(result.report.to_markdown(), encoding="utf-8")
-    result.report.to_json(out / "report.json")
+    (out / "report.md").write_text(to_markdown(result.report), encoding="utf-8")
+    to_json(result.report, out / "report.json")
     result.files += [out / "report.md", out / "report.json"]
     result.files.append(plot_report(result.report, out / "demo.png", include_pairs=True))
     labels = list(result.checkpoints)

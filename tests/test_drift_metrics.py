@@ -23,6 +23,8 @@ from cfbench.errors import CfbenchError
 from cfbench.metrics import ChoiceBatch, get_metric, register_metric, unregister_metric
 from cfbench.metrics.choices import ChoiceRule, ChoiceSource, choice_frame
 from cfbench.metrics.drift import DriftSettings, _judge, drift_signals, item_values
+from cfbench.report.html import to_html
+from cfbench.report.render import print_report, to_csv, to_json, to_markdown
 from cfbench.signals import Signal
 from cfbench.store import ResultStore, RunRecord, TaskScore
 from cfbench.tasks.registry import load_suite
@@ -264,7 +266,7 @@ def _rich_text(report) -> str:
     from rich.console import Console
 
     console = Console(file=io.StringIO(), width=400, color_system=None)
-    report.print(console)
+    print_report(report, console)
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
@@ -276,14 +278,14 @@ def test_every_format_shows_the_signals_and_foreign_ones_generically(store_root:
                                       ci=(-0.3, -0.2), significant=True, better="lower")])  # fmt: skip
     kl = next(s for s in report.signals["far"] if s.name == "kl" and s.scope == "all")
     kl_text = f"{kl.value:.4g}"
-    md, page, rich = report.to_markdown(), report.to_html(), _rich_text(report)
+    md, page, rich = to_markdown(report), to_html(report), _rich_text(report)
     for text in (md, page, rich):
         assert "Learned vs forgot" in text and "KL(base‖tuned)" in text and "in-domain ZZ" in text
         assert kl_text in text and "floor" in text and "-0.25*" in text
-    data = json.loads(report.to_json())
+    data = json.loads(to_json(report))
     names = {(s["name"], s["scope"]) for s in data["signals"]["far"]}
     assert {("kl", "all"), ("js", "DK"), ("gold_margin", "mmlu"), ("indomain_zz", "all")} <= names
-    frame = pd.read_csv(io.StringIO(report.to_csv()))
+    frame = pd.read_csv(io.StringIO(to_csv(report)))
     sig = frame[frame["section"] == "signal"]
     row = sig[(sig["signal"] == "kl") & (sig["scope"] == "all")].iloc[0]
     assert row["value"] == pytest.approx(kl.value) and row["level"] == "avg" and row["floor"] == pytest.approx(kl.floor)
@@ -306,15 +308,15 @@ def test_a_metric_registered_in_one_place_shows_up_in_compare(store_root: Path) 
     register_metric("top_drop", top_choice_drop, label="Δ p(base top)", unit="Δ prob", kind="delta", better="higher")
     try:
         res = compare("base", ["far"], suite="offline", results=store_root, n_boot=100)
-        md = res.report.to_markdown()
+        md = to_markdown(res.report)
         assert "Δ p(base top)" in md
         kl = next(s for s in res.report.signals["far"] if s.name == "kl" and s.scope == "all")
         assert kl.significant is None and f"{kl.value:.4g} [" in md and "(no floor)" in md  # never marked
-        assert any(s["name"] == "top_drop" for s in json.loads(res.report.to_json())["signals"]["far"])
+        assert any(s["name"] == "top_drop" for s in json.loads(to_json(res.report))["signals"]["far"])
     finally:
         unregister_metric("top_drop")
     res = compare("base", ["far"], suite="offline", results=store_root, n_boot=0)
-    assert "Δ p(base top)" not in res.report.to_markdown()
+    assert "Δ p(base top)" not in to_markdown(res.report)
 
 
 def test_drift_budgets_parse_like_max_drop_and_gate_on_the_ci(store_root: Path) -> None:
@@ -352,7 +354,7 @@ def test_regress_max_drift_exit_codes(store_root: Path) -> None:
 
 
 def test_leaderboard_reference_adds_drift_columns(store_root: Path) -> None:
-    from cfbench.store.leaderboard import add_drift_columns, leaderboard, score_columns, to_markdown
+    from cfbench.report.leaderboard import add_drift_columns, leaderboard, score_columns, to_markdown
 
     store = ResultStore(store_root)
     suite = load_suite("offline")

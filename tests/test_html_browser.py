@@ -28,9 +28,10 @@ import pytest
 
 from cfbench.report import build_report
 from cfbench.report.html import RunMeta, data_uri_png, report_page, run_meta_from_frame
+from cfbench.report.html import leaderboard_page as to_html
+from cfbench.report.leaderboard import leaderboard
 from cfbench.signals import Signal
 from cfbench.store import ResultStore, RunRecord, TaskScore
-from cfbench.store.leaderboard import leaderboard, to_html
 
 CATEGORIES = {"DK": ["mmlu"], "Reasoning": ["boolq", "copa", "siqa"]}
 PAPER = {

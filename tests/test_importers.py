@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from cfbench.cli import store_cmds
 from cfbench.errors import CfbenchError
 from cfbench.importers import detect_format, import_file, import_lmeval, import_opencompass
-from cfbench.store import ResultStore, leaderboard
+from cfbench.report.leaderboard import leaderboard
+from cfbench.store import ResultStore
 
 FIX = Path(__file__).parent / "fixtures" / "imports"
 LMEVAL_DIR = FIX / "lmeval" / "org__tiny-sft"

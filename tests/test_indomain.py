@@ -17,6 +17,8 @@ import typer
 from typer.testing import CliRunner
 
 from cfbench.errors import CfbenchError
+from cfbench.metrics.indomain import indomain_gain
+from cfbench.report.render import to_markdown
 from cfbench.store import ResultStore
 from cfbench.train.data import encode_example, examples_sha256, load_data
 from cfbench.train.finetune import finetune, token_loss_sum
@@ -28,7 +30,6 @@ from cfbench.train.indomain import (
     example_hash,
     generated_answer,
     heldout_count,
-    indomain_gain,
     reference_answer,
     split_data,
     split_from_manifest,
@@ -321,7 +322,7 @@ def test_compare_attaches_indomain_signals(tmp_path):
     assert got["indomain_loss"].value == pytest.approx(-0.95) and got["indomain_em"].value == pytest.approx(50.0)
     # a run without in-domain rows gets no in-domain signals, and nothing breaks
     assert not [s for s in res.report.signals.get("ckpt-other", []) if s.name.startswith("indomain")]
-    assert "in-domain loss" in res.report.to_markdown()
+    assert "in-domain loss" in to_markdown(res.report)
     # results that cannot be paired are a note, not a failed compare
     store.append_table(TABLE, synthetic_rows("ckpt-other", "sp", [1.0, 1.0, 1.0, 1.0], [None] * 4, settings="s2"))
     res = compare("ckpt-base", ["ckpt-other"], suite="offline", results=tmp_path / "res", n_boot=200)

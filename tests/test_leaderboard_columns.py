@@ -17,8 +17,15 @@ from cfbench.cli import store_cmds
 from cfbench.data.bundled import bundled_root
 from cfbench.engine import checkpoint_provenance, evaluate
 from cfbench.errors import CfbenchError
-from cfbench.store import ResultStore, RunRecord, TaskScore, leaderboard
-from cfbench.store.leaderboard import INFO_COLUMNS, fit_width, natural_width, select_columns, to_rich_table
+from cfbench.report.leaderboard import (
+    INFO_COLUMNS,
+    fit_width,
+    leaderboard,
+    natural_width,
+    select_columns,
+    to_rich_table,
+)
+from cfbench.store import ResultStore, RunRecord, TaskScore
 
 CATS = {"DK": ["mmlu"], "Reasoning": ["boolq", "copa"], "Exams": ["arc_challenge"]}
 

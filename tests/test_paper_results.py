@@ -1,4 +1,4 @@
-"""The paper's published numbers as read-only reference runs (cfbench.paper, results/paper, paper:NAME).
+"""The paper's published numbers as read-only reference runs (cfbench.compare.paper, results/paper, paper:NAME).
 
 The Table 2(a) check recomputes the paper's aggregates from its per-task numbers (Tables 5–8) with
 cfbench's own leaderboard and compare code and holds them to the AVGs the paper printed. Tolerance:
@@ -22,9 +22,11 @@ from typer.testing import CliRunner
 
 from cfbench.cli import store_cmds
 from cfbench.compare import compare
+from cfbench.compare.paper import paper_frames, paper_names, paper_runs, paper_store, write_paper_store
 from cfbench.errors import CfbenchError
-from cfbench.paper import paper_frames, paper_names, paper_runs, paper_store, write_paper_store
-from cfbench.store import ResultStore, RunRecord, TaskScore, leaderboard
+from cfbench.report.leaderboard import leaderboard
+from cfbench.report.render import to_markdown
+from cfbench.store import ResultStore, RunRecord, TaskScore
 from cfbench.store.check import BadPart, move_aside
 from cfbench.tasks.registry import load_suite
 
@@ -72,7 +74,7 @@ def test_compare_of_paper_refs_is_task_level_without_ci(tmp_path: Path) -> None:
     assert wo.avg.ci is None and all(r.ci is None and r.n is None for r in wo.tasks)
     assert [r.label for r in res.runs] == ["paper:llama2-7b-alpaca", "paper:llama2-7b-platypus-wo-sam",
                                            "paper:llama2-7b-platypus-w-sam"]  # fmt: skip
-    assert "n/a: task-level scores only" in res.report.to_markdown()
+    assert "n/a: task-level scores only" in to_markdown(res.report)
     assert not (tmp_path / "mine").exists()  # nothing written to the user's store
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from cfbench.errors import CfbenchError
 from cfbench.report import MMLU_SUBGROUPS, build_report, detect_pairs, plot_report
-from cfbench.report.render import report_to_frame
+from cfbench.report.html import to_html
+from cfbench.report.render import print_report, report_to_frame, to_csv, to_json, to_markdown
 
 PAPER_CATEGORIES = {
     "DK": ["mmlu"],
@@ -69,7 +70,7 @@ def test_opencompass_table_reproduces_hand_computed_numbers(oc_report) -> None:
              Δ vs base on the 12 common tasks: base AVG (46 + 138/3 + 60 + 41)/4 = 48.25 → −0.5655
              Δ vs w/o SAM: w/o AVG (43 + 130/3 + 58.2857 + 39)/4 = 45.9048 → +1.7798
     """
-    md = _md_tables(oc_report.to_markdown())["Forgetting summary"]
+    md = _md_tables(to_markdown(oc_report))["Forgetting summary"]
     assert md[0] == ["Model", "DK", "Understanding", "Reasoning", "Exams", "AVG", "Δ", "Δ 95% CI"]
     assert md[1] == ["base", "46.00", "47.00", "60.00", "41.00", "48.50", "—", ""]
     assert md[2] == ["w/o SAM", "43.00", "44.25", "58.29", "39.00", "46.13", "-2.37", "n/a"]
@@ -92,7 +93,7 @@ def test_task_level_scores_have_no_item_statistics(oc_report) -> None:
     assert not row.item_level and row.ci is None and row.p_mcnemar is None and row.n is None
     assert not row.significant
     assert cmp.avg.ci is None and all(c.ci is None for c in cmp.categories.values())
-    task_md = _md_tables(oc_report.to_markdown())["Per task: w/o SAM − base"]
+    task_md = _md_tables(to_markdown(oc_report))["Per task: w/o SAM − base"]
     boolq = next(r for r in task_md if r[1] == "boolq")
     assert boolq == ["Reasoning", "boolq", "n/a", "70.00", "68.00", "-2.00", "n/a", "n/a", "n/a", "n/a"]
 
@@ -105,7 +106,7 @@ def test_partial_coverage_is_never_shown_as_complete(oc_report) -> None:
     assert not oc_report.row("w/o SAM").avg.coverage.partial
     cmp = oc_report.vs_base("w/ SAM")
     assert cmp.avg.coverage.partial and cmp.task("csl_dev").missing
-    md = oc_report.to_markdown()
+    md = to_markdown(oc_report)
     assert "† w/ SAM Understanding: 3/4 tasks (missing: csl_dev)" in md
     assert "csl_dev: no scores for w/ SAM; left out of Δ" in md
 
@@ -118,7 +119,7 @@ def test_missing_category_prints_dash_and_partial_avg() -> None:
     assert row.categories["Exams"].score is None and row.categories["Exams"].coverage.empty
     # AVG over the 3 categories it has: (43 + 44.25 + 58.2857) / 3
     assert row.avg.score == pytest.approx((43 + 44.25 + 408 / 7) / 300)
-    md_row = _md_tables(report.to_markdown())["Forgetting summary"][2]
+    md_row = _md_tables(to_markdown(report))["Forgetting summary"][2]
     assert md_row[4] == "—" and md_row[5].endswith("†") and md_row[6].endswith("†")
     assert report.vs_base("w/o SAM").categories["Exams"].delta is None
 
@@ -216,7 +217,7 @@ def test_mmlu_subgroups_follow_their_task_under_dk(item_report) -> None:
         row = cmp.task("mmlu", group)
         assert row.category == "DK" and row.n == 100
         assert row.delta == pytest.approx(delta) and (row.forgotten, row.gained) == (forgotten, gained)
-    table = _md_tables(item_report.to_markdown())["Per task: tuned − base"]
+    table = _md_tables(to_markdown(item_report))["Per task: tuned − base"]
     assert [r[:2] for r in table[1:6]] == [
         ["DK", "mmlu"],
         ["", "↳ stem"],
@@ -242,7 +243,7 @@ def test_dropped_items_are_counted_and_marked() -> None:
     boolq = report.vs_base("tuned").task("boolq")
     assert (boolq.n, boolq.dropped_ref, boolq.dropped_other) == (190, 10, 0)
     assert boolq.ref_score == pytest.approx(150 / 190)  # compared on the common items only
-    md = report.to_markdown()
+    md = to_markdown(report)
     assert "| 190‡ |" in md
     assert "‡ boolq: compared on 190 common items; dropped 10 only in base, 0 only in tuned" in md
 
@@ -256,7 +257,7 @@ def test_items_and_task_scores_mix_without_faking_statistics() -> None:
     assert cmp.task("boolq").delta == pytest.approx(0.60 - 0.75) and cmp.task("boolq").ci is None
     assert cmp.categories["DK"].ci is not None  # fully item-level
     assert cmp.categories["R"].ci is None and cmp.avg.ci is None
-    assert json.loads(report.to_json())["comparisons"][0]["avg"]["ci"] is None
+    assert json.loads(to_json(report))["comparisons"][0]["avg"]["ci"] is None
 
 
 def test_pairs_are_detected_and_compared_directly() -> None:
@@ -285,7 +286,7 @@ def test_seed_makes_report_reproducible() -> None:
     a = build_report("base", ["tuned"], ITEM_CATEGORIES, items=_items(), n_boot=300, seed=1)
     b = build_report("base", ["tuned"], ITEM_CATEGORIES, items=_items(), n_boot=300, seed=1)
     c = build_report("base", ["tuned"], ITEM_CATEGORIES, items=_items(), n_boot=300, seed=2)
-    assert a.to_json() == b.to_json()
+    assert to_json(a) == to_json(b)
     assert a.vs_base("tuned").avg.ci != c.vs_base("tuned").avg.ci
 
 
@@ -317,7 +318,7 @@ def test_task_listed_twice_is_rejected() -> None:
 
 # -- renderers ----------------------------------------------------------------------------------------
 def test_markdown_tables_are_well_formed(item_report) -> None:
-    md = item_report.to_markdown()
+    md = to_markdown(item_report)
     tables = _md_tables(md)
     assert list(tables) == ["Forgetting summary", "Δ by category (95% CI)", "Per task: tuned − base"]
     for title, rows in tables.items():
@@ -330,7 +331,7 @@ def test_markdown_tables_are_well_formed(item_report) -> None:
 
 
 def test_json_is_strict_and_complete(item_report) -> None:
-    data = json.loads(item_report.to_json())
+    data = json.loads(to_json(item_report))
     cmp = data["comparisons"][0]
     assert (data["base"], data["tuned"], data["scale"]) == ("base", ["tuned"], "fraction")
     assert cmp["avg"]["ci"] == pytest.approx(list(item_report.vs_base("tuned").avg.ci))
@@ -354,7 +355,7 @@ def test_json_is_strict_and_complete(item_report) -> None:
 def test_csv_round_trips(item_report, oc_report, tmp_path: Path) -> None:
     for report in (item_report, oc_report):
         path = tmp_path / "r.csv"
-        text = report.to_csv(path)
+        text = to_csv(report, path)
         assert path.read_text(encoding="utf-8") == text
         frame = report_to_frame(report)
         back = pd.read_csv(io.StringIO(text))
@@ -384,7 +385,7 @@ class _TagCounter(HTMLParser):
 
 
 def test_html_is_balanced_and_styled(item_report) -> None:
-    page = item_report.to_html()
+    page = to_html(item_report)
     assert page.startswith("<!DOCTYPE html>")
     parser = _TagCounter()
     parser.feed(page)
@@ -396,7 +397,7 @@ def test_html_is_balanced_and_styled(item_report) -> None:
     assert '<td class="r" data-v="-4.0">-4.00</td>' in page
     assert page.count('src="data:image/png;base64,') == 1  # the Δ plot, embedded
     assert "http://" not in page and "https://" not in page  # nothing to fetch
-    fragment = item_report.to_html(full_page=False)
+    fragment = to_html(item_report, full_page=False)
     assert "<html" not in fragment and "<table" in fragment and "<img" not in fragment
 
 
@@ -404,7 +405,7 @@ def test_rich_view_colours_deltas(item_report) -> None:
     from rich.console import Console
 
     console = Console(record=True, width=200, file=io.StringIO(), color_system="standard")
-    item_report.print(console)
+    print_report(item_report, console)
     text = console.export_text(clear=False)
     assert "Forgetting summary" in text and "-6.00*" in text and "↳ stem" in text
     styled = console.export_text(styles=True)

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cfbench.errors import CfbenchError
+from cfbench.report.html import leaderboard_page as to_html
+from cfbench.report.leaderboard import INFO_COLUMNS, natural_width, to_markdown
 from cfbench.store import (
     ITEMS_SCHEMA,
     RUNS_SCHEMA,
@@ -28,7 +30,6 @@ from cfbench.store import (
     TaskScore,
     leaderboard,
 )
-from cfbench.store.leaderboard import INFO_COLUMNS, natural_width, to_html, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -422,7 +423,7 @@ def test_failed_append_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_primary_metric_defaults(tmp_path: Path) -> None:
     """Override > task config's primary metric > acc; the board follows it without overrides."""
-    from cfbench.store import primary_metric
+    from cfbench.tasks.registry import primary_metric
 
     assert primary_metric("not_a_task") == "acc"
     assert primary_metric("hellaswag", {"hellaswag": "acc"}) == "acc"

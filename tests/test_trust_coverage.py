@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from cfbench.compare import compare
 from cfbench.importers import import_lmeval
-from cfbench.store import ResultStore, leaderboard
+from cfbench.report.leaderboard import leaderboard
+from cfbench.report.render import to_json, to_markdown
+from cfbench.store import ResultStore
 from cfbench.tasks.registry import load_suite
 
 LMEVAL_DIR = Path(__file__).parent / "fixtures" / "imports" / "lmeval" / "org__tiny-sft"
@@ -43,11 +45,11 @@ def test_offline_suite_is_partial_against_the_paper(two_runs: Path) -> None:
     assert row.avg.coverage.label.startswith("3/4 categories")
     assert res.report.vs_base("b").avg.coverage.partial
 
-    data = json.loads(res.report.to_json())
+    data = json.loads(to_json(res.report))
     avg = data["rows"][0]["avg"]["coverage"]
     assert avg["partial"] is True and avg["categories"] == 3 and avg["categories_total"] == 4
     assert data["comparisons"][0]["avg"]["coverage"]["partial"] is True
-    md = res.report.to_markdown()
+    md = to_markdown(res.report)
     summary_a = next(line for line in md.splitlines() if line.startswith("| a |"))
     assert summary_a.split("|")[-4].strip().endswith("†")  # AVG cell
     assert "† a Understanding: 0/4 tasks (missing: race_middle (not in suite offline" in md

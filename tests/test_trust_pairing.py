@@ -16,6 +16,7 @@ import pytest
 from cfbench.compare import compare
 from cfbench.engine import items_frame
 from cfbench.importers import import_lmeval
+from cfbench.report.render import report_to_frame, to_json, to_markdown
 from cfbench.report.table import build_report
 from cfbench.store import ResultStore
 from cfbench.store.schema import RunRecord, TaskScore
@@ -78,13 +79,13 @@ def test_native_vs_lmeval_import_with_different_prompts_is_never_paired(tmp_path
         "sft − native: arc_challenge: runs score different items (prompt or data differ: 0/3 fingerprints "
         "match); Δ is unpaired task-level, no CI"
     ]
-    md = res.report.to_markdown()
+    md = to_markdown(res.report)
     arc = next(line for line in md.splitlines() if "| arc_challenge |" in line)
     assert "| unpaired |" in arc and "n/a" in arc
-    data = json.loads(res.report.to_json())
+    data = json.loads(to_json(res.report))
     arc_json = next(t for t in data["comparisons"][0]["tasks"] if t["task"] == "arc_challenge")
     assert arc_json["unpaired"] is True and arc_json["ci"] is None
-    frame = res.report.to_frame()
+    frame = report_to_frame(res.report)
     assert bool(frame[(frame["task"] == "arc_challenge") & (frame["section"] == "delta")]["unpaired"].iloc[0])
 
 

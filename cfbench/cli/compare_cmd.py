@@ -31,6 +31,8 @@ from cfbench.cli.common import (
     parse_task_limits,
 )
 from cfbench.errors import CfbenchError
+from cfbench.report.html import to_html
+from cfbench.report.render import print_report, to_csv, to_json, to_markdown
 
 
 class ReportFormat(str, Enum):
@@ -248,7 +250,7 @@ def register(app: typer.Typer) -> None:
         target = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
         if target:
             with open(target, "a", encoding="utf-8") as f:
-                f.write(md + "\n" + res.report.to_markdown() + "\n")
+                f.write(md + "\n" + to_markdown(res.report) + "\n")
         typer.echo(md)
         if any(x.failed for x in [*lines, *drift_lines]):
             raise typer.Exit(1)
@@ -319,14 +321,14 @@ def _show_diagnostics(res: Any, results: Path, plot: Path | None, err: Console, 
 def emit_report(report: Any, fmt: ReportFormat, out: Path | None) -> None:
     """Render in the chosen format; files are written atomically."""
     if fmt is ReportFormat.table and out is None:
-        report.print(Console(width=None if sys.stdout.isatty() else 160))
+        print_report(report, Console(width=None if sys.stdout.isatty() else 160))
         return
     text = {
-        ReportFormat.table: lambda: report.to_markdown(),
-        ReportFormat.markdown: lambda: report.to_markdown(),
-        ReportFormat.html: lambda: report.to_html(),
-        ReportFormat.csv: lambda: report.to_csv(),
-        ReportFormat.json: lambda: report.to_json(),
+        ReportFormat.table: lambda: to_markdown(report),
+        ReportFormat.markdown: lambda: to_markdown(report),
+        ReportFormat.html: lambda: to_html(report),
+        ReportFormat.csv: lambda: to_csv(report),
+        ReportFormat.json: lambda: to_json(report),
     }[fmt]()
     if out:
         _write_atomic(out, text)

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from cfbench.cli.common import Results
 from cfbench.demo import DemoConfig
+from cfbench.report.render import print_report
 
 _D = DemoConfig()
 
@@ -70,7 +71,7 @@ def register(app: typer.Typer) -> None:
         )  # fmt: skip
         console = Console(stderr=True)
         result = run_demo(cfg, out, results, progress=console)
-        result.report.print(Console(width=None if sys.stdout.isatty() else 160))
+        print_report(result.report, Console(width=None if sys.stdout.isatty() else 160))
         for note in result.notes:
             console.print(f"note: {note}")
         s = result.seconds

@@ -80,7 +80,7 @@ def _print_table(board: object, title: str, out: Path | None, categories: list[s
     """
     from rich.console import Console
 
-    from cfbench.store.leaderboard import fit_width, to_rich_table
+    from cfbench.report.leaderboard import fit_width, to_rich_table
 
     if out is not None:
         with open(out, "w", encoding="utf-8") as f:
@@ -101,7 +101,7 @@ def _print_table(board: object, title: str, out: Path | None, categories: list[s
 
 def _with_drift(board: object, store: object, reference: str, suite: str, cats: dict[str, list[str]]) -> object:
     """``--reference``: one ``METRIC vs ref`` column per registered item metric (cfbench.metrics)."""
-    from cfbench.store.leaderboard import add_drift_columns
+    from cfbench.report.leaderboard import add_drift_columns
     from cfbench.tasks.registry import load_suite
 
     return add_drift_columns(board, store, reference, cats, load_suite(suite).extras)  # type: ignore[arg-type]
@@ -147,8 +147,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """One row per run, one column per task's primary metric (plus categories and AVG with --suite)."""
+        from cfbench.report.html import leaderboard_page as to_html
+        from cfbench.report.leaderboard import leaderboard, select_columns, to_markdown
         from cfbench.store import ResultStore
-        from cfbench.store.leaderboard import leaderboard, select_columns, to_html, to_markdown
 
         if desc and sort is None:
             raise CfbenchError("--desc needs --sort COLUMN")
@@ -166,10 +167,10 @@ def register(app: typer.Typer) -> None:
         which = paper_rows.value if paper_rows is not PaperRows.auto else ("table2a" if suite == "paper" else "none")
         also = None
         if which != "none":
-            from cfbench.paper import paper_frames
+            from cfbench.compare.paper import paper_frames
 
             also = paper_frames(which)
-        from cfbench.store.leaderboard import is_drift_column, sort_board
+        from cfbench.report.leaderboard import is_drift_column, sort_board
 
         if drift_ref is not None and not cats:
             raise CfbenchError("--reference needs --suite: drift is averaged over the suite's categories as in compare")
@@ -221,7 +222,7 @@ def register(app: typer.Typer) -> None:
         if source is not None and source not in SOURCES:
             raise CfbenchError(f"--source {source!r} is unknown: use one of {', '.join(SOURCES)}")
         if source == "paper":
-            from cfbench.paper import paper_frames
+            from cfbench.compare.paper import paper_frames
 
             runs = paper_frames("all")[0]
             where = "cfbench's read-only paper store (docs/paper-results.md)"
@@ -232,7 +233,7 @@ def register(app: typer.Typer) -> None:
         if runs.empty:
             typer.echo(f"no {source + ' ' if source else ''}runs in {where}", err=True)
             return
-        from cfbench.store.leaderboard import runs_listing
+        from cfbench.report.leaderboard import runs_listing
 
         typer.echo(runs_listing(runs), nl=False)
         typer.echo(f"{len(runs)} run(s) in {where}", err=True)

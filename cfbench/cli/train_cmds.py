@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cfbench.report.render import print_report
+
 
 class OptimizerName(str, Enum):
     adamw = "adamw"
@@ -266,7 +268,7 @@ def register(app: typer.Typer) -> None:
                 f"ckpt:{base}", tuned, suite=suite, results=results, labels=labels, pairs=pairs,
                 eval_kwargs={"limit": limit, "progress": "auto"},
             )  # fmt: skip
-            res.report.print(Console(width=None if sys.stdout.isatty() else 160))
+            print_report(res.report, Console(width=None if sys.stdout.isatty() else 160))
 
     @app.command("merge")
     def merge_cmd(

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 from cfbench.errors import CfbenchError
+from cfbench.store.schema import item_fingerprint
+from cfbench.tasks.registry import get_task, get_task_config
 
 CHOICE_METRICS = ("acc", "acc_norm")
 #: Columns of a choice frame (one row per usable item of one run on one task).
@@ -142,8 +144,6 @@ class ChoiceSource:
 
     def rule(self, task: str, source: str, num_fewshot: int | None) -> ChoiceRule | str:
         """The task's rule for a run from ``source`` (``cfbench``, ``lm-eval``), or why there is none."""
-        from cfbench.tasks.registry import get_task_config
-
         try:
             cfg = get_task_config(task)
         except CfbenchError:
@@ -166,9 +166,6 @@ class ChoiceSource:
         return self._info[task, k]
 
     def _load_info(self, task: str, k: int) -> dict[int, tuple[tuple[int, ...], str | None, int]] | str:
-        from cfbench.store.schema import item_fingerprint
-        from cfbench.tasks.registry import get_task
-
         t = get_task(task, self.sources)
         if t.located() is None:
             return (

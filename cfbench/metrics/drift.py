@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from cfbench.data import default_sources
 from cfbench.errors import CfbenchError
+from cfbench.metrics.choices import ChoiceSource, choice_frame
 from cfbench.metrics.registry import ChoiceBatch, ItemMetric, registered_metrics
 from cfbench.signals import Signal
 from cfbench.stats import (
@@ -47,6 +49,7 @@ from cfbench.stats import (
     percentile_ci,
     task_rng,
 )
+from cfbench.store.queries import run_items
 
 if TYPE_CHECKING:
     from cfbench.store import ResultStore, RunRecord
@@ -335,12 +338,8 @@ def load_choice_frames(
     """Choice frames per run label and task, read from the store, plus notes on what was left out.
 
     ``items`` (label → raw item rows, already restricted to what each run selected) avoids reading
-    the store twice when the caller has them; otherwise :func:`cfbench.compare.run_items` reads them.
+    the store twice when the caller has them; otherwise :func:`cfbench.store.queries.run_items` reads them.
     """
-    from cfbench.compare import run_items
-    from cfbench.data import default_sources
-    from cfbench.metrics.choices import ChoiceSource, choice_frame
-
     source = ChoiceSource(default_sources(data_dir) if data_dir else None)
     frames: dict[str, dict[str, pd.DataFrame]] = {}
     notes: list[str] = []

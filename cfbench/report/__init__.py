@@ -1,11 +1,14 @@
-"""Paired forgetting reports: statistics, the paper-style table and its renderers, and a Δ plot.
+"""Reports (layer 6): the paper-style report's data model, its renderers, HTML pages, plots and the leaderboard.
+
+The data model (:mod:`.table`) holds no formatting; renderers are functions (:mod:`.render`, :mod:`.html`).
+May import metrics, store and everything below; never compare, train or analysis.
 
 Typical use::
 
     report = build_report("base", ["w/o SAM", "w/ SAM"], CATEGORIES, items=items,
                           extras=["truthfulqa_mc"], subgroups={"mmlu": MMLU_SUBGROUPS})
-    report.print()                      # rich terminal table
-    Path("report.md").write_text(report.to_markdown())
+    print_report(report)                # rich terminal table (cfbench.report.render)
+    Path("report.md").write_text(to_markdown(report))
     plot_report(report, "delta.png")
 """
 

@@ -30,6 +30,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from cfbench._version import __version__
+from cfbench.report.leaderboard import AVG, INFO_COLUMNS, PARTIAL_COLUMN, SCALE_NOTE, display_frame, is_drift_column
+from cfbench.report.plot import plot_report
+from cfbench.report.render import layout
+from cfbench.store.diagnostics import DIAGNOSTIC_COLUMNS
+
 if TYPE_CHECKING:
     from cfbench.report.render import Cell, TableSpec
     from cfbench.report.table import ComparisonReport
@@ -202,8 +208,6 @@ def notes_html(notes: Sequence[str]) -> str:
 
 def page(title: str, body: str, *, subtitle: str | None = None) -> str:
     """The whole document: doctype, charset, title, inline CSS and the sorting script."""
-    from cfbench._version import __version__
-
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sub = f'<p class="sub">{esc(subtitle)}</p>' if subtitle else ""
     return (
@@ -436,7 +440,6 @@ def diagnostics_section(frame: pd.DataFrame | None, forgetting: Mapping[str, flo
     """Stored flatness/sharpness/displacement per run (``compare --diagnostics``); '' when none."""
     if frame is None or frame.empty:
         return ""
-    from cfbench.store.diagnostics import DIAGNOSTIC_COLUMNS
 
     present = [m for m in DIAGNOSTIC_COLUMNS if m in frame and frame[m].notna().any()]
     if not present:
@@ -460,8 +463,6 @@ def diagnostics_section(frame: pd.DataFrame | None, forgetting: Mapping[str, flo
 
 
 def _plot_png(report: ComparisonReport, include_pairs: bool, suite: str | None) -> bytes:
-    from cfbench.report.plot import plot_report
-
     with tempfile.TemporaryDirectory(prefix="cfbench-plot-") as tmp:
         return plot_report(report, Path(tmp) / "delta.png", include_pairs=include_pairs, suite=suite).read_bytes()
 
@@ -482,8 +483,6 @@ def report_body(
     (:func:`cfbench.report.plot.plot_report`) and embeds it; pass PNGs (bytes or paths) to embed
     those instead, or ``False`` for none.
     """
-    from cfbench.report.render import layout
-
     parts: list[str] = []
     roles = {report.base: "base", **{t: "tuned" for t in report.tuned}}
     parts.append("<h2>Runs</h2>")
@@ -550,19 +549,10 @@ def leaderboard_page(
     runs: Sequence[RunMeta] | None = None,
 ) -> str:
     """The leaderboard as a page: scores table (run name sticky, Summary / Tasks header groups) and
-    a runs table with each run's metadata. ``board`` is :func:`cfbench.store.leaderboard.leaderboard`'s
+    a runs table with each run's metadata. ``board`` is :func:`cfbench.report.leaderboard.leaderboard`'s
     frame; columns it gains later land in the scores table (numeric) or the runs table (text).
     """
-    from cfbench.store.leaderboard import (
-        AVG,
-        INFO_COLUMNS,
-        PARTIAL_COLUMN,
-        SCALE_NOTE,
-        _display_frame,
-        is_drift_column,
-    )
-
-    shown = _display_frame(board)
+    shown = display_frame(board)
     cats = [c for c in (categories or []) if c in board.columns]
     summary = ([AVG] if AVG in board.columns else []) + cats
     numeric = [c for c in board.columns if c not in INFO_COLUMNS and c != PARTIAL_COLUMN
@@ -619,3 +609,10 @@ def leaderboard_page(
         body += ["<h2>More</h2>", table_html(xcols, xrows, table_id="more")]
     n = len(board)
     return page(title, "\n".join(body), subtitle=f"{n} run{'s' if n != 1 else ''}; {SCALE_NOTE}.")
+
+
+def to_html(report: ComparisonReport, *, full_page: bool = True) -> str:
+    """A whole self-contained page, or its sections only (to embed) if not ``full_page``."""
+    if not full_page:
+        return report_body(report, plots=False) + "\n"
+    return report_page(report)

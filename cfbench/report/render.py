@@ -18,19 +18,20 @@ column per signal in each per-task table. No renderer knows a signal by name.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from cfbench.report.table import Comparison, ComparisonReport, TaskRow
 from cfbench.signals import Signal
 from cfbench.stats import AggregateDelta, Coverage
 
 if TYPE_CHECKING:
-    from rich.console import Group
-
-    from cfbench.report.table import Comparison, ComparisonReport, TaskRow
+    from rich.console import Console, Group
 
 MISSING = "—"
 NA = "n/a"
@@ -420,15 +421,6 @@ def to_markdown(report: ComparisonReport) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def to_html(report: ComparisonReport, *, full_page: bool = True) -> str:
-    """A whole self-contained page (:mod:`cfbench.report.html`), or its sections if not full_page."""
-    from cfbench.report import html as html_page
-
-    if not full_page:
-        return html_page.report_body(report, plots=False) + "\n"
-    return html_page.report_page(report)
-
-
 def to_rich(report: ComparisonReport) -> Group:
     """Terminal view: Δ red (worse) / green (better), bold when significant."""
     from rich.console import Group
@@ -698,3 +690,29 @@ def _signal_records(report: ComparisonReport) -> list[dict[str, Any]]:
                 }
             )  # fmt: skip
     return recs
+
+
+# ---- whole-report writers: the data model holds no formatting, these functions do -------------------------
+
+
+def to_json(report: ComparisonReport, path: str | Path | None = None, *, indent: int = 2) -> str:
+    """Strict JSON (no NaN), fractions in [0, 1]; also written to ``path`` if given."""
+    text = json.dumps(report_to_dict(report), indent=indent, ensure_ascii=False, allow_nan=False)
+    if path is not None:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+def to_csv(report: ComparisonReport, path: str | Path | None = None) -> str:
+    """Tidy long table (one row per score or Δ), fractions in [0, 1] at full precision."""
+    text = report_to_frame(report).to_csv(index=False)
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
+def print_report(report: ComparisonReport, console: Console | None = None) -> None:
+    """Print the coloured terminal view."""
+    from rich.console import Console
+
+    (console or Console()).print(to_rich(report))

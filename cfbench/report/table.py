@@ -18,12 +18,10 @@ Where only some items match, the paired statistics use the matching ones and a n
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -46,9 +44,6 @@ from cfbench.stats import (
     paired_task_delta,
     task_rng,
 )
-
-if TYPE_CHECKING:
-    from rich.console import Console, Group
 
 UNMAPPED_GROUP = "(unmapped)"
 ITEM_COLUMNS = ("run", "task", "doc_id", "score")
@@ -205,52 +200,6 @@ class ComparisonReport:
     def aggregate_significant(self, agg: AggregateDelta) -> bool:
         """Aggregates have no exact test; significance is the stratified bootstrap CI excluding 0."""
         return ci_excludes_zero(agg.ci)
-
-    # -- renderers (formatting lives in cfbench.report.render) -------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        from cfbench.report.render import report_to_dict
-
-        return report_to_dict(self)
-
-    def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
-        """Strict JSON (no NaN), fractions in [0, 1]; also written to ``path`` if given."""
-        text = json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
-        if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
-        return text
-
-    def to_frame(self) -> pd.DataFrame:
-        from cfbench.report.render import report_to_frame
-
-        return report_to_frame(self)
-
-    def to_csv(self, path: str | Path | None = None) -> str:
-        """Tidy long table (one row per score or Δ), fractions in [0, 1] at full precision."""
-        text = self.to_frame().to_csv(index=False)
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
-
-    def to_markdown(self) -> str:
-        from cfbench.report.render import to_markdown
-
-        return to_markdown(self)
-
-    def to_html(self, *, full_page: bool = True) -> str:
-        from cfbench.report.render import to_html
-
-        return to_html(self, full_page=full_page)
-
-    def to_rich(self) -> Group:
-        from cfbench.report.render import to_rich
-
-        return to_rich(self)
-
-    def print(self, console: Console | None = None) -> None:
-        """Print the coloured terminal view."""
-        from rich.console import Console
-
-        (console or Console()).print(self.to_rich())
 
 
 def detect_pairs(labels: Sequence[str]) -> list[tuple[str, str]]:

@@ -1,12 +1,11 @@
 """The results store: runs, task scores and per-item results as Parquet tables.
 
-``ResultStore(root)`` appends and reads; ``leaderboard(store, suite)`` pivots it for reports.
+``ResultStore(root)`` appends and reads (storage only: the leaderboard pivot is :mod:`cfbench.report.leaderboard`).
 The on-disk layout is documented in ``docs/results-schema.md``.
 """
 
 from __future__ import annotations
 
-from cfbench.store.leaderboard import leaderboard, primary_metric
 from cfbench.store.schema import (
     ITEMS_SCHEMA,
     RUNS_SCHEMA,
@@ -26,6 +25,4 @@ __all__ = [
     "ResultStore",
     "RunRecord",
     "TaskScore",
-    "leaderboard",
-    "primary_metric",
 ]

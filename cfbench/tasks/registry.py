@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -166,3 +167,21 @@ def resolve_task_names(suite: str | None, tasks: str | list[str] | None, root: P
             get_task_config(n, root)
         return names
     return load_suite(suite or "paper", root).tasks
+
+
+#: The metric a task is ranked by when the registry does not know it (an imported extra task).
+DEFAULT_METRIC = "acc"
+
+
+def primary_metric(task: str, overrides: Mapping[str, str] | None = None) -> str:
+    """The metric a task is ranked by: ``overrides``, else its task config's, else ``acc``.
+
+    One definition for every layer (leaderboard, compare, drift), so a task is ranked by the same
+    metric wherever it appears.
+    """
+    if overrides and task in overrides:
+        return overrides[task]
+    try:
+        return str(get_task_config(task).primary_metric)
+    except CfbenchError:
+        return DEFAULT_METRIC

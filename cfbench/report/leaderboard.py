@@ -19,10 +19,12 @@ from typing import Any
 import pandas as pd
 
 from cfbench.errors import CfbenchError
+from cfbench.metrics import registered_metrics
+from cfbench.metrics.drift import OVERALL, DriftSettings, drift_signals, load_choice_frames
+from cfbench.report.table import category_scores
 from cfbench.store.store import ResultStore
+from cfbench.tasks.registry import DEFAULT_METRIC, primary_metric
 
-#: Fallback when the task registry doesn't know a task (e.g. an imported extra task).
-DEFAULT_METRIC = "acc"
 #: Run columns, before the scores. ``n`` is the number of items behind the run's task scores (blank for
 #: runs that report none, e.g. the paper's); ``few-shot`` is the run's num_fewshot override (blank: each
 #: task's own default).
@@ -39,18 +41,6 @@ AVG = "AVG"
 #: Comma-separated names of the category/AVG columns that are partial for the run ("" if none).
 PARTIAL_COLUMN = "partial"
 SCALE_NOTE = "scores ×100; † partial (a task or category missing)"
-
-
-def primary_metric(task: str, overrides: Mapping[str, str] | None = None) -> str:
-    """The metric a task is ranked by: ``overrides``, else its task config's, else ``acc``."""
-    if overrides and task in overrides:
-        return overrides[task]
-    try:  # imported lazily: the store must work without the task registry
-        from cfbench.tasks.registry import get_task_config
-
-        return str(get_task_config(task).primary_metric)
-    except (ImportError, CfbenchError):
-        return DEFAULT_METRIC
 
 
 def score_columns(df: pd.DataFrame) -> list[str]:
@@ -80,9 +70,6 @@ def add_drift_columns(
     items paired by fingerprint, mean of category means. No bootstrap here (a leaderboard ranks; use
     ``compare`` for CIs and the noise floor). Blank: the reference itself, or no paired log-probs.
     """
-    from cfbench.metrics import registered_metrics
-    from cfbench.metrics.drift import OVERALL, DriftSettings, drift_signals, load_choice_frames
-
     ref = store.find_run(reference)
     tasks = [*(t for m in suite.values() for t in m), *extras]
     # Rows from elsewhere (the paper's reference runs) have no items in this store: left blank.
@@ -117,7 +104,7 @@ def leaderboard(
     in the store follow. ``sort`` names a column (see :func:`sort_board`); the default is oldest run
     first. Partial scores (``subset`` set, e.g. MMLU groups) are not shown. ``also`` is a ``(runs,
     task_scores)`` pair from another store shown before the store's own runs (the paper's reference
-    runs, :func:`cfbench.paper.paper_frames`).
+    runs, :func:`cfbench.compare.paper.paper_frames`).
     """
     runs = store.runs()
     scores = store.task_scores()
@@ -145,8 +132,6 @@ def leaderboard(
         table[task] = [values.get((r, task, m), values.get((r, task, DEFAULT_METRIC), nan)) for r in table["run_id"]]
 
     if suite:
-        from cfbench.report.table import category_scores
-
         cat_values: dict[str, list[float]] = {c: [] for c in [*suite, AVG]}
         partial: list[str] = []
         for _, row in table.iterrows():
@@ -242,7 +227,7 @@ def runs_listing(runs: pd.DataFrame) -> str:
     )
 
 
-def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
+def display_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Scores ×100 with two decimals, short run ids, readable times, blanks for missing values."""
     out = pd.DataFrame(index=df.index)
     partial = [set(str(p).split(",")) for p in df[PARTIAL_COLUMN]] if PARTIAL_COLUMN in df else None
@@ -269,7 +254,7 @@ def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(df: pd.DataFrame) -> str:
     """GitHub-flavoured markdown table (scores ×100), without a tabulate dependency."""
-    shown = _display_frame(df)
+    shown = display_frame(df)
     cols = [str(c) for c in shown.columns]
     right = set(score_columns(df))
     lines = [f"Leaderboard ({SCALE_NOTE})", "", "| " + " | ".join(cols) + " |",
@@ -279,22 +264,9 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_html(
-    df: pd.DataFrame,
-    *,
-    title: str = "cfbench leaderboard",
-    categories: Sequence[str] | None = None,
-    runs: Sequence[Any] | None = None,
-) -> str:
-    """A whole self-contained page (scores ×100, sortable): :func:`cfbench.report.html.leaderboard_page`."""
-    from cfbench.report.html import leaderboard_page
-
-    return leaderboard_page(df, title=title, categories=categories, runs=runs)
-
-
 def natural_width(df: pd.DataFrame) -> int:
     """Characters a runs-as-rows table needs without squeezing (cells, padding and borders)."""
-    shown = _display_frame(df)
+    shown = display_frame(df)
     widths = [max([len(str(c))] + [len(str(v)) for v in shown[c]]) for c in shown.columns]
     return sum(widths) + 3 * len(widths) + 1
 
@@ -303,7 +275,7 @@ def to_rich_table(df: pd.DataFrame, title: str | None = None, transpose: bool = 
     """A rich Table for the terminal (scores ×100); ``transpose`` puts runs in columns."""
     from rich.table import Table
 
-    shown = _display_frame(df)
+    shown = display_frame(df)
     right = set(score_columns(df))
     table = Table(title=f"{title} ({SCALE_NOTE})" if title else SCALE_NOTE)
     if transpose:

@@ -29,7 +29,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cfbench._version import __version__
 from cfbench.errors import CfbenchError
+from cfbench.models.checkpoint import default_cache_dir
+from cfbench.store import ResultStore, RunRecord, TaskScore
+from cfbench.store.schema import RUNS_SCHEMA, SCHEMA_VERSION, TABLES, TASK_SCORES_SCHEMA
+from cfbench.store.store import SCHEMA_FILE, run_row, score_rows, table_from_rows
 
 CSV_PATH = Path(__file__).with_name("tables-5-8.csv")
 PREFIX = "paper:"
@@ -91,7 +96,7 @@ class PaperRow:
 def _name_row(model: str, row: str, epochs: int) -> tuple[str, str, str, bool]:
     """(run name, method, base run name, is a Table 2(a) row) for one CSV row; unknown shapes are refused."""
     if model not in _MODELS:
-        raise CfbenchError(f"{CSV_PATH}: unknown model {model!r}: add it to cfbench.paper._MODELS")
+        raise CfbenchError(f"{CSV_PATH}: unknown model {model!r}: add it to cfbench.compare.paper._MODELS")
     slug = _MODELS[model]
     if row == "Alpaca":
         return f"{slug}-alpaca", "adamw", model, slug == "llama2-7b"  # the Alpaca stage starts from the model
@@ -134,7 +139,7 @@ def paper_rows() -> tuple[PaperRow, ...]:
     names = [r.name for r in rows]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise CfbenchError(f"{CSV_PATH}: rows map to the same run names {dup}: extend cfbench.paper._name_row")
+        raise CfbenchError(f"{CSV_PATH}: rows map to the same run names {dup}: extend cfbench.compare.paper._name_row")
     return tuple(rows)
 
 
@@ -149,9 +154,6 @@ def _run_id(name: str) -> str:
 
 def paper_runs() -> list[tuple[Any, list[Any]]]:
     """``(RunRecord, [TaskScore, ...])`` per CSV row; scores are fractions (the printed % / 100)."""
-    from cfbench._version import __version__
-    from cfbench.store import RunRecord, TaskScore
-
     out = []
     for i, r in enumerate(paper_rows()):
         sam = r.method.startswith("sam")
@@ -197,8 +199,6 @@ def write_paper_store(root: Path) -> Path:
     """
     import pyarrow.parquet as pq
 
-    from cfbench.store.schema import RUNS_SCHEMA, SCHEMA_VERSION, TABLES, TASK_SCORES_SCHEMA
-    from cfbench.store.store import SCHEMA_FILE, run_row, score_rows, table_from_rows
 
     root = Path(root)
     if root.exists():
@@ -228,9 +228,6 @@ def paper_store() -> Any:
     mapping gets a fresh copy; it is built in a temp folder and renamed into place (concurrent first
     calls are safe).
     """
-    from cfbench.models.checkpoint import default_cache_dir
-    from cfbench.store import ResultStore
-
     final = default_cache_dir() / "paper" / f"v{BUILD_VERSION}-{_csv_digest()}"
     if not (final / "_schema.json").is_file():
         try:

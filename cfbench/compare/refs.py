@@ -7,7 +7,7 @@ who meant the run they had just stored under that name. The prefixes pick one me
 
 * ``run:NAME`` — the stored run NAME (or run id / unique id prefix);
 * ``ckpt:SPEC`` — the checkpoint SPEC (also: any path written with ``./`` or ``/``);
-* ``paper:NAME`` — the paper's published run NAME (cfbench.paper), whichever ``--results`` store is
+* ``paper:NAME`` — the paper's published run NAME (cfbench.compare.paper), whichever ``--results`` store is
   in use: those runs live in cfbench's own read-only store, never in the user's.
 """
 
@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cfbench.compare.paper import find_paper_run, paper_store
 from cfbench.errors import CfbenchError
+from cfbench.models.checkpoint import BUILTIN_MODELS, HUB_ID
 from cfbench.store import ResultStore, RunRecord
 
 RUN_PREFIX = "run:"
@@ -37,8 +39,6 @@ class Ref:
 
 def checkpoint_meaning(spec: str) -> str | None:
     """Why ``spec`` can be read as a checkpoint ("the built-in checkpoint", "the folder ./x", ...), else None."""
-    from cfbench.models.checkpoint import BUILTIN_MODELS, HUB_ID
-
     if spec in BUILTIN_MODELS:
         return f"the built-in checkpoint {spec!r}"
     path = Path(spec).expanduser()
@@ -55,8 +55,6 @@ def resolve_ref(spec: str, store: ResultStore) -> Ref:
         name = spec[len(RUN_PREFIX) :]
         return Ref("run", name, store.find_run(name))
     if spec.startswith(PAPER_PREFIX):
-        from cfbench.paper import find_paper_run, paper_store
-
         name = spec[len(PAPER_PREFIX) :]
         return Ref("run", name, find_paper_run(name), paper_store())
     if spec.startswith(CKPT_PREFIX):

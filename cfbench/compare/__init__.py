@@ -1,0 +1,41 @@
+"""Comparisons (layer 7): which runs take part, their items gathered, the report built, the gate checked.
+
+May import report, metrics and everything below, never ``train``; ``refs`` and ``paper`` say what
+an argument names (a checkpoint, a stored run, one of the paper's published runs).
+"""
+
+from __future__ import annotations
+
+from cfbench.compare.gate import (
+    Budget,
+    DriftBudget,
+    DriftGateLine,
+    GateLine,
+    drift_gate,
+    drift_gate_markdown,
+    gate,
+    gate_markdown,
+    parse_budgets,
+    parse_drift_budgets,
+)
+from cfbench.compare.gather import gather
+from cfbench.compare.pipeline import CompareResult, compare
+from cfbench.compare.runs import RunRef, resolve_runs
+
+__all__ = [
+    "Budget",
+    "CompareResult",
+    "DriftBudget",
+    "DriftGateLine",
+    "GateLine",
+    "RunRef",
+    "compare",
+    "drift_gate",
+    "drift_gate_markdown",
+    "gate",
+    "gate_markdown",
+    "gather",
+    "parse_budgets",
+    "parse_drift_budgets",
+    "resolve_runs",
+]

@@ -1,0 +1,97 @@
+"""Attach the signals beyond accuracy to a report: drift metrics (with a noise floor) and in-domain gain.
+
+Every signal is computed in :mod:`cfbench.metrics` from stored items; this module only chooses
+which runs and which floor take part, and records why a signal is not shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+
+from cfbench.compare.runs import RunRef, check_floor
+from cfbench.errors import CfbenchError
+from cfbench.metrics.drift import DriftSettings, drift_signals, load_choice_frames
+from cfbench.metrics.indomain import TABLE as INDOMAIN_TABLE
+from cfbench.metrics.indomain import indomain_gain
+from cfbench.report.table import ComparisonReport
+from cfbench.store import ResultStore, RunRecord
+from cfbench.tasks.registry import Suite
+
+
+def attach_drift(
+    report: ComparisonReport,
+    store: ResultStore,
+    refs: Sequence[RunRef],
+    suite: Suite,
+    raw: dict[str, pd.DataFrame],
+    floor: RunRecord | None,
+    *,
+    n_boot: int,
+    seed: int,
+    confidence: float,
+    data_dir: Any,
+    reference: dict[str, tuple[str, ...]],
+    reasons: dict[str, str],
+) -> list[str]:
+    """Compute every registered item metric from the stored items and attach them as signals."""
+    records = {r.label: r.record for r in refs}
+    floor_label = None
+    notes: list[str] = []
+    if floor is not None:
+        check_floor(floor, refs[0].record)
+        floor_label = f"noise floor {floor.name}"
+        while floor_label in records:
+            floor_label += "'"
+        records[floor_label] = floor
+    frames, notes = load_choice_frames(store, records, suite.tasks, items=raw, data_dir=data_dir)
+    if floor is not None:
+        base_keys = (refs[0].record.extra or {}).get("cache_keys") or {}
+        floor_keys = (floor.extra or {}).get("cache_keys") or {}
+        same = sorted(t for t in frames[floor_label] if t in base_keys and base_keys[t] == floor_keys.get(t))
+        for t in same:  # the very items the base scored: a floor of exactly 0 would judge nothing
+            del frames[floor_label][t]
+        if same:
+            notes.append(
+                f"noise floor: {floor.name} holds the base's own scored items for {', '.join(same)} (scored the same "
+                "way); no floor there"
+            )
+    result = drift_signals(
+        frames, refs[0].label, [r.label for r in refs[1:]], suite.categories, suite.extras, floor=floor_label,
+        settings=DriftSettings(n_boot, seed, confidence), reference=reference, reasons=reasons,
+    )  # fmt: skip
+    for run, sigs in result.signals.items():
+        if sigs:
+            report.add_signals(run, sigs)
+    return list(dict.fromkeys(notes + result.notes))
+
+
+def attach_indomain(
+    report: ComparisonReport, store: ResultStore, refs: Sequence[RunRef], *, n_boot: int, seed: int, confidence: float
+) -> list[str]:
+    """Attach the in-domain gain (:mod:`cfbench.metrics.indomain`) of every tuned run whose checkpoint and
+    the base's were both scored on a held-out split after a fine-tune; returns notes for pairs that
+    were skipped and why. Runs without such rows simply get no in-domain signals."""
+    rows = store.read_table(INDOMAIN_TABLE)
+    base_hash = refs[0].record.checkpoint_hash
+    if rows.empty or not base_hash:
+        return []
+    base_splits = set(rows.loc[rows["checkpoint_hash"] == base_hash, "split_hash"])
+    notes: list[str] = []
+    for ref in refs[1:]:
+        h = ref.record.checkpoint_hash
+        splits = sorted(base_splits & set(rows.loc[rows["checkpoint_hash"] == h, "split_hash"])) if h else []
+        for split in splits:
+            try:
+                sigs = indomain_gain(store, base_hash, h, split, n_boot=n_boot, seed=seed, confidence=confidence)
+            except CfbenchError as exc:
+                notes.append(f"in-domain gain of {ref.label}: not shown ({exc})")
+                continue
+            if len(splits) > 1:  # one scope per split, named by its data and hash
+                data = str(rows.loc[rows["split_hash"] == split, "data"].iloc[0])
+                sigs = [replace(s, scope=f"{data}@{split[:8]}") for s in sigs]
+            report.add_signals(ref.label, sigs)
+    return notes

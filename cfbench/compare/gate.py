@@ -1,0 +1,220 @@
+"""The nightly regression gate: budgets on accuracy Δ and on drift signals, checked against a report."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cfbench.errors import CfbenchError
+from cfbench.metrics import get_metric, registered_metrics
+from cfbench.report.table import ComparisonReport
+from cfbench.tasks.registry import Suite
+
+
+@dataclass
+class Budget:
+    category: str
+    points: float
+
+
+@dataclass
+class GateLine:
+    category: str
+    delta_points: float | None
+    ci_points: tuple[float, float] | None
+    budget: float
+    significant: bool
+    failed: bool
+    reason: str
+
+
+def _budget_value(flag: str, spec: str, val: str, unit: str, example: str) -> float:
+    """A gate budget's number: finite and ≥ 0 (nan compares False with every value and inf allows
+    any, so either would pass every gate). ``unit``: "points" or "" (the metric's own unit)."""
+    of_unit = f" of {unit}" if unit else ""
+    try:
+        v = float(val)
+    except ValueError as exc:
+        raise CfbenchError(f"{flag} {spec!r}: {val!r} is not a number{of_unit}") from exc
+    if not math.isfinite(v):
+        raise CfbenchError(f"{flag} {spec!r}: the budget must be a finite number{of_unit}, e.g. {example}")
+    if v < 0:
+        raise CfbenchError(f"{flag} {spec!r}: the budget must be ≥ 0{' ' + unit if unit else ''}")
+    return v
+
+
+def parse_budgets(specs: Sequence[str], suite: Suite) -> list[Budget]:
+    """``CATEGORY=POINTS`` (POINTS ≥ 0, in accuracy points ×100); AVG is allowed too."""
+    allowed = {*suite.categories, "AVG"}
+    out = []
+    for spec in specs:
+        cat, sep, val = spec.partition("=")
+        if not sep:
+            raise CfbenchError(f"--max-drop {spec!r} is not CATEGORY=POINTS; write e.g. --max-drop DK=1.5")
+        if cat not in allowed:
+            raise CfbenchError(
+                f"--max-drop category {cat!r} is not in suite {suite.name}: use one of {sorted(allowed)}"
+            )
+        out.append(Budget(cat, _budget_value("--max-drop", spec, val, "points", f"{cat}=1.5")))
+    if not out:
+        raise CfbenchError("give at least one --max-drop CATEGORY=POINTS budget")
+    return out
+
+
+def gate(report: ComparisonReport, budgets: Sequence[Budget], significance: float) -> list[GateLine]:
+    """A category fails when it dropped more than its budget AND the drop is significant.
+
+    Significance: the paired bootstrap (1 − significance) CI of the Δ lies entirely below zero. When
+    the baseline has no item-level scores (imported summary) no CI exists and the budget alone decides.
+    """
+    cmp = report.base_comparisons[0]
+    lines = []
+    for b in budgets:
+        agg = cmp.avg if b.category == "AVG" else cmp.categories[b.category]
+        if agg.delta is None:
+            lines.append(
+                GateLine(
+                    b.category,
+                    None,
+                    None,
+                    b.points,
+                    False,
+                    True,
+                    "not scored for both runs (missing data): cannot clear the gate",
+                )
+            )
+            continue
+        d = 100 * agg.delta
+        ci = (100 * agg.ci[0], 100 * agg.ci[1]) if agg.ci else None
+        significant = ci is None or ci[1] < 0
+        over = -d > b.points
+        failed = over and significant
+        if failed:
+            reason = f"dropped {-d:.2f} > {b.points:.2f} points" + (
+                ", CI below 0" if ci else " (no CI: task-level baseline)"
+            )
+        elif over:
+            reason = f"dropped {-d:.2f} > {b.points:.2f} points but not significant (CI {ci[0]:.2f}..{ci[1]:.2f})"  # type: ignore[index]
+        else:
+            reason = f"within budget ({d:+.2f} points)"
+        if agg.coverage.partial:
+            reason += f"; partial: {agg.coverage.label}"
+        lines.append(GateLine(b.category, d, ci, b.points, significant, failed, reason))
+    return lines
+
+
+@dataclass
+class DriftBudget:
+    """``[SCOPE:]METRIC=VALUE``: the most a registered item metric may move, in its own unit."""
+
+    scope: str  # "all", a category or a task
+    metric: str
+    value: float
+
+    @property
+    def label(self) -> str:
+        return self.metric if self.scope == "all" else f"{self.scope}:{self.metric}"
+
+
+@dataclass
+class DriftGateLine:
+    budget: DriftBudget
+    value: float | None
+    ci: tuple[float, float] | None
+    unit: str
+    failed: bool
+    reason: str
+
+
+def parse_drift_budgets(specs: Sequence[str], suite: Suite) -> list[DriftBudget]:
+    """``METRIC=VALUE`` (overall) or ``SCOPE:METRIC=VALUE`` (SCOPE a category, AVG or a task of the suite).
+
+    VALUE is finite and ≥ 0, in the metric's unit: for a divergence the largest allowed value, for a
+    signed metric (``better=higher``, e.g. gold_margin) the largest allowed drop.
+    """
+    scopes = {*suite.categories, *suite.tasks}
+    out = []
+    for spec in specs:
+        key, sep, val = spec.partition("=")
+        if not sep:
+            raise CfbenchError(f"--max-drift {spec!r} is not [SCOPE:]METRIC=VALUE; write e.g. --max-drift kl=0.01")
+        scope, colon, name = key.rpartition(":")
+        scope = scope if colon else "all"
+        scope = "all" if scope == "AVG" else scope
+        if name not in {m.name for m in registered_metrics()}:
+            get_metric(name)  # raises, naming the registered metrics
+        if scope != "all" and scope not in scopes:
+            raise CfbenchError(
+                f"--max-drift scope {scope!r} is not a category or task of suite {suite.name}: use one of "
+                f"{sorted({*suite.categories, 'AVG'})} or a task name, e.g. DK:{name}=0.01"
+            )
+        out.append(DriftBudget(scope, name, _budget_value("--max-drift", spec, val, "", f"{name}=0.01")))
+    return out
+
+
+def drift_gate(report: ComparisonReport, candidate: str, budgets: Sequence[DriftBudget]) -> list[DriftGateLine]:
+    """A drift budget fails when the whole CI is past it, so noise alone cannot fail a nightly run.
+
+    Lower-is-better metrics (divergences): fail iff the CI lower bound exceeds the budget. Higher-is-
+    better metrics (signed, e.g. gold_margin): fail iff the CI upper bound is below −budget (a drop
+    larger than the budget, with the CI). Without a CI (``--n-boot 0``) the value itself decides; a
+    metric that could not be computed fails, as a missing category does for ``--max-drop``.
+    """
+    lines = []
+    signals = report.signals.get(candidate, [])
+    for b in budgets:
+        metric = get_metric(b.metric)
+        s = next((x for x in signals if x.name == b.metric and x.scope == b.scope), None)
+        if s is None:
+            lines.append(DriftGateLine(b, None, None, metric.unit, True, "not computed (no paired stored log-probs)"))
+            continue
+        lo, hi = s.ci if s.ci is not None else (s.value, s.value)
+        how = "CI" if s.ci is not None else "value (no CI)"
+        if metric.better == "lower":
+            failed = lo > b.value
+            reason = f"{how} lower bound {lo:.4g} > {b.value:.4g}" if failed else f"within budget ({s.value:.4g})"
+        else:
+            failed = hi < -b.value
+            reason = (f"dropped: {how} upper bound {hi:.4g} < −{b.value:.4g}" if failed
+                      else f"within budget ({s.value:+.4g})")  # fmt: skip
+        reason += "".join(f"; {part}" for part in (s.note or "").split("; ") if part.startswith("partial"))
+        lines.append(DriftGateLine(b, s.value, s.ci, s.unit, failed, reason))
+    return lines
+
+
+def drift_gate_markdown(lines: Sequence[DriftGateLine]) -> str:
+    out = ["| drift | value | CI | budget | result |", "|---|---:|---|---:|---|"]
+    for x in lines:
+        v = "-" if x.value is None else f"{x.value:.4g}"
+        ci = "-" if x.ci is None else f"[{x.ci[0]:.4g}, {x.ci[1]:.4g}]"
+        mark = "❌ " if x.failed else "✅ "
+        out.append(f"| {x.budget.label} | {v} | {ci} | {x.budget.value:.4g} {x.unit} | {mark}{x.reason} |")
+    return "\n".join(out) + "\n"
+
+
+def gate_markdown(
+    baseline: str,
+    candidate: str,
+    lines: Sequence[GateLine],
+    significance: float,
+    drift_lines: Sequence[DriftGateLine] = (),
+) -> str:
+    ok = not any(x.failed for x in [*lines, *drift_lines])
+    out = [
+        f"### cfbench regression gate: {'PASS' if ok else 'FAIL'}",
+        "",
+        f"baseline `{baseline}` → candidate `{candidate}` (significance {significance})",
+        "",
+        "| category | Δ (points) | CI | budget | result |",
+        "|---|---:|---|---:|---|",
+    ]
+    for x in lines:
+        d = "-" if x.delta_points is None else f"{x.delta_points:+.2f}"
+        ci = "-" if x.ci_points is None else f"[{x.ci_points[0]:+.2f}, {x.ci_points[1]:+.2f}]"
+        out.append(f"| {x.category} | {d} | {ci} | {x.budget:.2f} | {'❌ ' if x.failed else '✅ '}{x.reason} |")
+    if not lines:
+        out = out[:-2]
+    if drift_lines:
+        out += ["", drift_gate_markdown(drift_lines).rstrip("\n")]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,112 @@
+"""``compare``: turn stored (or freshly scored) runs into the paper-style forgetting report.
+
+One function per stage: resolve the runs (:mod:`.runs`), gather their items (:mod:`.gather`),
+build the accuracy report (:mod:`cfbench.report.table`), attach the other signals (:mod:`.attach`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cfbench.compare.attach import attach_drift, attach_indomain
+from cfbench.compare.gather import gather, reference_coverage, refuse_other_rules, subgroups
+from cfbench.compare.runs import RunRef, floor_record, resolve_runs
+from cfbench.errors import CfbenchError
+from cfbench.report.table import ComparisonReport, build_report
+from cfbench.store import ResultStore
+from cfbench.tasks.registry import Suite, get_task_config, load_suite
+
+
+@dataclass
+class CompareResult:
+    report: ComparisonReport
+    runs: list[RunRef]
+    suite: Suite
+    notes: list[str] = field(default_factory=list)
+
+
+def compare(
+    base: str,
+    tuned: Sequence[str],
+    *,
+    suite: str = "paper",
+    results: str | Path = "results",
+    labels: Sequence[str] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+    eval_kwargs: dict[str, Any] | None = None,
+    noise_floor: str | None = None,
+    runner: Any = None,
+) -> CompareResult:
+    """Score what is not yet stored and build the paper-style report of ``tuned`` against ``base``.
+
+    Besides accuracy, every registered item metric (:mod:`cfbench.metrics`) is attached to the report
+    as :class:`cfbench.signals.Signal` records per tuned run; ``noise_floor`` names a stored run of
+    the base checkpoint scored another way, against which divergences are judged. ``runner``: spread
+    the scoring over workers (see :func:`resolve_runs`); None scores in this process.
+    """
+    if not tuned:
+        raise CfbenchError("compare needs a base and at least one tuned checkpoint or run")
+    suite_obj = load_suite(suite)
+    store = ResultStore(Path(results))
+    floor = floor_record(noise_floor, store) if noise_floor is not None else None  # before any scoring
+    refs = resolve_runs(
+        [base, *tuned], store, labels=labels, eval_kwargs={"suite": suite, **(eval_kwargs or {})}, runner=runner
+    )
+    used: dict[str, set[str]] = {}
+    raw: dict[str, pd.DataFrame] = {}
+    items, scores = gather(store, refs, suite_obj.tasks, used, raw)
+    reference, reasons = reference_coverage(suite_obj)
+    if items is None and scores is None:
+        raise CfbenchError(f"none of the runs has scores for suite {suite!r}; score them with `cfbench eval` first")
+    refuse_other_rules(store, refs, items, scores, suite_obj)
+    report = build_report(
+        refs[0].label,
+        [r.label for r in refs[1:]],
+        suite_obj.categories,
+        items=items,
+        task_scores=scores,
+        extras=suite_obj.extras,
+        subgroups=subgroups(suite_obj),
+        pairs=pairs,
+        n_boot=n_boot,
+        seed=seed,
+        alpha=alpha,
+        confidence=confidence,
+        reference_categories=reference,
+        missing_reasons=reasons,
+        subset_mean_tasks=[t for t in suite_obj.tasks if get_task_config(t).aggregate == "subset_mean"],
+    )
+    drift_notes = attach_drift(
+        report, store, refs, suite_obj, raw, floor,
+        n_boot=n_boot, seed=seed, confidence=confidence, data_dir=(eval_kwargs or {}).get("data_dir"),
+        reference=reference, reasons=reasons,
+    )  # fmt: skip
+    drift_notes += attach_indomain(report, store, refs, n_boot=n_boot, seed=seed, confidence=confidence)
+    notes = report.notes + [
+        f"{task}: runs were scored with different metrics ({', '.join(sorted(ms))}); its Δ mixes them"
+        for task, ms in sorted(used.items())
+        if len(ms) > 1
+    ]
+    tokenizers = {r.label: (r.record.extra or {}).get("tokenizer_hash") for r in refs}
+    if len({h for h in tokenizers.values() if h}) > 1:
+        notes.append(
+            "the checkpoints use different tokenizers ("
+            + ", ".join(f"{k}: {v[:8]}" for k, v in tokenizers.items() if v)
+            + "); their log-likelihoods are over different token sequences"
+        )
+    limits = {r.record.limit for r in refs}
+    if len(limits) > 1:
+        notes.append(
+            f"runs were scored with different --limit values {sorted(map(str, limits))}; "
+            "Δ uses only the items both runs share"
+        )
+    return CompareResult(report, refs, suite_obj, notes + drift_notes)
