@@ -96,7 +96,7 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from cfbench.compare import compare
+    from cfbench.comparison import compare
 
     hf_logging.disable_progress_bar()
     from cfbench.train.finetune import pair

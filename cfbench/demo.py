@@ -158,7 +158,7 @@ def run_demo(cfg: DemoConfig, out: Path, results: Path, *, progress: Any = None)
 
     ``progress``: a ``rich`` console for section rules (None: quiet).
     """
-    from cfbench.compare import compare
+    from cfbench.comparison import compare
     from cfbench.train.finetune import pair
     from cfbench.train.merge import merge_sweep
 

@@ -1,9 +1,9 @@
 """Build ``results/paper``, the paper's published numbers as a read-only results store.
 
-    python scripts/paper_results.py           # (re)build results/paper from cfbench/compare/tables-5-8.csv
+    python scripts/paper_results.py           # (re)build results/paper from cfbench/comparison/tables-5-8.csv
     python scripts/paper_results.py --check   # exit 1 if results/paper differs from a fresh build
 
-The store is derived from the CSV alone (cfbench.compare.paper.write_paper_store: fixed run ids, dates and
+The store is derived from the CSV alone (cfbench.comparison.paper.write_paper_store: fixed run ids, dates and
 part names), so a rebuild with the same pyarrow writes the same bytes, and ``--check`` compares
 contents (every row and column) so it also passes under another pyarrow version. It is rebuilt in a
 temp folder and swapped in, never appended to: the store is read-only for every cfbench command.
@@ -42,7 +42,7 @@ def differences(a: Path, b: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    from cfbench.compare.paper import write_paper_store
+    from cfbench.comparison.paper import write_paper_store
 
     check = "--check" in argv
     with tempfile.TemporaryDirectory(dir=OUT.parent if OUT.parent.is_dir() else None) as tmp:
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
             if diff:
                 print("rebuild it: python scripts/paper_results.py", file=sys.stderr)
                 return 1
-            print(f"{OUT} matches cfbench/compare/tables-5-8.csv")
+            print(f"{OUT} matches cfbench/comparison/tables-5-8.csv")
             return 0
         OUT.parent.mkdir(parents=True, exist_ok=True)
         old = Path(tmp) / "old"

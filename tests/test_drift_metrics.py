@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cfbench.compare import compare, drift_gate, parse_drift_budgets
+from cfbench.comparison import compare, drift_gate, parse_drift_budgets
 from cfbench.errors import CfbenchError
 from cfbench.metrics import ChoiceBatch, get_metric, register_metric, unregister_metric
 from cfbench.metrics.choices import ChoiceRule, ChoiceSource, choice_frame

@@ -310,7 +310,7 @@ def _runs_store(root: Path) -> ResultStore:
 
 
 def test_compare_attaches_indomain_signals(tmp_path):
-    from cfbench.compare import compare
+    from cfbench.comparison import compare
 
     store = _runs_store(tmp_path / "res")
     store.append_table(TABLE, synthetic_rows("ckpt-base", "sp", [2.0, 2.5, 3.0, 2.2], [0.0, 0.0, 1.0, 0.0]))

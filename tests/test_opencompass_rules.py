@@ -271,7 +271,7 @@ def test_compare_reports_oc_mmlu_as_the_naive_mean() -> None:
 
 
 def test_compare_across_rules_is_refused_with_the_suite_to_use(tmp_path: Path) -> None:
-    from cfbench.compare import compare
+    from cfbench.comparison import compare
     from cfbench.store import ResultStore, RunRecord, TaskScore
 
     store = ResultStore(tmp_path)

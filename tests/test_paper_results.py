@@ -1,4 +1,4 @@
-"""The paper's published numbers as read-only reference runs (cfbench.compare.paper, results/paper, paper:NAME).
+"""The paper's published numbers as read-only reference runs (cfbench.comparison.paper, results/paper, paper:NAME).
 
 The Table 2(a) check recomputes the paper's aggregates from its per-task numbers (Tables 5–8) with
 cfbench's own leaderboard and compare code and holds them to the AVGs the paper printed. Tolerance:
@@ -21,8 +21,8 @@ import typer
 from typer.testing import CliRunner
 
 from cfbench.cli import store_cmds
-from cfbench.compare import compare
-from cfbench.compare.paper import paper_frames, paper_names, paper_runs, paper_store, write_paper_store
+from cfbench.comparison import compare
+from cfbench.comparison.paper import paper_frames, paper_names, paper_runs, paper_store, write_paper_store
 from cfbench.errors import CfbenchError
 from cfbench.report.leaderboard import leaderboard
 from cfbench.report.render import to_markdown

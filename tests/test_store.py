@@ -19,7 +19,7 @@ import pytest
 
 from cfbench.errors import CfbenchError
 from cfbench.report.html import leaderboard_page as to_html
-from cfbench.report.leaderboard import INFO_COLUMNS, natural_width, to_markdown
+from cfbench.report.leaderboard import INFO_COLUMNS, leaderboard, natural_width, to_markdown
 from cfbench.store import (
     ITEMS_SCHEMA,
     RUNS_SCHEMA,
@@ -28,7 +28,6 @@ from cfbench.store import (
     ResultStore,
     RunRecord,
     TaskScore,
-    leaderboard,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cfbench.compare import compare
+from cfbench.comparison import compare
 from cfbench.importers import import_lmeval
 from cfbench.report.leaderboard import leaderboard
 from cfbench.report.render import to_json, to_markdown

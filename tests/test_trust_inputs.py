@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cfbench.compare import compare, parse_budgets
+from cfbench.comparison import compare, parse_budgets
 from cfbench.errors import CfbenchError
 from cfbench.models.hashing import tokenizer_hash
 from cfbench.store import ResultStore, RunRecord, TaskScore

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cfbench.compare import compare
+from cfbench.comparison import compare
 from cfbench.engine import items_frame
 from cfbench.importers import import_lmeval
 from cfbench.report.render import report_to_frame, to_json, to_markdown

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cfbench.compare.refs import resolve_ref
+from cfbench.comparison.refs import resolve_ref
 from cfbench.data.bundled import bundled_root
 from cfbench.errors import CfbenchError
 from cfbench.progress import Progress, format_duration

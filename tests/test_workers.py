@@ -128,7 +128,7 @@ def _tuned_copy(tiny_model: Path, out: Path) -> Path:
 def test_compare_on_two_workers_gives_the_items_and_report_of_one(tiny_model: Path, tmp_path: Path) -> None:
     """compare's (checkpoint, task) jobs of base *and* tuned go through the pool; the same checkpoint
     listed twice is scored once."""
-    from cfbench.compare import compare
+    from cfbench.comparison import compare
     from cfbench.scale.workers import LocalRunner
 
     tuned = _tuned_copy(tiny_model, tmp_path / "tuned")

@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
         ppl_limit: Annotated[int | None, typer.Option("--ppl-limit", help="Documents of the --ppl text.")] = None,
     ) -> None:
         """Paper-style forgetting table: DK, Understanding, Reasoning, Exams, AVG, Δ (+ CIs, McNemar, flips)."""
-        from cfbench.compare import compare
+        from cfbench.comparison import compare
 
         if ppl is not None:  # a bad --ppl is refused before anything is scored
             from cfbench.data.text import load_text_source
@@ -221,7 +221,7 @@ def register(app: typer.Typer) -> None:
         n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")] = 2000,
     ) -> None:
         """Nightly gate: exit 1 if a category dropped more than its budget (significantly), 0 if not, 2 on bad input."""
-        from cfbench.compare import compare, drift_gate, gate, gate_markdown, parse_budgets, parse_drift_budgets
+        from cfbench.comparison import compare, drift_gate, gate, gate_markdown, parse_budgets, parse_drift_budgets
         from cfbench.tasks.registry import load_suite
 
         if not 0 < significance < 1:

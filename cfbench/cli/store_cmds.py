@@ -167,7 +167,7 @@ def register(app: typer.Typer) -> None:
         which = paper_rows.value if paper_rows is not PaperRows.auto else ("table2a" if suite == "paper" else "none")
         also = None
         if which != "none":
-            from cfbench.compare.paper import paper_frames
+            from cfbench.comparison.paper import paper_frames
 
             also = paper_frames(which)
         from cfbench.report.leaderboard import is_drift_column, sort_board
@@ -222,7 +222,7 @@ def register(app: typer.Typer) -> None:
         if source is not None and source not in SOURCES:
             raise CfbenchError(f"--source {source!r} is unknown: use one of {', '.join(SOURCES)}")
         if source == "paper":
-            from cfbench.compare.paper import paper_frames
+            from cfbench.comparison.paper import paper_frames
 
             runs = paper_frames("all")[0]
             where = "cfbench's read-only paper store (docs/paper-results.md)"

@@ -256,7 +256,7 @@ def register(app: typer.Typer) -> None:
 
             from rich.console import Console
 
-            from cfbench.compare import compare as run_compare
+            from cfbench.comparison import compare as run_compare
 
             tuned, labels, pairs = [], [base], []
             for s, result in zip(seed_list, done, strict=True):

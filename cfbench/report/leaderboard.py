@@ -104,7 +104,7 @@ def leaderboard(
     in the store follow. ``sort`` names a column (see :func:`sort_board`); the default is oldest run
     first. Partial scores (``subset`` set, e.g. MMLU groups) are not shown. ``also`` is a ``(runs,
     task_scores)`` pair from another store shown before the store's own runs (the paper's reference
-    runs, :func:`cfbench.compare.paper.paper_frames`).
+    runs, :func:`cfbench.comparison.paper.paper_frames`).
     """
     runs = store.runs()
     scores = store.task_scores()

@@ -10,7 +10,7 @@ once, scores its shards with the engine's own chunked scorer and appends the ite
 store, which is safe for concurrent writers. When every shard is done, the main process re-plans
 (now everything is cached) and :func:`cfbench.engine.run_plan` writes the run record as a
 single-process evaluation would. ``cfbench compare ... --workers N`` does the same with the jobs of
-every checkpoint it scores (:func:`score_plans`, called by :func:`cfbench.compare.resolve_runs`).
+every checkpoint it scores (:func:`score_plans`, called by :func:`cfbench.comparison.resolve_runs`).
 
 Runners: :class:`LocalRunner` (this machine's process pool) and
 :class:`cfbench.scale.ray_runner.RayRunner` (``--runner ray``: the same jobs as Ray actors, for

@@ -25,7 +25,7 @@ from cfbench._version import __version__
 SCHEMA_VERSION = 1
 
 #: Where a run's numbers come from. ``paper`` runs are the founding paper's printed numbers
-#: (cfbench.compare.paper); they live only in the read-only store cfbench ships, never in a user's store.
+#: (cfbench.comparison.paper); they live only in the read-only store cfbench ships, never in a user's store.
 SOURCES = ("cfbench", "lm-eval", "opencompass", "paper")
 
 _META = {b"cfbench.schema_version": str(SCHEMA_VERSION).encode()}

@@ -107,7 +107,7 @@ class ResultStore:
     def read_only(self) -> str | None:
         """Why this store must not be changed (its ``_schema.json`` ``read_only`` note), or None.
 
-        The paper's reference runs (cfbench.compare.paper) are shipped as such a store: every write and
+        The paper's reference runs (cfbench.comparison.paper) are shipped as such a store: every write and
         every maintenance command that moves or deletes parts refuses it, so no command can alter
         the published numbers.
         """

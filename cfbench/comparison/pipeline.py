@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from cfbench.compare.attach import attach_drift, attach_indomain
-from cfbench.compare.gather import gather, reference_coverage, refuse_other_rules, subgroups
-from cfbench.compare.runs import RunRef, floor_record, resolve_runs
+from cfbench.comparison.attach import attach_drift, attach_indomain
+from cfbench.comparison.gather import gather, reference_coverage, refuse_other_rules, subgroups
+from cfbench.comparison.runs import RunRef, floor_record, resolve_runs
 from cfbench.errors import CfbenchError
 from cfbench.report.table import ComparisonReport, build_report
 from cfbench.store import ResultStore

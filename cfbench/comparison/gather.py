@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from cfbench.compare.runs import RunRef
+from cfbench.comparison.runs import RunRef
 from cfbench.errors import CfbenchError
 from cfbench.store import ResultStore
 from cfbench.store.queries import run_items

@@ -1,6 +1,6 @@
 """Which runs take part in a comparison: stored runs are looked up, checkpoints scored (cached) first.
 
-What an argument means is decided by :mod:`cfbench.compare.refs`; this module plans, announces and
+What an argument means is decided by :mod:`cfbench.comparison.refs`; this module plans, announces and
 scores the checkpoints among them (optionally over workers) and labels every run for the tables.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cfbench.compare.refs import resolve_ref
+from cfbench.comparison.refs import resolve_ref
 from cfbench.engine import describe_plans, plan_evaluation, progress_mode, run_plan
 from cfbench.errors import CfbenchError
 from cfbench.scale.workers import score_plans
@@ -39,7 +39,7 @@ def resolve_runs(
 ) -> list[RunRef]:
     """Stored runs are looked up; checkpoints are planned, announced, then scored (cached).
 
-    What an argument means follows :mod:`cfbench.compare.refs` (``run:NAME`` / ``ckpt:SPEC``; an argument
+    What an argument means follows :mod:`cfbench.comparison.refs` (``run:NAME`` / ``ckpt:SPEC``; an argument
     that could be both is refused). All checkpoints are planned first, so a missing dataset or an
     unknown checkpoint fails before any model is loaded, and one line says how much will be scored.
     ``runner`` (:func:`cfbench.scale.workers.make_runner`: local worker processes or Ray) spreads

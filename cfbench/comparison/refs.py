@@ -7,7 +7,7 @@ who meant the run they had just stored under that name. The prefixes pick one me
 
 * ``run:NAME`` — the stored run NAME (or run id / unique id prefix);
 * ``ckpt:SPEC`` — the checkpoint SPEC (also: any path written with ``./`` or ``/``);
-* ``paper:NAME`` — the paper's published run NAME (cfbench.compare.paper), whichever ``--results`` store is
+* ``paper:NAME`` — the paper's published run NAME (cfbench.comparison.paper), whichever ``--results`` store is
   in use: those runs live in cfbench's own read-only store, never in the user's.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cfbench.compare.paper import find_paper_run, paper_store
+from cfbench.comparison.paper import find_paper_run, paper_store
 from cfbench.errors import CfbenchError
 from cfbench.models.checkpoint import BUILTIN_MODELS, HUB_ID
 from cfbench.store import ResultStore, RunRecord

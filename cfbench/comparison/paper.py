@@ -96,7 +96,7 @@ class PaperRow:
 def _name_row(model: str, row: str, epochs: int) -> tuple[str, str, str, bool]:
     """(run name, method, base run name, is a Table 2(a) row) for one CSV row; unknown shapes are refused."""
     if model not in _MODELS:
-        raise CfbenchError(f"{CSV_PATH}: unknown model {model!r}: add it to cfbench.compare.paper._MODELS")
+        raise CfbenchError(f"{CSV_PATH}: unknown model {model!r}: add it to cfbench.comparison.paper._MODELS")
     slug = _MODELS[model]
     if row == "Alpaca":
         return f"{slug}-alpaca", "adamw", model, slug == "llama2-7b"  # the Alpaca stage starts from the model
@@ -139,7 +139,7 @@ def paper_rows() -> tuple[PaperRow, ...]:
     names = [r.name for r in rows]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise CfbenchError(f"{CSV_PATH}: rows map to the same run names {dup}: extend cfbench.compare.paper._name_row")
+        raise CfbenchError(f"{CSV_PATH}: rows map to the same run names {dup}: extend cfbench.comparison.paper._name_row")
     return tuple(rows)
 
 

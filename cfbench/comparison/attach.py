@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from cfbench.compare.runs import RunRef, check_floor
+from cfbench.comparison.runs import RunRef, check_floor
 from cfbench.errors import CfbenchError
 from cfbench.metrics.drift import DriftSettings, drift_signals, load_choice_frames
 from cfbench.metrics.indomain import TABLE as INDOMAIN_TABLE

@@ -6,7 +6,7 @@ an argument names (a checkpoint, a stored run, one of the paper's published runs
 
 from __future__ import annotations
 
-from cfbench.compare.gate import (
+from cfbench.comparison.gate import (
     Budget,
     DriftBudget,
     DriftGateLine,
@@ -18,9 +18,9 @@ from cfbench.compare.gate import (
     parse_budgets,
     parse_drift_budgets,
 )
-from cfbench.compare.gather import gather
-from cfbench.compare.pipeline import CompareResult, compare
-from cfbench.compare.runs import RunRef, resolve_runs
+from cfbench.comparison.gather import gather
+from cfbench.comparison.pipeline import CompareResult, compare
+from cfbench.comparison.runs import RunRef, resolve_runs
 
 __all__ = [
     "Budget",
