@@ -139,7 +139,9 @@ def paper_rows() -> tuple[PaperRow, ...]:
     names = [r.name for r in rows]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise CfbenchError(f"{CSV_PATH}: rows map to the same run names {dup}: extend cfbench.comparison.paper._name_row")
+        raise CfbenchError(
+            f"{CSV_PATH}: rows map to the same run names {dup}: extend cfbench.comparison.paper._name_row"
+        )
     return tuple(rows)
 
 
