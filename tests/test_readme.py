@@ -1,4 +1,5 @@
-"""Every command in the README's ```bash blocks either runs here as shown or is listed below with the
+"""Every command in the README's ```bash blocks (and in the docs/ blocks moved there from the README, each
+marked by ``MARKER`` on the line before it) either runs here as shown or is listed below with the
 reason it cannot (network, GPU, long) — and those are still parsed by the real argument parsers
 (cfbench's click commands, lm-eval's argparse), so a renamed option or command fails this test.
 """
@@ -16,6 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# The line right before a docs/ ```bash block that came from the README: those blocks are checked as the README's.
+MARKER = "<!-- tests/test_readme.py parses (or runs) this block: keep it in step with NOT_RUNNABLE there -->"
 
 # Command prefix → why it cannot run in CI. Everything else in a ```bash block is run.
 NOT_RUNNABLE: dict[str, str] = {
@@ -32,10 +36,24 @@ NOT_RUNNABLE: dict[str, str] = {
 }
 
 
+def _bash_blocks() -> list[str]:
+    """The README's ```bash blocks, then the marked ones of docs/*.md (sections moved out of the README)."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
+    marked = re.escape(MARKER) + r"\n```bash\n(.*?)^```"
+    for page in sorted(DOCS.glob("*.md")):
+        blocks += re.findall(marked, page.read_text(encoding="utf-8"), re.S | re.M)
+    return blocks
+
+
+def readme_text() -> str:
+    """The README and the docs/ pages its moved sections now live in, as one text."""
+    return "\n".join(p.read_text(encoding="utf-8") for p in [README, *sorted(DOCS.glob("*.md"))])
+
+
 def readme_commands() -> list[str]:
     """Commands of the ```bash blocks: comments dropped, backslash continuations joined."""
     commands = []
-    for block in re.findall(r"^```bash\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M):
+    for block in _bash_blocks():
         text = re.sub(r"\\\n\s*", " ", block)
         for line in text.splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
@@ -130,7 +148,7 @@ def test_runnable_commands_run(command: str, tmp_path: Path) -> None:
     proc = subprocess.run(shown, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}"
     if shown.startswith("cfbench compare llama-2-7b-hf"):
-        readme = README.read_text(encoding="utf-8")
+        readme = readme_text()
         rows = re.findall(r"^\| llama-2-7b-sft[^\n]*", proc.stdout, re.M)
         assert rows, proc.stdout[-1500:]
         for row in rows:
