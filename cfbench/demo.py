@@ -114,7 +114,7 @@ def drift_signals(
     """``kind="forgot"`` signals: the item-metric drift compare attached (KL, JS, gold margin, judged
     against the noise floor) plus held-out LAMBADA perplexity drift (:mod:`cfbench.probes.ppl`)."""
     if cfg.ppl_limit:
-        from cfbench.probes.ppl import ppl_drift_for_runs
+        from cfbench.metrics.ppl_drift import ppl_drift_for_runs
 
         for row in ppl_drift_for_runs(list(records), data="lambada", limit=cfg.ppl_limit, results=results):
             report.add_signals(row.label, [row.signal])
