@@ -11,7 +11,7 @@ in-domain gain on a held-out split of the fine-tune data (:mod:`cfbench.train.in
 Wise-FT merges inherit w/o SAM's split); forgot — accuracy Δ AVG (:func:`accuracy_signals`), the
 item-metric drift compare attaches (choice KL / JS / gold margin, judged against a re-score of the
 base with ``scoring_path=plain`` as noise floor, :mod:`cfbench.metrics`) and held-out LAMBADA
-perplexity drift (:mod:`cfbench.probes.ppl`). The trade-off plot (:mod:`cfbench.report.frontier`)
+perplexity drift (:mod:`cfbench.metrics.ppl_drift`). The trade-off plot (:mod:`cfbench.report.frontier`)
 draws in-domain gain against accuracy Δ AVG, overall KL and perplexity drift.
 """
 
@@ -113,9 +113,9 @@ def drift_signals(
     report: Any, records: Sequence[tuple[str, Any]], cfg: DemoConfig, results: Path
 ) -> dict[str, list[Signal]]:
     """``kind="forgot"`` signals: the item-metric drift compare attached (KL, JS, gold margin, judged
-    against the noise floor) plus held-out LAMBADA perplexity drift (:mod:`cfbench.probes.ppl`)."""
+    against the noise floor) plus held-out LAMBADA perplexity drift (:mod:`cfbench.metrics.ppl_drift`)."""
     if cfg.ppl_limit:
-        from cfbench.probes.ppl import ppl_drift_for_runs
+        from cfbench.metrics.ppl_drift import ppl_drift_for_runs
 
         for row in ppl_drift_for_runs(list(records), data="lambada", limit=cfg.ppl_limit, results=results):
             report.add_signals(row.label, [row.signal])

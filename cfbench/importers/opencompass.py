@@ -13,6 +13,7 @@ the *unweighted* mean of the 57 subjects, as ``oc_mmlu``'s score (lm-eval's is s
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cfbench.errors import CfbenchError
@@ -77,14 +78,12 @@ def is_opencompass_csv(path: Path) -> bool:
     return [h.strip() for h in header[:4]] == _HEADER
 
 
-def import_opencompass(csv_path: str | Path, store: ResultStore, name: str | None = None) -> ImportResult:
-    """Store each model column of an OpenCompass summary CSV as one run (percent -> fraction).
+def _read_summary(path: Path, name: str | None) -> tuple[list[list[str]], list[str]]:
+    """Parse and validate stage: the CSV's non-empty rows and its model columns.
 
-    ``name`` names the run when the CSV has one model column; otherwise runs are named after the
-    columns. Unknown dataset abbreviations and metrics are skipped with a warning, as long as at
-    least one row is known.
+    Refuses, before any row is interpreted, a file that is not OpenCompass's summary (wrong header,
+    no model column) and a ``--name`` that would have to name several runs at once.
     """
-    path = Path(csv_path)
     try:
         with open(path, encoding="utf-8", newline="") as f:
             rows = [r for r in csv.reader(f) if r]
@@ -101,90 +100,153 @@ def import_opencompass(csv_path: str | Path, store: ResultStore, name: str | Non
             f"{path} has {len(models)} model columns ({', '.join(models)}): --name only applies to a "
             "single-model CSV; drop it to name the runs after the columns"
         )
+    return rows, models
 
-    warnings: list[str] = []
-    unknown: list[str] = []
-    skipped_metrics: list[str] = []
-    known_rows = 0
-    per_model: dict[str, dict[tuple[str, str, str | None], TaskScore]] = {m: {} for m in models}
-    modes: dict[str, str] = {}
-    versions: dict[str, str] = {}
+
+@dataclass
+class _Summary:
+    """The known scores of a summary CSV, per model column, and what was skipped on the way.
+
+    Filled row by row by :func:`_parse_rows`; ``modes`` and ``versions`` come from whole-dataset
+    rows only (a subject's version is not its task's prompt hash).
+    """
+
+    path: Path
+    models: list[str]
+    per_model: dict[str, dict[tuple[str, str, str | None], TaskScore]]
+    modes: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+    skipped_metrics: list[str] = field(default_factory=list)
+    known_rows: int = 0
+
+
+def _cell_value(path: Path, lineno: int, model: str, cell: str) -> float:
+    """A percentage cell as a fraction; anything else is refused with its line and column."""
+    try:
+        value = float(cell) / 100.0
+    except ValueError as exc:
+        raise CfbenchError(
+            f"{path}:{lineno} column {model!r} holds {cell!r}, not a percentage or '-': fix the file"
+        ) from exc
+    if not 0.0 <= value <= 1.0:
+        raise CfbenchError(f"{path}:{lineno} column {model!r} holds {cell}, not a percentage in [0, 100]")
+    return value
+
+
+def _add_cells(
+    s: _Summary, lineno: int, abbr: str, cells: list[str], key: tuple[str, str, str | None], warnings: list[str]
+) -> None:
+    """One known row's score for every model column that has one.
+
+    Two rows can map onto the same score (``truthfulqa`` and ``truthful_qa``): the first is kept,
+    and a warning says so when the second disagrees.
+    """
+    task, cf_metric, subset = key
+    for model, cell in zip(s.models, cells, strict=True):
+        cell = cell.strip()
+        if cell == "-":
+            continue
+        value = _cell_value(s.path, lineno, model, cell)
+        if key in s.per_model[model]:
+            kept = s.per_model[model][key].value
+            if abs(kept - value) > 1e-9:
+                warnings.append(f"{model}: {abbr} given twice ({100 * kept:.2f} and {cell}); kept the first")
+            continue
+        s.per_model[model][key] = TaskScore(task=task, metric=cf_metric, value=value, subset=subset)
+
+
+def _parse_rows(path: Path, rows: list[list[str]], models: list[str], warnings: list[str]) -> _Summary:
+    """Build-records stage: map each row's dataset and metric onto cfbench's and collect its cells.
+
+    Unknown datasets and metrics cfbench does not compute are noted, not refused (the caller
+    decides whether anything known is left); a row of the wrong width is refused outright.
+    """
+    s = _Summary(path, models, {m: {} for m in models})
     for lineno, row in enumerate(rows[1:], start=2):
         if len(row) != len(rows[0]):
             raise CfbenchError(f"{path}:{lineno} has {len(row)} fields, the header {len(rows[0])}: fix the file")
         abbr, version, metric, mode = (c.strip() for c in row[:4])
         mapped = _map_dataset(abbr)
         if mapped is None:
-            if abbr not in unknown:
-                unknown.append(abbr)
+            if abbr not in s.unknown:
+                s.unknown.append(abbr)
             continue
         if metric == "-":  # configured but never evaluated
             continue
         task, subset = mapped
         cf_metric = _map_metric(task, subset, abbr, metric)
         if cf_metric is None:
-            skipped_metrics.append(f"{abbr}/{metric}")
+            s.skipped_metrics.append(f"{abbr}/{metric}")
             continue
-        known_rows += 1
+        s.known_rows += 1
         if subset is None:
-            modes.setdefault(task, mode)
+            s.modes.setdefault(task, mode)
             if version != "-":
-                versions.setdefault(task, version)
-        for model, cell in zip(models, row[4:], strict=True):
-            cell = cell.strip()
-            if cell == "-":
-                continue
-            try:
-                value = float(cell) / 100.0
-            except ValueError as exc:
-                raise CfbenchError(
-                    f"{path}:{lineno} column {model!r} holds {cell!r}, not a percentage or '-': fix the file"
-                ) from exc
-            if not 0.0 <= value <= 1.0:
-                raise CfbenchError(f"{path}:{lineno} column {model!r} holds {cell}, not a percentage in [0, 100]")
-            key = (task, cf_metric, subset)
-            if key in per_model[model]:
-                kept = per_model[model][key].value
-                if abs(kept - value) > 1e-9:
-                    warnings.append(f"{model}: {abbr} given twice ({100 * kept:.2f} and {cell}); kept the first")
-                continue
-            per_model[model][key] = TaskScore(task=task, metric=cf_metric, value=value, subset=subset)
+                s.versions.setdefault(task, version)
+        _add_cells(s, lineno, abbr, row[4:], (task, cf_metric, subset), warnings)
+    return s
 
-    if not known_rows:
+
+def _check_known(s: _Summary, warnings: list[str]) -> None:
+    """Refuse a CSV with no known row at all; otherwise warn about what was skipped."""
+    if not s.known_rows:
         raise CfbenchError(
-            f"{path} has no dataset cfbench knows (found: {', '.join(unknown) or 'none'}): cfbench reads "
+            f"{s.path} has no dataset cfbench knows (found: {', '.join(s.unknown) or 'none'}): cfbench reads "
             f"{', '.join(OPENCOMPASS_DATASETS)} and {_SUBJECT_PREFIX}<subject>"
         )
-    if unknown:
-        warnings.append(f"skipped OpenCompass datasets with no cfbench equivalent: {', '.join(unknown)}")
-    if skipped_metrics:
+    if s.unknown:
+        warnings.append(f"skipped OpenCompass datasets with no cfbench equivalent: {', '.join(s.unknown)}")
+    if s.skipped_metrics:
         warnings.append(
             f"skipped metrics cfbench does not compute (only accuracy, and mc1/mc2 for truthfulqa): "
-            f"{', '.join(skipped_metrics)}"
+            f"{', '.join(s.skipped_metrics)}"
         )
 
-    task_hashes = {t: f"opencompass:{v}" for t, v in versions.items()}
+
+def _store_runs(s: _Summary, store: ResultStore, name: str | None, warnings: list[str]) -> ImportResult:
+    """Write stage: one run per model column that has a known score.
+
+    Each run carries only the task hashes and modes of the tasks it has scores for; a CSV whose
+    every column is empty is refused after the fact, since nothing was stored.
+    """
+    task_hashes = {t: f"opencompass:{v}" for t, v in s.versions.items()}
     result = ImportResult(warnings=warnings)
-    for model in models:
-        scores = list(per_model[model].values())
+    for model in s.models:
+        scores = list(s.per_model[model].values())
         if not scores:
             warnings.append(f"model column {model!r} has no known scores: no run stored for it")
             continue
-        for s in scores:
-            s.task_hash = task_hashes.get(s.task)
+        for sc in scores:
+            sc.task_hash = task_hashes.get(sc.task)
         run = RunRecord(
             name=name or model,
             checkpoint_name=model,
             source="opencompass",
-            task_hashes={t: h for t, h in task_hashes.items() if any(s.task == t for s in scores)},
+            task_hashes={t: h for t, h in task_hashes.items() if any(sc.task == t for sc in scores)},
             backend="opencompass",
-            extra={"import": {"format": "opencompass", "file": str(path), "column": model},
-                   "modes": {t: m for t, m in modes.items() if any(s.task == t for s in scores)},
-                   "skipped_datasets": unknown},
+            extra={"import": {"format": "opencompass", "file": str(s.path), "column": model},
+                   "modes": {t: m for t, m in s.modes.items() if any(sc.task == t for sc in scores)},
+                   "skipped_datasets": s.unknown},
         )
         result.run_ids.append(store.append_run(run, scores))
         result.names.append(run.name)
         result.n_scores += len(scores)
     if not result.run_ids:
-        raise CfbenchError(f"{path}: no model column has a known score ('-' everywhere): nothing to import")
+        raise CfbenchError(f"{s.path}: no model column has a known score ('-' everywhere): nothing to import")
     return result
+
+
+def import_opencompass(csv_path: str | Path, store: ResultStore, name: str | None = None) -> ImportResult:
+    """Store each model column of an OpenCompass summary CSV as one run (percent -> fraction).
+
+    ``name`` names the run when the CSV has one model column; otherwise runs are named after the
+    columns. Unknown dataset abbreviations and metrics are skipped with a warning, as long as at
+    least one row is known. Stages: read and validate, map rows onto scores, then write.
+    """
+    path = Path(csv_path)
+    rows, models = _read_summary(path, name)
+    warnings: list[str] = []
+    summary = _parse_rows(path, rows, models, warnings)
+    _check_known(summary, warnings)
+    return _store_runs(summary, store, name, warnings)
