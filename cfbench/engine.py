@@ -20,12 +20,17 @@ from typing import Any
 
 import pandas as pd
 
-from cfbench.backends import Backend, LoglikRequest, LoglikResult, make_backend
+from cfbench.backends import Backend, LoglikRequest, LoglikResult, backend_class, make_backend
 from cfbench.data import default_sources
 from cfbench.errors import CfbenchError
+from cfbench.models.checkpoint import MANIFEST, ResolvedCheckpoint, resolve_checkpoint
+from cfbench.models.hashing import require_finite_weights, tokenizer_hash
 from cfbench.progress import Progress
-from cfbench.tasks.opencompass import AGGREGATES
-from cfbench.tasks.registry import get_task, load_suite
+from cfbench.scoring_version import SCORING_VERSION
+from cfbench.store import ResultStore, RunRecord, TaskScore
+from cfbench.store.schema import item_fingerprint
+from cfbench.tasks.opencompass import AGGREGATES, load_oc_requests
+from cfbench.tasks.registry import Suite, get_task, load_suite
 from cfbench.tasks.task import Instance, ItemScore, Task
 
 # The cache key's backend part comes from each backend's ``key_settings(model_path, options)``
@@ -69,22 +74,21 @@ def backend_key(backend: str, options: dict[str, Any], model_path: str | Path) -
     :data:`cfbench.scoring_version.SCORING_VERSION`, so a change of cfbench's scoring code that moves
     per-item outputs never reuses items cached by the old code.
     """
-    from cfbench.backends import backend_class
-    from cfbench.scoring_version import SCORING_VERSION
-
     key = dict(backend_class(backend).key_settings(Path(model_path), dict(options)))
     key["backend"] = backend
     key["scoring_version"] = SCORING_VERSION
     return key
 
 
-def _digest(*parts: Any) -> str:
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-able ``parts``: the cache keys and run keys are built from it, so
+    its output must never change for the same input (stored items are found by these keys)."""
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def cache_key(checkpoint_hash: str, task: Task, num_fewshot: int, bkey: dict[str, Any]) -> str:
-    return _digest("item-cache/v1", checkpoint_hash, task.cfg.config_hash, task.data_fingerprint, num_fewshot, bkey)
+    return digest("item-cache/v1", checkpoint_hash, task.cfg.config_hash, task.data_fingerprint, num_fewshot, bkey)
 
 
 def score_requests(
@@ -136,14 +140,12 @@ def items_frame(
 def _fingerprint(task: Task, inst: Instance) -> str:
     """The item as the model saw it. Under OpenCompass's PPL rule that is each label's whole text
     (empty context), so an ``oc_*`` item never pairs with an lm-eval item of the same prompt."""
-    from cfbench.store.schema import item_fingerprint
-
     if task.cfg.scoring == "oc_ppl":
         return item_fingerprint("", [r.context + r.continuation for r in inst.requests], inst.gold)
     return item_fingerprint(inst.context, [task.cfg.target_delimiter + c for c in inst.choices], inst.gold)
 
 
-class _LazyBackend:
+class LazyBackend:
     """Loads the model only when the first uncached item needs scoring."""
 
     def __init__(self, name: str, path: Path, options: dict[str, Any]) -> None:
@@ -258,20 +260,9 @@ def plan_evaluation(
     Tasks whose data cannot be found are skipped and reported (``missing``) when they come from a
     suite; explicitly named tasks (``tasks=``) must exist (``strict_data`` overrides).
     """
-    from cfbench.models.checkpoint import resolve_checkpoint
-    from cfbench.models.hashing import require_finite_weights
-    from cfbench.store import ResultStore
-
     task_limits = dict(task_limits or {})
-    for t, n in [("--limit", limit), *((f"--task-limit {k}", v) for k, v in task_limits.items())]:
-        if n is not None and n <= 0:
-            raise CfbenchError(f"{t} must be a positive number of documents, got {n}")
-    if checkpoint.startswith("run:"):
-        raise CfbenchError(
-            f"{checkpoint!r} names a stored run, which eval cannot score: pass a checkpoint, or view the run "
-            "with `cfbench compare` / `cfbench leaderboard`"
-        )
-    checkpoint = checkpoint.removeprefix("ckpt:")
+    check_limits(limit, task_limits)
+    checkpoint = checkpoint_spec(checkpoint)
     options = dict(backend_options or {})
     suite_obj = load_suite(suite or "paper")
     names = list(tasks) if tasks else suite_obj.tasks
@@ -282,34 +273,10 @@ def plan_evaluation(
     ckpt = resolve_checkpoint(checkpoint, base=base)
     require_finite_weights(ckpt.path, ckpt.content_hash, ckpt.name)
     bkey = backend_key(backend, options, ckpt.path)
-    planned: list[TaskPlan] = []
-    missing: list[TaskOutcome] = []
-    oc_requests = None  # OpenCompass PPL requests depend on the tokenizer: loaded once, only if a task needs it
-    for tname in names:
-        task = get_task(tname, sources)
-        if task.located() is None:
-            if strict:
-                task.require()  # raises the one-line "how to supply it" error
-            missing.append(
-                TaskOutcome(
-                    tname, task.cfg.config_hash, "", 0, 0, {}, task.cfg.primary_metric, missing=f"no data for {tname}"
-                )
-            )
-            continue
-        k = suite_obj.shots(tname, task.cfg.num_fewshot, num_fewshot)  # --num-fewshot > suite > task YAML
-        ckey = cache_key(ckpt.content_hash, task, k, bkey)
-        task_limit = task_limits.get(tname, limit)
-        if task.cfg.scoring == "oc_ppl" and oc_requests is None:
-            from cfbench.tasks.opencompass import load_oc_requests
-
-            max_len = bkey.get("max_length") or bkey.get("max_model_len")
-            oc_requests = load_oc_requests(
-                ckpt.path, bool(options.get("trust_remote_code", False)), int(max_len) if max_len else None
-            )
-        instances = task.instances(limit=task_limit, num_fewshot=k, oc_requests=oc_requests)
-        done = store.cached_doc_ids(ckey)
-        todo = [inst for inst in instances if inst.doc_id not in done]
-        planned.append(TaskPlan(task, k, ckey, task_limit, instances, todo))
+    planned, missing = plan_tasks(
+        names, sources=sources, suite=suite_obj, store=store, ckpt=ckpt, options=options, bkey=bkey,
+        strict=strict, limit=limit, task_limits=task_limits, num_fewshot=num_fewshot,
+    )  # fmt: skip
     return EvalPlan(
         ckpt,
         suite_obj,
@@ -324,6 +291,81 @@ def plan_evaluation(
         missing,
         num_fewshot,
     )
+
+
+def check_limits(limit: int | None, task_limits: dict[str, int]) -> None:
+    """Refuse a zero or negative ``--limit`` / ``--task-limit`` before anything is resolved or loaded,
+    naming the flag, since an empty selection would store a run that scored nothing."""
+    for t, n in [("--limit", limit), *((f"--task-limit {k}", v) for k, v in task_limits.items())]:
+        if n is not None and n <= 0:
+            raise CfbenchError(f"{t} must be a positive number of documents, got {n}")
+
+
+def checkpoint_spec(checkpoint: str) -> str:
+    """The checkpoint part of an ``eval`` argument: ``ckpt:`` is stripped, and a ``run:`` reference
+    (a stored run, which has no weights to score) is refused with the commands that can show it."""
+    if checkpoint.startswith("run:"):
+        raise CfbenchError(
+            f"{checkpoint!r} names a stored run, which eval cannot score: pass a checkpoint, or view the run "
+            "with `cfbench compare` / `cfbench leaderboard`"
+        )
+    return checkpoint.removeprefix("ckpt:")
+
+
+def plan_tasks(
+    names: Sequence[str],
+    *,
+    sources: Any,
+    suite: Suite,
+    store: ResultStore,
+    ckpt: ResolvedCheckpoint,
+    options: dict[str, Any],
+    bkey: dict[str, Any],
+    strict: bool,
+    limit: int | None,
+    task_limits: dict[str, int],
+    num_fewshot: int | None,
+) -> tuple[list[TaskPlan], list[TaskOutcome]]:
+    """Render every task's documents and look up which are cached, in ``names`` order.
+
+    Rendering all tasks up front is what makes a missing dataset or a broken template fail before
+    the model loads. Returns the planned tasks and the (non-strict) tasks skipped for missing data.
+    """
+    planned: list[TaskPlan] = []
+    missing: list[TaskOutcome] = []
+    oc_requests = None  # OpenCompass PPL requests depend on the tokenizer: loaded once, only if a task needs it
+    for tname in names:
+        task = get_task(tname, sources)
+        if task.located() is None:
+            missing.append(missing_outcome(task, tname, strict))
+            continue
+        k = suite.shots(tname, task.cfg.num_fewshot, num_fewshot)  # --num-fewshot > suite > task YAML
+        ckey = cache_key(ckpt.content_hash, task, k, bkey)
+        task_limit = task_limits.get(tname, limit)
+        if task.cfg.scoring == "oc_ppl" and oc_requests is None:
+            oc_requests = oc_requests_for(ckpt, options, bkey)
+        instances = task.instances(limit=task_limit, num_fewshot=k, oc_requests=oc_requests)
+        done = store.cached_doc_ids(ckey)
+        todo = [inst for inst in instances if inst.doc_id not in done]
+        planned.append(TaskPlan(task, k, ckey, task_limit, instances, todo))
+    return planned, missing
+
+
+def missing_outcome(task: Task, tname: str, strict: bool) -> TaskOutcome:
+    """The outcome of a task whose data is not there: a suite run reports it and goes on, while an
+    explicitly named (strict) task raises the one-line "how to supply it" error instead."""
+    if strict:
+        task.require()  # raises the one-line "how to supply it" error
+    return TaskOutcome(
+        tname, task.cfg.config_hash, "", 0, 0, {}, task.cfg.primary_metric, missing=f"no data for {tname}"
+    )
+
+
+def oc_requests_for(ckpt: ResolvedCheckpoint, options: dict[str, Any], bkey: dict[str, Any]) -> Any:
+    """OpenCompass PPL requests for this checkpoint's tokenizer, truncated to the backend's length
+    (the key's ``max_length`` or ``max_model_len``), since the rendered requests depend on both."""
+    max_len = bkey.get("max_length") or bkey.get("max_model_len")
+    return load_oc_requests(ckpt.path, bool(options.get("trust_remote_code", False)), int(max_len) if max_len else None)
 
 
 def evaluate(
@@ -382,8 +424,6 @@ def checkpoint_provenance(path: Path | str, spec: str | None = None) -> dict[str
     leaderboard could not tell an AdamW run from a SAM run. Explicit arguments to :func:`run_plan`
     win; a missing or unreadable manifest just means "unknown" (the run is still scored).
     """
-    from cfbench.train._io import MANIFEST
-
     candidates = [Path(path)]
     if spec:
         candidates.append(Path(spec).expanduser())
@@ -420,65 +460,112 @@ def run_plan(
     t0: float | None = None,
 ) -> EvalResult:
     """Score what ``plan`` left to score (loading the model only if something is) and store the run."""
-    from cfbench.models.hashing import tokenizer_hash
-    from cfbench.store import ResultStore, RunRecord, TaskScore
-
     t0 = time.perf_counter() if t0 is None else t0
     mode = progress_mode(progress)
     ckpt, store = plan.checkpoint, ResultStore(plan.results)
-    lazy = _LazyBackend(plan.backend, ckpt.path, plan.options)
-    outcomes: list[TaskOutcome] = list(plan.missing)
-    selections: dict[str, list[int]] = {}  # with --limit: exactly which documents the run covers
-    scored_total = 0
-    bar = Progress(ckpt.name, plan.todo_requests, mode=mode if plan.todo_requests else "off")
-    try:
-        with bar:
-            for tp in plan.tasks:
-                if tp.todo:
-                    bar.set_detail(f"{tp.name} ({len(tp.todo):,} docs)")
-                    scored_total += _score_task(tp.task, tp.todo, tp.cache_key, lazy, store, bar)
-                items = store.items(cache_keys=[tp.cache_key])
-                wanted = {inst.doc_id for inst in tp.instances}
-                items = items[items["doc_id"].isin(wanted)].drop_duplicates(["doc_id"], keep="last")
-                if len(items) != len(wanted):
-                    raise CfbenchError(
-                        f"{tp.name}: store has {len(items)} of {len(wanted)} items after scoring; the results dir "
-                        f"{plan.results} may be corrupted — run `cfbench store compact` or use a fresh --results"
-                    )
-                if tp.limit is not None:
-                    selections[tp.name] = sorted(wanted)
-                aggregate = AGGREGATES[tp.task.cfg.aggregate]  # item mean, or OpenCompass's mean of subsets
-                metrics = {m: aggregate(items[m].to_numpy(), items["subset"].to_numpy()) for m in tp.task.cfg.metrics}
-                outcomes.append(
-                    TaskOutcome(
-                        tp.name,
-                        tp.task.cfg.config_hash,
-                        tp.cache_key,
-                        len(items),
-                        len(tp.todo),
-                        metrics,
-                        tp.task.cfg.primary_metric,
-                    )
-                )
-    finally:
-        lazy.close()
-    # Outcomes in the suite's order (explicit --tasks: scored tasks first, then those without data).
-    scored_first = [*(tp.name for tp in plan.tasks), *(m.task for m in plan.missing)]
-    names = scored_first if plan.explicit_tasks else plan.suite.tasks
-    order = {t: i for i, t in enumerate(names)}
-    outcomes.sort(key=lambda o: order.get(o.task, len(order)))
-
-    limit, task_limits, suite_obj = plan.limit, plan.task_limits, plan.suite
+    outcomes, selections, scored_total = score_plan(plan, store, mode)
+    order_outcomes(plan, outcomes)
     scored = [o for o in outcomes if o.missing is None]
-    run_key = _digest(
-        "run/v1", ckpt.content_hash, sorted((o.task, o.cache_key) for o in scored), limit, task_limits, name
+    run_key = digest(
+        "run/v1", ckpt.content_hash, sorted((o.task, o.cache_key) for o in scored), plan.limit, plan.task_limits, name
     )
     existing = _find_run_by_key(store, run_key)
     if existing is not None and scored_total == 0:
         return EvalResult(existing, name or ckpt.name, ckpt.content_hash, outcomes, True, time.perf_counter() - t0)
 
+    run = run_record(
+        plan, outcomes, run_key, selections, name=name, method=method, hparams=hparams, tuned_from=tuned_from
+    )
+    run_id = store.append_run(run, task_scores(scored))
+    return EvalResult(run_id, run.name, ckpt.content_hash, outcomes, False, time.perf_counter() - t0, scored_total)
+
+
+def score_plan(plan: EvalPlan, store: ResultStore, mode: str) -> tuple[list[TaskOutcome], dict[str, list[int]], int]:
+    """Score every planned task's uncached documents and aggregate each task from the store.
+
+    Returns the outcomes (missing tasks first, then the planned ones), the document ids of every
+    ``--limit``-ed task (so the run records exactly which documents it covers) and the number of
+    documents scored now. The model loads only when a task has something to score, and is closed
+    whatever happens.
+    """
+    lazy = LazyBackend(plan.backend, plan.checkpoint.path, plan.options)
+    outcomes: list[TaskOutcome] = list(plan.missing)
+    selections: dict[str, list[int]] = {}  # with --limit: exactly which documents the run covers
+    scored_total = 0
+    bar = Progress(plan.checkpoint.name, plan.todo_requests, mode=mode if plan.todo_requests else "off")
+    try:
+        with bar:
+            for tp in plan.tasks:
+                if tp.todo:
+                    bar.set_detail(f"{tp.name} ({len(tp.todo):,} docs)")
+                    scored_total += score_task(tp.task, tp.todo, tp.cache_key, lazy, store, bar)
+                outcome, wanted = task_outcome(tp, store, plan.results)
+                if tp.limit is not None:
+                    selections[tp.name] = sorted(wanted)
+                outcomes.append(outcome)
+    finally:
+        lazy.close()
+    return outcomes, selections, scored_total
+
+
+def task_outcome(tp: TaskPlan, store: ResultStore, results: Path) -> tuple[TaskOutcome, set[Any]]:
+    """A task's metrics from the store's items for exactly its planned documents (and those ids).
+
+    Reading back from the store, rather than from what was just scored, makes a cached rerun and a
+    fresh run aggregate the same rows; a short read means the store lost items and is refused.
+    """
+    items = store.items(cache_keys=[tp.cache_key])
+    wanted = {inst.doc_id for inst in tp.instances}
+    items = items[items["doc_id"].isin(wanted)].drop_duplicates(["doc_id"], keep="last")
+    if len(items) != len(wanted):
+        raise CfbenchError(
+            f"{tp.name}: store has {len(items)} of {len(wanted)} items after scoring; the results dir "
+            f"{results} may be corrupted — run `cfbench store compact` or use a fresh --results"
+        )
+    aggregate = AGGREGATES[tp.task.cfg.aggregate]  # item mean, or OpenCompass's mean of subsets
+    metrics = {m: aggregate(items[m].to_numpy(), items["subset"].to_numpy()) for m in tp.task.cfg.metrics}
+    outcome = TaskOutcome(
+        tp.name,
+        tp.task.cfg.config_hash,
+        tp.cache_key,
+        len(items),
+        len(tp.todo),
+        metrics,
+        tp.task.cfg.primary_metric,
+    )
+    return outcome, wanted
+
+
+def order_outcomes(plan: EvalPlan, outcomes: list[TaskOutcome]) -> None:
+    """Sort ``outcomes`` in place into the suite's order (explicit --tasks: scored tasks first, then
+    those without data), so tables and the run record list tasks the way the user asked for them."""
+    scored_first = [*(tp.name for tp in plan.tasks), *(m.task for m in plan.missing)]
+    names = scored_first if plan.explicit_tasks else plan.suite.tasks
+    order = {t: i for i, t in enumerate(names)}
+    outcomes.sort(key=lambda o: order.get(o.task, len(order)))
+
+
+def run_record(
+    plan: EvalPlan,
+    outcomes: Sequence[TaskOutcome],
+    run_key: str,
+    selections: dict[str, list[int]],
+    *,
+    name: str | None,
+    method: str | None,
+    hparams: dict[str, Any] | None,
+    tuned_from: str | None,
+) -> RunRecord:
+    """The run's row: what was scored, how, and where the checkpoint came from.
+
+    Explicit ``method`` / ``hparams`` / ``tuned_from`` win over the checkpoint's manifest
+    (:func:`checkpoint_provenance`); ``extra`` keeps what a later compare needs to pair runs
+    (run key, cache keys, document selections, few-shot counts, tokenizer hash).
+    """
+    ckpt, suite_obj = plan.checkpoint, plan.suite
+    scored = [o for o in outcomes if o.missing is None]
     made = checkpoint_provenance(ckpt.path, ckpt.spec)
-    run = RunRecord(
+    return RunRecord(
         name=name or ckpt.name,
         checkpoint_name=ckpt.name,
         source="cfbench",
@@ -488,12 +575,12 @@ def run_plan(
         method=method or made.get("method"),
         hparams=dict(hparams or made.get("hparams") or {}),
         suite=suite_obj.name if not plan.explicit_tasks else "custom",
-        suite_hash=suite_obj.suite_hash() if not plan.explicit_tasks else _digest([o.config_hash for o in scored]),
+        suite_hash=suite_obj.suite_hash() if not plan.explicit_tasks else digest([o.config_hash for o in scored]),
         task_hashes={o.task: o.config_hash for o in scored},
         backend=plan.backend,
         backend_settings=plan.bkey,
         dtype=str(plan.bkey["dtype"]),
-        limit=limit,
+        limit=plan.limit,
         num_fewshot=plan.num_fewshot,
         extra={
             "run_key": run_key,
@@ -501,18 +588,20 @@ def run_plan(
             "missing": [o.task for o in outcomes if o.missing],
             "spec": ckpt.spec,
             "doc_ids": selections,
-            "task_limits": task_limits,
+            "task_limits": plan.task_limits,
             "fewshot": {tp.name: tp.num_fewshot for tp in plan.tasks},
             "tokenizer_hash": tokenizer_hash(ckpt.path),
         },
     )
-    scores = [
+
+
+def task_scores(scored: Sequence[TaskOutcome]) -> list[TaskScore]:
+    """One score row per (task, metric) of the scored tasks: the store's ``scores`` table."""
+    return [
         TaskScore(task=o.task, metric=m, value=v, n_items=o.n_items, task_hash=o.config_hash, cache_key=o.cache_key)
         for o in scored
         for m, v in o.metrics.items()
     ]
-    run_id = store.append_run(run, scores)
-    return EvalResult(run_id, run.name, ckpt.content_hash, outcomes, False, time.perf_counter() - t0, scored_total)
 
 
 def _find_run_by_key(store: Any, run_key: str) -> str | None:
@@ -528,7 +617,7 @@ def _find_run_by_key(store: Any, run_key: str) -> str | None:
     return None
 
 
-def _score_task(task: Task, todo: list[Instance], ckey: str, lazy: _LazyBackend, store: Any, bar: Progress) -> int:
+def score_task(task: Task, todo: list[Instance], ckey: str, lazy: LazyBackend, store: Any, bar: Progress) -> int:
     """Score ``todo`` in chunks, appending each chunk to the store as soon as it is done."""
     backend = lazy.get()
     start, done, size = 0, 0, FIRST_CHUNK_DOCS

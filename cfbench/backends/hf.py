@@ -365,6 +365,127 @@ def _common_len(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+@dataclass(slots=True)
+class _PlanWalk:
+    """What :meth:`HFBackend.plan`'s depth-first packing walk reads and the forwards it appends.
+
+    ``full`` is the trie of all inputs of one call (``order``: the items in lexicographic order);
+    per node: its children, subtree size and whether some item scores it. ``ends`` is each item's
+    last node: preorder is lexicographic order, so these never decrease and a subtree's items are a
+    contiguous run found by bisection. ``groups``: one ``(cached prefix's last node or -1, item lo,
+    item hi)`` per forward, in the order they run.
+    """
+
+    order: list[_Item]
+    full: Trie
+    kids: list[list[int]]
+    roots: list[int]
+    size: list[int]
+    scored: list[bool]
+    ends: list[int]
+    budget: int
+    cap: int | None
+    groups: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def span(self, r: int) -> tuple[int, int]:
+        """The items (``[lo, hi)`` in ``order``) whose last node lies in the subtree of ``r``."""
+        return bisect.bisect_left(self.ends, r), bisect.bisect_left(self.ends, r + self.size[r])
+
+
+def _plan_walk(items: list[_Item], budget: int, cap: int | None) -> _PlanWalk:
+    """Merge every input into one trie and measure each node, so the walk can decide per subtree
+    whether it fits one forward (``budget`` nodes, ``cap`` requests) without re-walking it."""
+    order = sorted(items, key=lambda it: it.inp)
+    full = Trie()
+    for item in order:
+        full.add(item)
+    n = len(full)
+    kids: list[list[int]] = [[] for _ in range(n)]
+    roots: list[int] = []
+    for i, par in enumerate(full.parents):
+        (kids[par] if par >= 0 else roots).append(i)
+    size = [1] * n
+    for i in range(n - 1, -1, -1):
+        if full.parents[i] >= 0:
+            size[full.parents[i]] += size[i]
+    scored = [False] * n
+    for _, nodes in full.items:
+        for node in nodes:
+            scored[node] = True
+    ends = [nodes[-1] for _, nodes in full.items]
+    return _PlanWalk(order, full, kids, roots, size, scored, ends, budget, cap)
+
+
+def _greedy(walk: _PlanWalk, lo: int, hi: int, pnode: int) -> None:
+    """Items under a scored node too big for one forward: fill forwards in order; an item that
+    mostly extends the current one may overshoot the budget by up to one budget."""
+    order, budget, cap = walk.order, walk.budget, walk.cap
+    trie = Trie(prefix=order[lo].inp[: walk.full.depths[pnode] + 1] if pnode >= 0 else ())
+    start = lo
+    for k in range(lo, hi):
+        inp = order[k].inp
+        new = trie.cost(inp)
+        fits = len(trie) + new <= budget
+        mostly_shared = new * 2 <= len(inp) - len(trie.prefix) and len(trie) + new <= 2 * budget
+        full_count = cap is not None and len(trie.items) >= cap
+        if trie.items and (full_count or not (fits or mostly_shared)):
+            walk.groups.append((pnode, start, k))
+            trie, start = Trie(prefix=trie.prefix), k
+        trie.add(order[k])
+    walk.groups.append((pnode, start, hi))
+
+
+def _pack(walk: _PlanWalk, forest: list[int], pnode: int) -> None:
+    """Pack the sibling subtrees ``forest`` (under the cached node ``pnode``) into forwards.
+
+    Consecutive siblings that fit together share a forward; a subtree too big for one has its root
+    chain cached (up to the first branching or scored node) and its children packed under it, or,
+    when that chain ends at a scored node with no branching above it, is filled greedily.
+    """
+    budget, cap, size, kids, scored = walk.budget, walk.cap, walk.size, walk.kids, walk.scored
+    glo = ghi = gsize = 0
+    for r in forest:
+        lo, hi = walk.span(r)
+        if size[r] <= budget and (cap is None or hi - lo <= cap):
+            if ghi > glo and gsize + size[r] <= budget and (cap is None or hi - glo <= cap):
+                ghi, gsize = hi, gsize + size[r]
+            else:
+                if ghi > glo:
+                    walk.groups.append((pnode, glo, ghi))
+                glo, ghi, gsize = lo, hi, size[r]
+            continue
+        if ghi > glo:
+            walk.groups.append((pnode, glo, ghi))
+        glo = ghi = gsize = 0
+        c = r  # too big: cache its root chain, up to the first branching or scored node
+        while not scored[c] and len(kids[c]) == 1:
+            c = kids[c][0]
+        if not scored[c]:  # branches below c (a leaf is always scored)
+            _pack(walk, kids[c], c)
+        elif c != r:
+            _pack(walk, [c], walk.full.parents[c])
+        else:
+            _greedy(walk, lo, hi, pnode)
+    if ghi > glo:
+        walk.groups.append((pnode, glo, ghi))
+
+
+def _group_tries(walk: _PlanWalk) -> list[Trie]:
+    """One trie per planned forward: each starts from what the prefix cache holds when it runs
+    (the common part of the previous forward's prefix and its own) and captures the rest."""
+    tries: list[Trie] = []
+    cache: tuple[int, ...] = ()  # what the prefix cache holds when each forward runs
+    for pnode, lo, hi in walk.groups:
+        want = walk.order[lo].inp[: walk.full.depths[pnode] + 1] if pnode >= 0 else ()
+        have = _common_len(cache, want)
+        trie = Trie(prefix=want[:have], capture=len(want) - have)
+        for item in walk.order[lo:hi]:
+            trie.add(item)
+        tries.append(trie)
+        cache = want
+    return tries
+
+
 # ----------------------------------------------------------------------------------------------
 # Backend
 
@@ -524,89 +645,9 @@ class HFBackend:
         """
         if not items:
             return []
-        order = sorted(items, key=lambda it: it.inp)
-        full = Trie()
-        for item in order:
-            full.add(item)
-        n = len(full)
-        kids: list[list[int]] = [[] for _ in range(n)]
-        roots: list[int] = []
-        for i, par in enumerate(full.parents):
-            (kids[par] if par >= 0 else roots).append(i)
-        size = [1] * n
-        for i in range(n - 1, -1, -1):
-            if full.parents[i] >= 0:
-                size[full.parents[i]] += size[i]
-        scored = [False] * n
-        for _, nodes in full.items:
-            for node in nodes:
-                scored[node] = True
-        # Each item's last node; preorder is lexicographic order, so these never decrease and a
-        # subtree's items are a contiguous run found by bisection.
-        ends = [nodes[-1] for _, nodes in full.items]
-        budget, cap = self.batch_tokens, self.batch_size
-
-        def span(r: int) -> tuple[int, int]:
-            return bisect.bisect_left(ends, r), bisect.bisect_left(ends, r + size[r])
-
-        groups: list[tuple[int, int, int]] = []  # (cached prefix's last node or -1, item lo, item hi)
-
-        def greedy(lo: int, hi: int, pnode: int) -> None:
-            # Items under a scored node too big for one forward: fill forwards in order; an item that
-            # mostly extends the current one may overshoot the budget by up to one budget.
-            trie = Trie(prefix=order[lo].inp[: full.depths[pnode] + 1] if pnode >= 0 else ())
-            start = lo
-            for k in range(lo, hi):
-                inp = order[k].inp
-                new = trie.cost(inp)
-                fits = len(trie) + new <= budget
-                mostly_shared = new * 2 <= len(inp) - len(trie.prefix) and len(trie) + new <= 2 * budget
-                full_count = cap is not None and len(trie.items) >= cap
-                if trie.items and (full_count or not (fits or mostly_shared)):
-                    groups.append((pnode, start, k))
-                    trie, start = Trie(prefix=trie.prefix), k
-                trie.add(order[k])
-            groups.append((pnode, start, hi))
-
-        def pack(forest: list[int], pnode: int) -> None:
-            glo = ghi = gsize = 0
-            for r in forest:
-                lo, hi = span(r)
-                if size[r] <= budget and (cap is None or hi - lo <= cap):
-                    if ghi > glo and gsize + size[r] <= budget and (cap is None or hi - glo <= cap):
-                        ghi, gsize = hi, gsize + size[r]
-                    else:
-                        if ghi > glo:
-                            groups.append((pnode, glo, ghi))
-                        glo, ghi, gsize = lo, hi, size[r]
-                    continue
-                if ghi > glo:
-                    groups.append((pnode, glo, ghi))
-                glo = ghi = gsize = 0
-                c = r  # too big: cache its root chain, up to the first branching or scored node
-                while not scored[c] and len(kids[c]) == 1:
-                    c = kids[c][0]
-                if not scored[c]:  # branches below c (a leaf is always scored)
-                    pack(kids[c], c)
-                elif c != r:
-                    pack([c], full.parents[c])
-                else:
-                    greedy(lo, hi, pnode)
-            if ghi > glo:
-                groups.append((pnode, glo, ghi))
-
-        pack(roots, -1)
-        tries: list[Trie] = []
-        cache: tuple[int, ...] = ()  # what the prefix cache holds when each forward runs
-        for pnode, lo, hi in groups:
-            want = order[lo].inp[: full.depths[pnode] + 1] if pnode >= 0 else ()
-            have = _common_len(cache, want)
-            trie = Trie(prefix=want[:have], capture=len(want) - have)
-            for item in order[lo:hi]:
-                trie.add(item)
-            tries.append(trie)
-            cache = want
-        return tries
+        walk = _plan_walk(items, self.batch_tokens, self.batch_size)
+        _pack(walk, walk.roots, -1)
+        return _group_tries(walk)
 
     # ------------------------------------------------------------------------------------------
     # Scoring

@@ -29,6 +29,9 @@ from cfbench.models.hashing import HashCache, default_cache_dir, folder_content_
 
 KINDS = ("hf-folder", "gguf", "hub", "state-dict", "builtin")
 STATE_DICT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+# The file ``cfbench finetune`` / ``merge`` write into a checkpoint folder (method, base, hyperparameters).
+# It names part of a checkpoint, so it lives here: the engine reads it and train writes it.
+MANIFEST = "cfbench_manifest.json"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cfbench.engine import LazyBackend, plan_evaluation, progress_mode, run_plan, score_task
 from cfbench.errors import CfbenchError
+from cfbench.progress import Progress
+from cfbench.store import ResultStore
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class WorkerState:
     """What one worker keeps between jobs: its device, the loaded engine, the plans it rendered."""
 
     device: str = "cpu"
-    backend: Any = None  # (key, _LazyBackend) of the checkpoint this worker has loaded
+    backend: Any = None  # (key, LazyBackend) of the checkpoint this worker has loaded
     plans: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -169,10 +172,6 @@ class WorkerState:
 
 def score_job(job: Job, state: WorkerState) -> tuple[str, int]:
     """Score one job's uncached documents into the store; returns (checkpoint spec, documents scored)."""
-    from cfbench.engine import _LazyBackend, _score_task, plan_evaluation
-    from cfbench.progress import Progress
-    from cfbench.store import ResultStore
-
     key = (job.spec, job.task)
     if key not in state.plans:
         state.plans[key] = plan_evaluation(job.spec, tasks=[job.task], **job.plan_kwargs)
@@ -190,10 +189,10 @@ def score_job(job: Job, state: WorkerState) -> tuple[str, int]:
         options = dict(plan.options)
         if plan.backend == "hf":
             options["device"] = "cuda" if state.device.startswith("cuda") else "cpu"
-        state.backend = (bkey, _LazyBackend(plan.backend, plan.checkpoint.path, options))
+        state.backend = (bkey, LazyBackend(plan.backend, plan.checkpoint.path, options))
     bar = Progress(plan.checkpoint.name, sum(len(i.requests) for i in todo), mode="off")
     with bar:
-        n = _score_task(tp.task, todo, tp.cache_key, state.backend[1], store, bar)
+        n = score_task(tp.task, todo, tp.cache_key, state.backend[1], store, bar)
     return job.spec, n
 
 
@@ -359,8 +358,6 @@ def evaluate_parallel(
     ``devices``: a list of device strings (local worker processes) or a runner from :func:`make_runner`
     (e.g. :class:`cfbench.scale.ray_runner.RayRunner`).
     """
-    from cfbench.engine import plan_evaluation, progress_mode, run_plan
-
     t0 = time.perf_counter()
     mode = progress_mode(progress)
     runner = as_runner(devices)

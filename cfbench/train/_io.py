@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cfbench.errors import CfbenchError
-
-MANIFEST = "cfbench_manifest.json"
+from cfbench.models.checkpoint import MANIFEST as MANIFEST  # re-exported: finetune / merge write it
 
 
 def check_output_dir(out: Path, overwrite: bool, flag: str = "--overwrite") -> None:
