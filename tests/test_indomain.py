@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from cfbench.errors import CfbenchError
 from cfbench.store import ResultStore
 from cfbench.train.data import encode_example, examples_sha256, load_data
-from cfbench.train.finetune import finetune, token_loss_sum
+from cfbench.train.finetune import finetune
 from cfbench.train.indomain import (
     TABLE,
     HeldoutSplit,
@@ -34,6 +34,7 @@ from cfbench.train.indomain import (
     split_from_manifest,
 )
 from cfbench.train.tiny import make_tiny_checkpoint
+from cfbench.train.trainer import token_loss_sum
 
 
 @pytest.fixture(autouse=True)
