@@ -29,6 +29,7 @@ from cfbench.train.tiny import make_tiny_checkpoint
 
 # The package re-exports the function ``finetune``, which shadows the submodule attribute.
 ft = importlib.import_module("cfbench.train.finetune")
+trainer_module = importlib.import_module("cfbench.train.trainer")
 
 ALPACA = [
     {"instruction": "Capital of France?", "input": "", "output": "Paris"},
@@ -228,7 +229,7 @@ def test_micro_batches_give_the_same_step_as_one_batch(tiny, tmp_path):
 
 
 def _nan_on_call(monkeypatch: pytest.MonkeyPatch, bad_call: int) -> None:
-    real = ft.token_loss_sum
+    real = trainer_module.token_loss_sum
     calls = 0
 
     def loss(logits, labels):
@@ -237,7 +238,7 @@ def _nan_on_call(monkeypatch: pytest.MonkeyPatch, bad_call: int) -> None:
         value = real(logits, labels)
         return value * float("nan") if calls == bad_call else value
 
-    monkeypatch.setattr(ft, "token_loss_sum", loss)
+    monkeypatch.setattr(trainer_module, "token_loss_sum", loss)
 
 
 @pytest.mark.parametrize(

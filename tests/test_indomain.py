@@ -21,7 +21,7 @@ from cfbench.metrics.indomain import indomain_gain
 from cfbench.report.render import to_markdown
 from cfbench.store import ResultStore
 from cfbench.train.data import encode_example, examples_sha256, load_data
-from cfbench.train.finetune import finetune, token_loss_sum
+from cfbench.train.finetune import finetune
 from cfbench.train.indomain import (
     TABLE,
     HeldoutSplit,
@@ -35,6 +35,7 @@ from cfbench.train.indomain import (
     split_from_manifest,
 )
 from cfbench.train.tiny import make_tiny_checkpoint
+from cfbench.train.trainer import token_loss_sum
 
 
 @pytest.fixture(autouse=True)

@@ -144,8 +144,8 @@ def test_collapsed_finetune_fails_and_is_never_completed(tiny_model: Path, tmp_p
     """Loss at ln(vocab) with zero gradient (what --lr 1e3 did to SmolLM2-135M) is a failure, not `completed`."""
     import sys
 
-    ft = sys.modules["cfbench.train.finetune"]
-    real_step = ft.Trainer.step
+    tr = sys.modules["cfbench.train.trainer"]
+    real_step = tr.Trainer.step
     calls = {"n": 0}
 
     def step(self, batches, n_target):
@@ -155,7 +155,7 @@ def test_collapsed_finetune_fails_and_is_never_completed(tiny_model: Path, tmp_p
             stats = {**stats, "loss": math.log(self.model.config.vocab_size) + 1e-4, "grad_norm": 0.0}
         return stats
 
-    monkeypatch.setattr(ft.Trainer, "step", step)
+    monkeypatch.setattr(tr.Trainer, "step", step)
     out = tmp_path / "run"
     with pytest.raises(CfbenchError, match=r"collapsed .* at step 2; no weights were saved"):
         finetune(tiny_model, _data(tmp_path), out, lr=1e-4, batch_size=2, micro_batch=2, max_steps=4,

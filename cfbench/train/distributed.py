@@ -19,7 +19,8 @@ make it a data-parallel, fully sharded run:
   count and the FSDP-averaged gradient is scaled back by N, so the reduced gradient is the
   global-batch gradient of one process (the same normalisation as single-process accumulation).
 * :class:`DistributedTrainer` all-reduces the reported loss, so NaN guards and loss curves agree on
-  every rank; gradient norms are global (see ``_grad_norm`` and :mod:`cfbench.train.sam`).
+  every rank; gradient norms are global (see :func:`cfbench.train.trainer.sharded_grad_norm` and
+  :mod:`cfbench.train.sam`).
 * :func:`save_consolidated` gathers a full state dict to CPU (a collective) and rank 0 alone writes
   one normal HF safetensors folder, atomically (temporary folder + rename).
 """
@@ -36,7 +37,9 @@ import torch
 import torch.distributed as dist
 
 from cfbench.errors import CfbenchError
+from cfbench.train._io import MANIFEST, atomic_dir, write_json
 from cfbench.train.data import IGNORE_INDEX, Encoded, collate, micro_batches
+from cfbench.train.trainer import Trainer, all_reduce_sum
 
 
 @dataclass(frozen=True)
@@ -154,41 +157,23 @@ def rank_micro_batches(
     return out
 
 
-def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
-    """SUM over ranks (a copy); a no-op outside a process group."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    out = value.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+class DistributedTrainer(Trainer):
+    """Trainer whose reported loss is the global-batch loss on every rank (one all-reduce)."""
+
+    def _accumulate(self, batches: Sequence[dict[str, torch.Tensor]], n_target: int) -> torch.Tensor:
+        loss = super()._accumulate(batches, n_target)
+        # FSDP averages gradients over ranks, but each rank's loss is already divided by the
+        # *global* token count: scale the sum back (exact for a power-of-two world size). Setting
+        # FSDP's divide factor to 1 instead needs PREMUL_SUM, which gloo lacks.
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in self.params
+                 if p.grad is not None]  # fmt: skip
+        if grads:
+            torch._foreach_mul_(grads, float(dist.get_world_size()))
+        return all_reduce_sum(loss)
 
 
-def sharded_grad_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Global L2 norm of DTensor-sharded gradients: local squared norms all-reduced, then the root."""
-    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
-    sq = torch.stack(torch._foreach_norm(local, 2.0, dtype=torch.float64)).square().sum() if local else None
-    sq = torch.zeros((), dtype=torch.float64) if sq is None else sq
-    return all_reduce_sum(sq).sqrt().cpu()
-
-
-def make_trainer(model: torch.nn.Module, optimizer: str, **kwargs: Any) -> Any:
-    """A :class:`DistributedTrainer` (built lazily to avoid an import cycle with finetune.py)."""
-    from cfbench.train.finetune import Trainer
-
-    class DistributedTrainer(Trainer):
-        """Trainer whose reported loss is the global-batch loss on every rank (one all-reduce)."""
-
-        def _accumulate(self, batches: Sequence[dict[str, torch.Tensor]], n_target: int) -> torch.Tensor:
-            loss = super()._accumulate(batches, n_target)
-            # FSDP averages gradients over ranks, but each rank's loss is already divided by the
-            # *global* token count: scale the sum back (exact for a power-of-two world size). Setting
-            # FSDP's divide factor to 1 instead needs PREMUL_SUM, which gloo lacks.
-            grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in self.params
-                     if p.grad is not None]  # fmt: skip
-            if grads:
-                torch._foreach_mul_(grads, float(dist.get_world_size()))
-            return all_reduce_sum(loss)
-
+def make_trainer(model: torch.nn.Module, optimizer: str, **kwargs: Any) -> DistributedTrainer:
+    """A :class:`DistributedTrainer`; ``kwargs`` as for :class:`cfbench.train.trainer.Trainer`."""
     return DistributedTrainer(model, optimizer, **kwargs)
 
 
@@ -197,8 +182,6 @@ def save_consolidated(
 ) -> None:
     """Gather the full float32 state dict (every rank takes part), rank 0 writes one HF folder atomically."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from cfbench.train._io import MANIFEST, atomic_dir, write_json
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     for key in _tied_duplicates(model):

@@ -24,6 +24,11 @@ Design choices, each for a reason:
   folder then holds only the manifest (status ``diverged``), which eval cannot load.
 * Outputs are complete HF folders (safetensors + tokenizer) plus ``cfbench_manifest.json``, written
   atomically. Re-running an identical, completed request returns the existing folder.
+
+The optimizer step, the NaN guard and the divergence checks are :mod:`cfbench.train.trainer`. Here
+:func:`finetune` runs a :class:`FinetuneRequest` through stages that can each be called alone:
+:func:`check_request` → :func:`load_inputs` → :func:`encode_train_set` → :func:`build_run` →
+:func:`plan_steps` / :func:`start_manifest` → :func:`train_loop` → :func:`finish_run`.
 """
 
 from __future__ import annotations
@@ -40,13 +45,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from cfbench.errors import CfbenchError
+from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
+from cfbench.train import distributed
 from cfbench.train._io import MANIFEST, atomic_dir, check_output_dir, environment, write_json
 from cfbench.train.data import (
-    IGNORE_INDEX,
     Encoded,
+    Example,
     LoadedData,
     collate,
     encode_example,
@@ -55,9 +61,20 @@ from cfbench.train.data import (
     micro_batches,
     mix_rehearsal,
 )
-from cfbench.train.sam import BACKUP_DTYPES, SAM, norm_parameters
+from cfbench.train.distributed import DistContext
+from cfbench.train.indomain import HeldoutSplit, split_data
+from cfbench.train.lora import apply_lora, lora_settings, merge_for_save
+from cfbench.train.trainer import (
+    EXPLODED_FACTOR,
+    EXPLODED_FLOOR,
+    OPTIMIZERS,
+    NonFiniteError,
+    Trainer,
+    divergence,
+    max_abs_weight,
+)
+from cfbench.train.trainer import token_loss_sum as token_loss_sum  # re-exported: benchmarks import it from here
 
-OPTIMIZERS = ("adamw", "sam", "asam")
 LABELS = {"adamw": "w/o SAM", "sam": "w/ SAM", "asam": "w/ ASAM"}
 PAIR_FILE = "pair.json"
 
@@ -93,184 +110,6 @@ class PairResult:
     @property
     def runs(self) -> list[tuple[str, Path]]:
         return [(self.wo_sam.label, self.wo_sam.path), (self.w_sam.label, self.w_sam.path)]
-
-
-class NonFiniteError(Exception):
-    """Raised by :meth:`Trainer.step` before any update when a loss or gradient is NaN/inf."""
-
-    def __init__(self, what: str, value: float) -> None:
-        super().__init__(f"{what} is {value}")
-        self.what = what
-        self.value = value
-
-
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over positions whose label is not ``-100`` (float32).
-
-    Labels are shifted instead of logits, so the (large) logits tensor is never copied.
-    """
-    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-
-
-# Collapse: loss within this fraction of ln(vocab) while the gradient norm is below COLLAPSE_GRAD.
-COLLAPSE_LOSS_REL = 0.01
-COLLAPSE_GRAD = 1e-6
-# Exploded: max |w| above max(EXPLODED_FLOOR, EXPLODED_FACTOR × the starting max |w|).
-EXPLODED_FLOOR = 1e3
-EXPLODED_FACTOR = 100.0
-
-
-def max_abs_weight(params: Sequence[torch.Tensor]) -> float:
-    """max |w| over ``params`` (NaN if any is NaN); FSDP2 shards are reduced over all ranks."""
-    local = []
-    for p in params:
-        t = p.detach()
-        if type(t).__name__ == "DTensor":
-            t = t.to_local()  # type: ignore[attr-defined]
-        if t.numel():
-            local.append(t)
-    if not local:
-        return 0.0
-    m = torch.stack(torch._foreach_norm(local, float("inf"), dtype=torch.float32)).max()
-    if not bool(torch.isfinite(m)):
-        return float("nan")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.MAX)
-    return float(m)
-
-
-def divergence(stats: dict[str, float], weight_max: float, limit: float, vocab: int) -> str | None:
-    """Why the weights after this step are not good (exploded or collapsed), or None if they are."""
-    if not math.isfinite(weight_max) or weight_max > limit:
-        return f"the weights exploded (max |w| = {weight_max:.3g} > {limit:.3g})"
-    uniform = math.log(vocab)
-    grad = stats.get("grad_norm", math.inf)
-    if abs(stats["loss"] - uniform) <= COLLAPSE_LOSS_REL * uniform and grad <= COLLAPSE_GRAD:
-        return (
-            f"the model collapsed to a uniform prediction (loss {stats['loss']:.4g} = ln(vocab {vocab}) with "
-            f"gradient norm {grad:.3g})"
-        )
-    return None
-
-
-def _grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    if type(grads[0]).__name__ == "DTensor":  # FSDP2 shards: the norm must be global (all-reduced)
-        from cfbench.train.distributed import sharded_grad_norm
-
-        return sharded_grad_norm(grads)
-    # float64 accumulation: float32 norms of large tensors drift ~1e-5 relative with the sharding.
-    return torch.stack(torch._foreach_norm(grads, 2.0, dtype=torch.float64)).norm()
-
-
-class Trainer:
-    """One optimizer step over a global batch given as micro-batches (shared with the benchmark)."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        optimizer: str,
-        *,
-        lr: float,
-        rho: float = 2.0,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        bf16: bool = False,
-        sam_every: int = 1,
-        sam_only_norm: bool = False,
-        sam_backup_dtype: str | None = None,
-        sam_look_alpha: float | None = None,
-    ) -> None:
-        self.model = model
-        self.method = optimizer
-        self.bf16 = bf16
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in self.params if p.ndim >= 2]
-        no_decay = [p for p in self.params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
-        device = self.params[0].device
-        # fused AdamW: one kernel per tensor list, no temporaries (CPU and CUDA since torch 2.4).
-        adam: dict[str, Any] = {"lr": lr, "betas": betas, "eps": eps, "fused": device.type in ("cpu", "cuda")}
-        if optimizer == "adamw":
-            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, **adam)
-            self.base_optimizer = self.optimizer
-        elif optimizer in ("sam", "asam"):
-            try:
-                perturb = norm_parameters(model) if sam_only_norm else None
-            except ValueError as exc:
-                raise CfbenchError(f"--sam-only-norm: {exc}; drop --sam-only-norm for this model") from exc
-            self.optimizer = SAM(
-                groups, torch.optim.AdamW, rho=rho, adaptive=optimizer == "asam", every_k=sam_every, perturb=perturb,
-                backup_dtype=BACKUP_DTYPES[sam_backup_dtype] if sam_backup_dtype else None,
-                look_alpha=sam_look_alpha, **adam,
-            )  # fmt: skip
-            self.base_optimizer = self.optimizer.base_optimizer
-        else:
-            raise CfbenchError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        self.device = device
-
-    def _accumulate(self, batches: Sequence[dict[str, torch.Tensor]], n_target: int) -> torch.Tensor:
-        """Forward+backward every micro-batch; grads end up as those of the global-batch mean loss."""
-        total = torch.zeros((), dtype=torch.float32, device=self.device)
-        for batch in batches:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(
-                    input_ids=batch["input_ids"].to(self.device),
-                    attention_mask=batch["attention_mask"].to(self.device),
-                ).logits
-            loss = token_loss_sum(logits, batch["labels"].to(self.device))
-            del logits
-            (loss / n_target).backward()
-            total += loss.detach()
-        return total / n_target
-
-    def step(self, batches: Sequence[dict[str, torch.Tensor]], n_target: int) -> dict[str, float]:
-        """One update; raises :class:`NonFiniteError` (weights untouched) on NaN/inf."""
-        opt = self.optimizer
-        loss = self._accumulate(batches, n_target)
-        stats = {"loss": float(loss)}
-        if not math.isfinite(stats["loss"]):
-            opt.zero_grad(set_to_none=True)
-            raise NonFiniteError("loss", stats["loss"])
-        if isinstance(opt, SAM) and opt.ascent_due:
-            if opt.every_k > 1:
-                stats["ascent"] = 1.0
-            opt.first_step(zero_grad=True)
-            stats["grad_norm"] = float(opt.last_grad_norm)  # type: ignore[arg-type]
-            try:
-                if not math.isfinite(stats["grad_norm"]):
-                    raise NonFiniteError("gradient norm", stats["grad_norm"])
-                stats["loss_perturbed"] = float(self._accumulate(batches, n_target))
-                if not math.isfinite(stats["loss_perturbed"]):
-                    raise NonFiniteError("loss at the SAM-perturbed weights", stats["loss_perturbed"])
-                norm2 = float(_grad_norm(self.params))
-                if not math.isfinite(norm2):
-                    raise NonFiniteError("gradient norm at the SAM-perturbed weights", norm2)
-            except NonFiniteError:
-                opt.restore()
-                opt.zero_grad(set_to_none=True)
-                raise
-            opt.second_step(zero_grad=True)
-        else:
-            if isinstance(opt, SAM):  # only reached with every_k > 1
-                stats["ascent"] = 0.0  # every_k: a plain AdamW step between SAM steps
-            stats["grad_norm"] = float(_grad_norm(self.params))
-            if not math.isfinite(stats["grad_norm"]):
-                opt.zero_grad(set_to_none=True)
-                raise NonFiniteError("gradient norm", stats["grad_norm"])
-            if isinstance(opt, SAM):
-                opt.plain_step()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-        return stats
 
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -399,6 +238,495 @@ def _progress(enabled: bool) -> Any:
     )
 
 
+@dataclass
+class FinetuneRequest:
+    """Every argument of :func:`finetune`, as one value the stages share (same names and defaults).
+
+    ``out`` is kept as given: it becomes a ``Path`` only after the options are checked, as it always
+    did, so a bad option is reported before a bad ``out``.
+    """
+
+    base: str | Path
+    data: str | Path
+    out: str | Path
+    optimizer: str = "adamw"
+    rho: float = 2.0
+    epochs: int = 1
+    lr: float = 5e-6
+    batch_size: int = 128
+    micro_batch: int = 8
+    max_length: int = 1024
+    warmup: float = 0.03
+    weight_decay: float = 0.0
+    rehearsal: str | Path | None = None
+    rehearsal_ratio: float = 0.2
+    seed: int = 0
+    bf16: bool = False
+    max_steps: int | None = None
+    lr_schedule: str = "cosine"
+    overwrite: bool = False
+    progress: bool = True
+    device: str | None = None
+    label: str | None = None
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: str | Sequence[str] | None = None
+    activation_checkpointing: bool = False
+    heldout: int | None = None
+    sam_every: int = 1
+    sam_only_norm: bool = False
+    sam_backup_dtype: str = "fp32"
+    sam_look_alpha: float | None = None
+
+    @property
+    def run_label(self) -> str:
+        """The label of the run in the manifest, the progress bar and the report."""
+        return self.label or LABELS[self.optimizer]
+
+    @property
+    def effective_micro_batch(self) -> int:
+        """A micro-batch never exceeds the global batch (the manifest records this value)."""
+        return min(self.micro_batch, self.batch_size)
+
+
+@dataclass
+class Inputs:
+    """Stage 1's result: the resolved base, the data and its held-out split, and the run's identity.
+
+    ``hyper`` and ``fingerprint`` decide whether a finished folder is this very request (and reused).
+    """
+
+    resolved: ResolvedCheckpoint
+    task_data: LoadedData
+    task_examples: list[Example]
+    split: HeldoutSplit | None
+    reh_data: LoadedData | None
+    lora: dict[str, Any] | None
+    hyper: dict[str, Any]
+    fingerprint: str
+
+
+@dataclass
+class TrainSet:
+    """Stage 2's result: the examples trained on (task + rehearsal), encoded, and their tokenizer."""
+
+    examples: list[Example]
+    n_reh: int
+    tokenizer: Any
+    encoded: list[Encoded]
+    n_truncated: int
+    pad_id: int
+
+
+@dataclass
+class Run:
+    """Stage 3's result: the model in training mode, its trainer, and where it runs."""
+
+    model: torch.nn.Module
+    trainer: Trainer
+    ctx: DistContext | None
+    device: torch.device
+    lora: dict[str, Any] | None
+
+
+@dataclass
+class Plan:
+    """How many steps, and the learning-rate schedule over them (the schedule's length is the plan's)."""
+
+    steps_per_epoch: int
+    planned: int
+    warmup_steps: int
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+
+@dataclass
+class Outcome:
+    """How the training loop ended: steps done, and why it stopped early (if it did)."""
+
+    step: int
+    failure: NonFiniteError | None
+    diverged: str | None
+    train_time_s: float
+
+
+def check_request(req: FinetuneRequest) -> None:
+    """Refuse a bad option before any loading, so a typo costs nothing."""
+    _validate(
+        req.optimizer, req.rho, req.epochs, req.lr, req.batch_size, req.micro_batch, req.max_length, req.warmup,
+        req.weight_decay, req.rehearsal_ratio, req.max_steps, req.lr_schedule, req.heldout, req.sam_every,
+        req.sam_only_norm, req.sam_backup_dtype, req.sam_look_alpha,
+    )  # fmt: skip
+    if req.sam_look_alpha is not None and distributed.launched_world_size() > 1:
+        raise CfbenchError("--sam-look-alpha under torchrun (sharded FSDP) is not supported: use --sam-every alone")
+
+
+def _hyperparameters(
+    req: FinetuneRequest, reh_data: LoadedData | None, lora: dict[str, Any] | None, split: HeldoutSplit | None
+) -> dict[str, Any]:
+    """What changes the trained weights; the request fingerprint hashes it. Options added later are
+    recorded only when set, so the fingerprints (and the reuse) of earlier runs stay as they were."""
+    hyper: dict[str, Any] = {
+        "optimizer": req.optimizer,
+        "rho": req.rho if req.optimizer != "adamw" else None,
+        "epochs": req.epochs,
+        "lr": req.lr,
+        "batch_size": req.batch_size,
+        "max_length": req.max_length,
+        "warmup": req.warmup,
+        "weight_decay": req.weight_decay,
+        "rehearsal_ratio": req.rehearsal_ratio if reh_data else None,
+        "seed": req.seed,
+        "bf16": req.bf16,
+        "max_steps": req.max_steps,
+        "base_optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8)",
+        "lr_schedule": req.lr_schedule,
+        "loss": "sum of target-token CE / target tokens per batch",
+    }
+    if lora is not None:  # only then: fingerprints of full fine-tuning runs stay as they were
+        hyper["lora"] = lora
+    if split is not None:  # likewise: a run without a held-out split trains on what it always did
+        hyper["heldout"] = split.n
+    # Likewise only when set: exact SAM's fingerprint (and its reuse of finished runs) is unchanged.
+    if req.sam_every != 1:
+        hyper["sam_every"] = req.sam_every
+    if req.sam_only_norm:
+        hyper["sam_only_norm"] = True
+    if req.sam_backup_dtype != "fp32":
+        hyper["sam_backup_dtype"] = req.sam_backup_dtype
+    if req.sam_look_alpha is not None:
+        hyper["sam_look_alpha"] = req.sam_look_alpha
+    return hyper
+
+
+def load_inputs(req: FinetuneRequest) -> Inputs:
+    """Stage 1: resolve the base, read the data, split off the held-out documents, fix the fingerprint.
+
+    Cheap (no model, no tokenizer), so a finished identical run is found before any real work.
+    """
+    resolved = resolve_checkpoint(str(req.base))
+    task_data = load_data(req.data)
+    task_examples, split = split_data(task_data, req.heldout, req.seed)
+    reh_data = load_data(req.rehearsal) if req.rehearsal is not None else None
+    lora = lora_settings(req.lora_r, req.lora_alpha, req.lora_targets)
+    hyper = _hyperparameters(req, reh_data, lora, split)
+    fingerprint = _fingerprint(hyper, resolved.content_hash, task_data, reh_data)
+    return Inputs(resolved, task_data, task_examples, split, reh_data, lora, hyper, fingerprint)
+
+
+def _encode_all(tokenizer: Any, examples: Sequence[Example], max_length: int) -> tuple[list[Encoded], int]:
+    """Encoded examples that keep at least one target token, and how many hit ``max_length``."""
+    encoded: list[Encoded] = []
+    n_truncated = 0
+    for ex in examples:
+        enc = encode_example(tokenizer, ex, max_length)
+        if enc.n_target > 0:
+            encoded.append(enc)
+        if len(enc.input_ids) >= max_length:
+            n_truncated += 1
+    return encoded, n_truncated
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The padding token (EOS when there is none, else 0); padded positions never carry a loss."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad_id) if pad_id is not None else 0
+
+
+def encode_train_set(req: FinetuneRequest, inputs: Inputs) -> TrainSet:
+    """Stage 2: mix in rehearsal data and tokenize; refuse a set with nothing to learn from."""
+    if inputs.reh_data is not None:
+        examples, n_reh = mix_rehearsal(inputs.task_examples, inputs.reh_data.examples, req.rehearsal_ratio, req.seed)
+    else:
+        examples, n_reh = list(inputs.task_examples), 0
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(inputs.resolved.path)
+    encoded, n_truncated = _encode_all(tokenizer, examples, req.max_length)
+    if not encoded:
+        raise CfbenchError(
+            f"no example of {inputs.task_data.source} has response tokens within --max-length {req.max_length}: "
+            "raise --max-length"
+        )
+    return TrainSet(examples, n_reh, tokenizer, encoded, n_truncated, _pad_id(tokenizer))
+
+
+def build_run(req: FinetuneRequest, inputs: Inputs) -> Run:
+    """Stage 3: load the model, add LoRA adapters or FSDP2 shards, and make its trainer.
+
+    The seed is set first and the steps keep this order, so adapter initialisation draws the same
+    random numbers as in every earlier run with this seed.
+    """
+    torch.manual_seed(req.seed)
+    ctx = distributed.context_from_env(req.device)
+    sam_options: dict[str, Any] = {
+        "sam_every": req.sam_every,
+        "sam_only_norm": req.sam_only_norm,
+        "sam_backup_dtype": None if req.sam_backup_dtype == "fp32" else req.sam_backup_dtype,
+        "sam_look_alpha": req.sam_look_alpha,
+    }
+    if ctx is not None and inputs.lora is not None:
+        raise CfbenchError("--lora-r under torchrun is not supported: run LoRA in one process or drop --lora-r")
+    dev = ctx.device if ctx else torch.device(req.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(inputs.resolved.path, dtype=torch.float32)
+    model.config.use_cache = False
+    if inputs.lora is not None:
+        model = apply_lora(model, inputs.lora)
+    common = {"lr": req.lr, "rho": req.rho, "weight_decay": req.weight_decay, **sam_options}
+    trainer: Trainer
+    if ctx is not None:
+        model = distributed.shard_model(
+            model, ctx, bf16=req.bf16, activation_checkpointing=req.activation_checkpointing
+        )
+        # FSDP's MixedPrecisionPolicy already computes in bf16: no autocast on top.
+        trainer = distributed.make_trainer(model, req.optimizer, bf16=False, **common)
+    else:
+        if req.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = model.to(dev)
+        trainer = Trainer(model, req.optimizer, bf16=req.bf16, **common)
+    model.train()
+    return Run(model, trainer, ctx, dev, inputs.lora)
+
+
+def make_batches(
+    batch: list[Encoded], micro_batch: int, pad_id: int, ctx: DistContext | None
+) -> list[dict[str, torch.Tensor]]:
+    """This process's micro-batches of the global batch (under torchrun: this rank's share)."""
+    if ctx is not None:
+        return distributed.rank_micro_batches(batch, micro_batch, pad_id, ctx)
+    return [collate(mb, pad_id) for mb in micro_batches(batch, micro_batch)]
+
+
+def plan_steps(req: FinetuneRequest, n_examples: int, base_optimizer: torch.optim.Optimizer) -> Plan:
+    """Steps per epoch, the planned total (capped by ``max_steps``), warm-up, and the lr schedule."""
+    steps_per_epoch = math.ceil(n_examples / req.batch_size)
+    planned = req.epochs * steps_per_epoch
+    if req.max_steps is not None:
+        planned = min(planned, req.max_steps)
+    warmup_steps = math.ceil(req.warmup * planned) if req.warmup < 1 else int(req.warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        base_optimizer, lambda s: lr_factor(s, planned, warmup_steps, req.lr_schedule)
+    )
+    return Plan(steps_per_epoch, planned, warmup_steps, scheduler)
+
+
+def _base_entry(spec: str | Path, resolved: ResolvedCheckpoint) -> dict[str, Any]:
+    return {
+        "spec": str(spec),
+        "name": resolved.name,
+        "path": str(resolved.path),
+        "kind": resolved.kind,
+        "content_hash": resolved.content_hash,
+    }
+
+
+def _rehearsal_entry(reh_data: LoadedData | None, n_reh: int, ratio: float) -> dict[str, Any] | None:
+    if reh_data is None:
+        return None
+    return {
+        "source": reh_data.source,
+        "format": reh_data.format,
+        "sha256": reh_data.sha256,
+        "n_examples": len(reh_data.examples),
+        "n_mixed_in": n_reh,
+        "ratio": ratio,
+    }
+
+
+def _train_set_entry(train_set: TrainSet) -> dict[str, Any]:
+    encoded, examples = train_set.encoded, train_set.examples
+    return {
+        "n_examples": len(encoded),
+        "n_dropped_no_target": len(examples) - len(encoded),
+        "n_truncated": train_set.n_truncated,
+        "sha256": examples_sha256(examples),
+        "target_tokens_per_epoch": sum(e.n_target for e in encoded),
+        "prompt_format": "chat_template" if getattr(train_set.tokenizer, "chat_template", None) else "plain",
+    }
+
+
+def _loss_curve_fields(optimizer: str) -> dict[str, str]:
+    """What each field of a ``loss_curve`` entry means (readers of the manifest need no code)."""
+    return {
+        "loss": "mean target-token loss of the global batch before the update",
+        "loss_perturbed": "the same at the SAM-perturbed weights (sam/asam, SAM steps only)",
+        "ascent": "1 for a SAM step (two passes), 0 for a plain AdamW step between them (--sam-every)",
+        "grad_norm": "‖|w|·g‖ (the norm ASAM scales by)" if optimizer == "asam" else "‖g‖ of the global batch",
+        "lr": "learning rate used for the update",
+        "tokens": "target tokens in the global batch",
+    }
+
+
+def start_manifest(
+    req: FinetuneRequest, inputs: Inputs, train_set: TrainSet, run: Run, plan: Plan, t_start: float
+) -> dict[str, Any]:
+    """The manifest as training starts (status ``running``); the loop appends to its ``loss_curve``."""
+    task_data = inputs.task_data
+    return {
+        "cfbench_manifest": 1,
+        "kind": "finetune",
+        "status": "running",
+        "method": req.optimizer,
+        "label": req.run_label,
+        "hyperparameters": {**inputs.hyper, "micro_batch": req.effective_micro_batch, "device": run.device.type},
+        "request_fingerprint": inputs.fingerprint,
+        "base": _base_entry(req.base, inputs.resolved),
+        "data": {
+            "source": task_data.source,
+            "format": task_data.format,
+            "sha256": task_data.sha256,
+            "n_examples": len(task_data.examples),
+        },
+        "heldout": None if inputs.split is None else inputs.split.manifest(),
+        "rehearsal": _rehearsal_entry(inputs.reh_data, train_set.n_reh, req.rehearsal_ratio),
+        "train_set": _train_set_entry(train_set),
+        "steps_per_epoch": plan.steps_per_epoch,
+        "planned_steps": plan.planned,
+        "warmup_steps": plan.warmup_steps,
+        "forward_backward_per_step": 2 if req.optimizer != "adamw" else 1,  # with --sam-every: of a SAM step
+        "loss_curve_fields": _loss_curve_fields(req.optimizer),
+        "distributed": None if run.ctx is None else run.ctx.describe(req.bf16, req.activation_checkpointing),
+        "lora": run.lora,
+        "steps": 0,
+        "loss_curve": [],
+        "started_at": datetime.fromtimestamp(t_start, timezone.utc).isoformat(),
+        "environment": environment(),
+    }
+
+
+def train_loop(req: FinetuneRequest, run: Run, train_set: TrainSet, plan: Plan, curve: list[dict[str, Any]]) -> Outcome:
+    """Stage 4: shuffled epochs of global batches until the plan is done or a step goes bad.
+
+    A NaN/inf stops the loop before the bad update (the weights stay the last good ones); exploded or
+    collapsed weights after an update stop it too. Each good step is appended to ``curve``.
+    """
+    encoded, trainer = train_set.encoded, run.trainer
+    rng = random.Random(req.seed)
+    step = 0
+    failure: NonFiniteError | None = None
+    diverged: str | None = None
+    vocab = int(getattr(run.model.config, "vocab_size", None) or len(train_set.tokenizer))
+    weight_limit = max(EXPLODED_FLOOR, EXPLODED_FACTOR * max_abs_weight(trainer.params))
+    t_loop = time.perf_counter()
+    with _progress(req.progress and (run.ctx is None or run.ctx.is_main)) as bar:
+        task_id = bar.add_task(f"{req.run_label} ({req.optimizer})", total=plan.planned, loss="-")
+        for epoch in range(req.epochs):
+            order = list(range(len(encoded)))
+            rng.shuffle(order)
+            for start in range(0, len(order), req.batch_size):
+                if step >= plan.planned:
+                    break
+                batch = [encoded[i] for i in order[start : start + req.batch_size]]
+                n_target = sum(e.n_target for e in batch)
+                lr_now = trainer.base_optimizer.param_groups[0]["lr"]
+                try:
+                    micro = make_batches(batch, req.effective_micro_batch, train_set.pad_id, run.ctx)
+                    stats = trainer.step(micro, n_target)
+                except NonFiniteError as exc:
+                    failure = exc
+                    break
+                plan.scheduler.step()
+                step += 1
+                curve.append({"step": step, "epoch": epoch + 1, "lr": lr_now, "tokens": n_target, **stats})
+                bar.update(task_id, advance=1, loss=f"{stats['loss']:.4f}")
+                diverged = divergence(stats, max_abs_weight(trainer.params), weight_limit, vocab)
+                if diverged is not None:
+                    break
+            if failure is not None or diverged is not None or step >= plan.planned:
+                break
+    # The optimizer steps alone (no loading, hashing or saving): what a cost ratio between runs compares.
+    return Outcome(step, failure, diverged, round(time.perf_counter() - t_loop, 3))
+
+
+def _record_outcome(manifest: dict[str, Any], outcome: Outcome, optimizer: str, t_start: float) -> None:
+    """Steps, passes, times and the final loss into the manifest (the status is decided after)."""
+    curve = manifest["loss_curve"]
+    step = outcome.step
+    manifest["steps"] = step
+    manifest["train_time_s"] = outcome.train_time_s
+    if optimizer == "adamw":
+        manifest["forward_backward_passes"] = step
+    else:  # counted, not assumed: with --sam-every only the SAM steps take two passes
+        manifest["sam_steps"] = sum(1 for c in curve if c.get("ascent", 1.0))
+        manifest["forward_backward_passes"] = step + manifest["sam_steps"]
+    manifest["final_loss"] = curve[-1]["loss"] if curve else None
+    manifest["wall_time_s"] = round(time.time() - t_start, 3)
+    manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
+
+
+def _save_run(run: Run, tokenizer: Any, out: Path, manifest: dict[str, Any]) -> None:
+    """The trained weights as one normal HF folder: gathered from the shards, or LoRA merged in."""
+    if run.ctx is not None:
+        distributed.save_consolidated(run.model, tokenizer, out, manifest, run.ctx)
+    elif run.lora is not None:
+        _save(merge_for_save(run.model), tokenizer, out, manifest)
+    else:
+        _save(run.model, tokenizer, out, manifest)
+
+
+def finish_run(
+    req: FinetuneRequest,
+    run: Run,
+    train_set: TrainSet,
+    manifest: dict[str, Any],
+    outcome: Outcome,
+    out: Path,
+    t_start: float,
+) -> FinetuneResult:
+    """Stage 5: final manifest and weights, or an error that says what was (not) saved.
+
+    Diverged: the weights in memory are already bad, so only the manifest is written and the run
+    fails. Non-finite: the last good weights are saved, then the run fails. Else: completed.
+    """
+    _record_outcome(manifest, outcome, req.optimizer, t_start)
+    step, failure = outcome.step, outcome.failure
+    if outcome.diverged is not None:
+        manifest["status"] = "diverged"
+        manifest["stop_reason"] = f"{outcome.diverged} at step {step}"
+        manifest["saved_weights"] = None
+        if run.ctx is None or run.ctx.is_main:
+            with atomic_dir(out) as tmp:  # the manifest (loss curve) only: there are no good weights
+                write_json(tmp / MANIFEST, manifest)
+        raise CfbenchError(
+            f"training failed: {outcome.diverged} at step {step}; no weights were saved (only the manifest in {out}): "
+            f"lower --lr (now {req.lr}) and re-run"
+        )
+    if failure is not None:
+        manifest["status"] = "stopped_nonfinite"
+        manifest["stop_reason"] = f"{failure.what} became {failure.value} at step {step + 1}"
+        manifest["saved_weights"] = f"after step {step} (the last good update)"
+    else:
+        manifest["status"] = "completed"
+    _save_run(run, train_set.tokenizer, out, manifest)
+    if failure is not None:
+        raise CfbenchError(
+            f"training stopped: the {failure.what} became {failure.value} at step {step + 1}; the last good weights "
+            f"(after step {step}) are saved in {out}: lower --lr (now {req.lr}) or check the data, then re-run"
+        )
+    return FinetuneResult(out, manifest)
+
+
+def run_finetune(req: FinetuneRequest) -> FinetuneResult:
+    """:func:`finetune` on a request: the stages in order, or a finished identical run reused."""
+    check_request(req)
+    out = Path(req.out)
+    t_start = time.time()
+    inputs = load_inputs(req)
+    if out.is_dir() and (done := _existing(out, inputs.fingerprint)) is not None and not req.overwrite:
+        return FinetuneResult(out, done)
+    check_output_dir(out, req.overwrite)
+    train_set = encode_train_set(req, inputs)
+    run = build_run(req, inputs)
+    plan = plan_steps(req, len(train_set.encoded), run.trainer.base_optimizer)
+    manifest = start_manifest(req, inputs, train_set, run, plan, t_start)
+    outcome = train_loop(req, run, train_set, plan, manifest["loss_curve"])
+    return finish_run(req, run, train_set, manifest, outcome, out, t_start)
+
+
 def finetune(
     base: str | Path,
     data: str | Path,
@@ -454,284 +782,15 @@ def finetune(
     ``sam_look_alpha`` α (with ``sam_every`` > 1) = LookSAM: the in-between steps add back the last
     SAM gradient's part orthogonal to the current gradient, scaled by α·‖g‖/‖g_v‖.
     """
-    from cfbench.models.checkpoint import resolve_checkpoint
-    from cfbench.train.indomain import split_data
-
-    _validate(
-        optimizer,
-        rho,
-        epochs,
-        lr,
-        batch_size,
-        micro_batch,
-        max_length,
-        warmup,
-        weight_decay,
-        rehearsal_ratio,
-        max_steps,
-        lr_schedule,
-        heldout,
-        sam_every,
-        sam_only_norm,
-        sam_backup_dtype,
-        sam_look_alpha,
-    )
-    from cfbench.train.distributed import launched_world_size
-
-    if sam_look_alpha is not None and launched_world_size() > 1:
-        raise CfbenchError("--sam-look-alpha under torchrun (sharded FSDP) is not supported: use --sam-every alone")
-    out = Path(out)
-    t_start = time.time()
-    resolved = resolve_checkpoint(str(base))
-    task_data = load_data(data)
-    task_examples, split = split_data(task_data, heldout, seed)
-    reh_data = load_data(rehearsal) if rehearsal is not None else None
-    micro_batch = min(micro_batch, batch_size)
-    hyper: dict[str, Any] = {
-        "optimizer": optimizer,
-        "rho": rho if optimizer != "adamw" else None,
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "warmup": warmup,
-        "weight_decay": weight_decay,
-        "rehearsal_ratio": rehearsal_ratio if reh_data else None,
-        "seed": seed,
-        "bf16": bf16,
-        "max_steps": max_steps,
-        "base_optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8)",
-        "lr_schedule": lr_schedule,
-        "loss": "sum of target-token CE / target tokens per batch",
-    }
-    from cfbench.train.lora import lora_settings
-
-    lora = lora_settings(lora_r, lora_alpha, lora_targets)
-    if lora is not None:  # only then: fingerprints of full fine-tuning runs stay as they were
-        hyper["lora"] = lora
-    if split is not None:  # likewise: a run without a held-out split trains on what it always did
-        hyper["heldout"] = split.n
-    # Likewise only when set: exact SAM's fingerprint (and its reuse of finished runs) is unchanged.
-    if sam_every != 1:
-        hyper["sam_every"] = sam_every
-    if sam_only_norm:
-        hyper["sam_only_norm"] = True
-    if sam_backup_dtype != "fp32":
-        hyper["sam_backup_dtype"] = sam_backup_dtype
-    if sam_look_alpha is not None:
-        hyper["sam_look_alpha"] = sam_look_alpha
-    fingerprint = _fingerprint(hyper, resolved.content_hash, task_data, reh_data)
-    if out.is_dir() and (done := _existing(out, fingerprint)) is not None and not overwrite:
-        return FinetuneResult(out, done)
-    check_output_dir(out, overwrite)
-
-    if reh_data is not None:
-        examples, n_reh = mix_rehearsal(task_examples, reh_data.examples, rehearsal_ratio, seed)
-    else:
-        examples, n_reh = list(task_examples), 0
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-    encoded: list[Encoded] = []
-    n_truncated = 0
-    for ex in examples:
-        enc = encode_example(tokenizer, ex, max_length)
-        if enc.n_target > 0:
-            encoded.append(enc)
-        if len(enc.input_ids) >= max_length:
-            n_truncated += 1
-    n_dropped = len(examples) - len(encoded)
-    if not encoded:
-        raise CfbenchError(
-            f"no example of {task_data.source} has response tokens within --max-length {max_length}: raise --max-length"
-        )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pad_id = int(pad_id) if pad_id is not None else 0
-
-    torch.manual_seed(seed)
-    from cfbench.train import distributed
-
-    ctx = distributed.context_from_env(device)
-    sam_options: dict[str, Any] = {
-        "sam_every": sam_every,
-        "sam_only_norm": sam_only_norm,
-        "sam_backup_dtype": None if sam_backup_dtype == "fp32" else sam_backup_dtype,
-        "sam_look_alpha": sam_look_alpha,
-    }
-    if ctx is not None and lora is not None:
-        raise CfbenchError("--lora-r under torchrun is not supported: run LoRA in one process or drop --lora-r")
-    dev = ctx.device if ctx else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
-    model.config.use_cache = False
-    if lora is not None:
-        from cfbench.train.lora import apply_lora
-
-        model = apply_lora(model, lora)
-    if ctx is not None:
-        model = distributed.shard_model(model, ctx, bf16=bf16, activation_checkpointing=activation_checkpointing)
-        # FSDP's MixedPrecisionPolicy already computes in bf16: no autocast on top.
-        trainer = distributed.make_trainer(
-            model, optimizer, lr=lr, rho=rho, weight_decay=weight_decay, bf16=False, **sam_options
-        )
-    else:
-        if activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model = model.to(dev)
-        trainer = Trainer(model, optimizer, lr=lr, rho=rho, weight_decay=weight_decay, bf16=bf16, **sam_options)
-    model.train()
-
-    def make_batches(batch: list[Encoded]) -> list[dict[str, torch.Tensor]]:
-        """This process's micro-batches of the global batch (under torchrun: this rank's share)."""
-        if ctx is not None:
-            return distributed.rank_micro_batches(batch, micro_batch, pad_id, ctx)
-        return [collate(mb, pad_id) for mb in micro_batches(batch, micro_batch)]
-
-    steps_per_epoch = math.ceil(len(encoded) / batch_size)
-    planned = epochs * steps_per_epoch
-    if max_steps is not None:
-        planned = min(planned, max_steps)
-    warmup_steps = math.ceil(warmup * planned) if warmup < 1 else int(warmup)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        trainer.base_optimizer, lambda s: lr_factor(s, planned, warmup_steps, lr_schedule)
-    )
-
-    label = label or LABELS[optimizer]
-    manifest: dict[str, Any] = {
-        "cfbench_manifest": 1,
-        "kind": "finetune",
-        "status": "running",
-        "method": optimizer,
-        "label": label,
-        "hyperparameters": {**hyper, "micro_batch": micro_batch, "device": dev.type},
-        "request_fingerprint": fingerprint,
-        "base": {
-            "spec": str(base),
-            "name": resolved.name,
-            "path": str(resolved.path),
-            "kind": resolved.kind,
-            "content_hash": resolved.content_hash,
-        },
-        "data": {
-            "source": task_data.source,
-            "format": task_data.format,
-            "sha256": task_data.sha256,
-            "n_examples": len(task_data.examples),
-        },
-        "heldout": None if split is None else split.manifest(),
-        "rehearsal": None
-        if reh_data is None
-        else {
-            "source": reh_data.source,
-            "format": reh_data.format,
-            "sha256": reh_data.sha256,
-            "n_examples": len(reh_data.examples),
-            "n_mixed_in": n_reh,
-            "ratio": rehearsal_ratio,
-        },
-        "train_set": {
-            "n_examples": len(encoded),
-            "n_dropped_no_target": n_dropped,
-            "n_truncated": n_truncated,
-            "sha256": examples_sha256(examples),
-            "target_tokens_per_epoch": sum(e.n_target for e in encoded),
-            "prompt_format": "chat_template" if getattr(tokenizer, "chat_template", None) else "plain",
-        },
-        "steps_per_epoch": steps_per_epoch,
-        "planned_steps": planned,
-        "warmup_steps": warmup_steps,
-        "forward_backward_per_step": 2 if optimizer != "adamw" else 1,  # with --sam-every: of a SAM step
-        "loss_curve_fields": {
-            "loss": "mean target-token loss of the global batch before the update",
-            "loss_perturbed": "the same at the SAM-perturbed weights (sam/asam, SAM steps only)",
-            "ascent": "1 for a SAM step (two passes), 0 for a plain AdamW step between them (--sam-every)",
-            "grad_norm": "‖|w|·g‖ (the norm ASAM scales by)" if optimizer == "asam" else "‖g‖ of the global batch",
-            "lr": "learning rate used for the update",
-            "tokens": "target tokens in the global batch",
-        },
-        "distributed": None if ctx is None else ctx.describe(bf16, activation_checkpointing),
-        "lora": lora,
-        "steps": 0,
-        "loss_curve": [],
-        "started_at": datetime.fromtimestamp(t_start, timezone.utc).isoformat(),
-        "environment": environment(),
-    }
-    curve: list[dict[str, Any]] = manifest["loss_curve"]
-    rng = random.Random(seed)
-    step = 0
-    failure: NonFiniteError | None = None
-    diverged: str | None = None
-    vocab = int(getattr(model.config, "vocab_size", None) or len(tokenizer))
-    weight_limit = max(EXPLODED_FLOOR, EXPLODED_FACTOR * max_abs_weight(trainer.params))
-    t_loop = time.perf_counter()
-    with _progress(progress and (ctx is None or ctx.is_main)) as bar:
-        task_id = bar.add_task(f"{label} ({optimizer})", total=planned, loss="-")
-        for epoch in range(epochs):
-            order = list(range(len(encoded)))
-            rng.shuffle(order)
-            for start in range(0, len(order), batch_size):
-                if step >= planned:
-                    break
-                batch = [encoded[i] for i in order[start : start + batch_size]]
-                n_target = sum(e.n_target for e in batch)
-                lr_now = trainer.base_optimizer.param_groups[0]["lr"]
-                try:
-                    stats = trainer.step(make_batches(batch), n_target)
-                except NonFiniteError as exc:
-                    failure = exc
-                    break
-                scheduler.step()
-                step += 1
-                curve.append({"step": step, "epoch": epoch + 1, "lr": lr_now, "tokens": n_target, **stats})
-                bar.update(task_id, advance=1, loss=f"{stats['loss']:.4f}")
-                diverged = divergence(stats, max_abs_weight(trainer.params), weight_limit, vocab)
-                if diverged is not None:
-                    break
-            if failure is not None or diverged is not None or step >= planned:
-                break
-
-    manifest["steps"] = step
-    # The optimizer steps alone (no loading, hashing or saving): what a cost ratio between runs compares.
-    manifest["train_time_s"] = round(time.perf_counter() - t_loop, 3)
-    if optimizer == "adamw":
-        manifest["forward_backward_passes"] = step
-    else:  # counted, not assumed: with --sam-every only the SAM steps take two passes
-        manifest["sam_steps"] = sum(1 for c in curve if c.get("ascent", 1.0))
-        manifest["forward_backward_passes"] = step + manifest["sam_steps"]
-    manifest["final_loss"] = curve[-1]["loss"] if curve else None
-    manifest["wall_time_s"] = round(time.time() - t_start, 3)
-    manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
-    if diverged is not None:
-        manifest["status"] = "diverged"
-        manifest["stop_reason"] = f"{diverged} at step {step}"
-        manifest["saved_weights"] = None
-        if ctx is None or ctx.is_main:
-            with atomic_dir(out) as tmp:  # the manifest (loss curve) only: there are no good weights
-                write_json(tmp / MANIFEST, manifest)
-        raise CfbenchError(
-            f"training failed: {diverged} at step {step}; no weights were saved (only the manifest in {out}): "
-            f"lower --lr (now {lr}) and re-run"
-        )
-    if failure is not None:
-        manifest["status"] = "stopped_nonfinite"
-        manifest["stop_reason"] = f"{failure.what} became {failure.value} at step {step + 1}"
-        manifest["saved_weights"] = f"after step {step} (the last good update)"
-    else:
-        manifest["status"] = "completed"
-    if ctx is not None:
-        distributed.save_consolidated(model, tokenizer, out, manifest, ctx)
-    elif lora is not None:
-        from cfbench.train.lora import merge_for_save
-
-        _save(merge_for_save(model), tokenizer, out, manifest)
-    else:
-        _save(model, tokenizer, out, manifest)
-    if failure is not None:
-        raise CfbenchError(
-            f"training stopped: the {failure.what} became {failure.value} at step {step + 1}; the last good weights "
-            f"(after step {step}) are saved in {out}: lower --lr (now {lr}) or check the data, then re-run"
-        )
-    return FinetuneResult(out, manifest)
+    return run_finetune(FinetuneRequest(
+        base, data, out, optimizer=optimizer, rho=rho, epochs=epochs, lr=lr, batch_size=batch_size,
+        micro_batch=micro_batch, max_length=max_length, warmup=warmup, weight_decay=weight_decay,
+        rehearsal=rehearsal, rehearsal_ratio=rehearsal_ratio, seed=seed, bf16=bf16, max_steps=max_steps,
+        lr_schedule=lr_schedule, overwrite=overwrite, progress=progress, device=device, label=label,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
+        activation_checkpointing=activation_checkpointing, heldout=heldout, sam_every=sam_every,
+        sam_only_norm=sam_only_norm, sam_backup_dtype=sam_backup_dtype, sam_look_alpha=sam_look_alpha,
+    ))  # fmt: skip
 
 
 def cost_ratio(adamw: dict[str, Any], sam: dict[str, Any]) -> dict[str, float | None]:
@@ -815,7 +874,29 @@ def pair(
         sam_look_alpha=sam_look_alpha,
         **kwargs,
     )
-    description = {
+    write_json(out / PAIR_FILE, pair_description(wo, w, sam_every))
+    return PairResult(out, wo, w)
+
+
+def _pair_run_entry(r: FinetuneResult) -> dict[str, Any]:
+    """One run of a pair as ``pair.json`` lists it (enough to compare the two without their manifests)."""
+    return {
+        "label": r.label,
+        "path": r.path.name,
+        "method": r.manifest["method"],
+        "epochs": r.manifest["hyperparameters"]["epochs"],
+        "steps": r.steps,
+        "forward_backward_passes": r.manifest["forward_backward_passes"],
+        "sam_steps": r.manifest.get("sam_steps"),
+        "final_loss": r.final_loss,
+        "wall_time_s": r.manifest["wall_time_s"],
+        "request_fingerprint": r.manifest["request_fingerprint"],
+    }
+
+
+def pair_description(wo: FinetuneResult, w: FinetuneResult, sam_every: int) -> dict[str, Any]:
+    """``pair.json``: what was compared, at what measured cost ratio, and the hyper-parameters both share."""
+    return {
         "cfbench_pair": 1,
         "paper": "Li et al. 2024, Revisiting Catastrophic Forgetting in LLM Tuning (arXiv 2406.04836)",
         "compute_matched": "AdamW runs twice the epochs of SAM; a SAM step is two forward+backward passes"
@@ -827,30 +908,12 @@ def pair(
         "cost_ratio": cost_ratio(wo.manifest, w.manifest),
         "base": wo.manifest["base"],
         "data": wo.manifest["data"],
-        "runs": [
-            {
-                "label": r.label,
-                "path": r.path.name,
-                "method": r.manifest["method"],
-                "epochs": r.manifest["hyperparameters"]["epochs"],
-                "steps": r.steps,
-                "forward_backward_passes": r.manifest["forward_backward_passes"],
-                "sam_steps": r.manifest.get("sam_steps"),
-                "final_loss": r.final_loss,
-                "wall_time_s": r.manifest["wall_time_s"],
-                "request_fingerprint": r.manifest["request_fingerprint"],
-            }
-            for r in (wo, w)
-        ],
+        "runs": [_pair_run_entry(r) for r in (wo, w)],
         "shared_hyperparameters": {
-            k: v
-            for k, v in w.manifest["hyperparameters"].items()
-            if k not in SAM_ONLY_HYPERPARAMETERS
+            k: v for k, v in w.manifest["hyperparameters"].items() if k not in SAM_ONLY_HYPERPARAMETERS
         },
         "environment": environment(),
     }
-    write_json(out / PAIR_FILE, description)
-    return PairResult(out, wo, w)
 
 
 SEEDS_FILE = "seeds.json"

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 
 from cfbench.errors import CfbenchError
+from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
+from cfbench.models.hashing import tokenizer_hash
 from cfbench.train._io import MANIFEST, atomic_dir, check_output_dir, environment, write_json
 
 _WEIGHT_INDEX = "model.safetensors.index.json"
@@ -148,18 +150,8 @@ def merge_sweep(
     return _merge_many(base, tuned, [(a, out / alpha_dirname(a)) for a in values], overwrite)
 
 
-def _merge_many(
-    base: str | Path, tuned: str | Path, targets: Sequence[tuple[float, Path]], overwrite: bool
-) -> list[MergeResult]:
-    from safetensors.torch import save_file
-
-    from cfbench.models.checkpoint import resolve_checkpoint
-
-    for _, out in targets:
-        check_output_dir(out, overwrite)
-    t0 = time.time()
-    base_ck = resolve_checkpoint(str(base))
-    tuned_ck = resolve_checkpoint(str(tuned))
+def _check_mergeable(base_ck: ResolvedCheckpoint, tuned_ck: ResolvedCheckpoint) -> None:
+    """Refuse, before loading any tensor, two checkpoints whose weights do not line up."""
     for name, ck in (("base", base_ck), ("tuned", tuned_ck)):
         _weight_files(ck.path)  # clear error before loading anything
         if not (ck.path / "config.json").is_file():
@@ -174,64 +166,110 @@ def _merge_many(
             )
     # Same architecture is not enough: row i of the embedding must mean the same token in both, or
     # the interpolation mixes unrelated tokens and the result looks fine and is not.
-    from cfbench.models.hashing import tokenizer_hash
-
     base_tok, tuned_tok = tokenizer_hash(base_ck.path), tokenizer_hash(tuned_ck.path)
     if base_tok != tuned_tok:
         raise CfbenchError(
             f"base and tuned have different tokenizers (base {str(base_tok)[:8]}, tuned {str(tuned_tok)[:8]}): "
             "their vocabularies do not line up; merge a fine-tune with the base it was trained from"
         )
-    base_sd, tuned_sd = load_safetensors_folder(base_ck.path), load_safetensors_folder(tuned_ck.path)
-    tuned_manifest: dict[str, Any] | None = None
-    if (tuned_ck.path / MANIFEST).is_file():
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The tuned folder's cfbench manifest, or None when it has none (or an unreadable one)."""
+    manifest: dict[str, Any] | None = None
+    if (folder / MANIFEST).is_file():
         with contextlib.suppress(ValueError):
-            tuned_manifest = json.loads((tuned_ck.path / MANIFEST).read_text())
+            manifest = json.loads((folder / MANIFEST).read_text())
+    return manifest
+
+
+def _merge_manifest(
+    alpha: float,
+    base: str | Path,
+    tuned: str | Path,
+    base_ck: ResolvedCheckpoint,
+    tuned_ck: ResolvedCheckpoint,
+    merged: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """The merged folder's manifest: the formula, both inputs by content hash, what was interpolated."""
+    return {
+        "cfbench_manifest": 1,
+        "kind": "merge",
+        "method": "wise-ft",
+        "status": "completed",
+        "label": f"Wise-FT α={alpha:g}",
+        "alpha": alpha,
+        "formula": "(1 - alpha) * base + alpha * tuned over floating tensors; others copied from tuned",
+        "base": {
+            "spec": str(base),
+            "name": base_ck.name,
+            "path": str(base_ck.path),
+            "content_hash": base_ck.content_hash,
+        },
+        "tuned": {
+            "spec": str(tuned),
+            "name": tuned_ck.name,
+            "path": str(tuned_ck.path),
+            "content_hash": tuned_ck.content_hash,
+        },
+        "n_tensors": len(merged),
+        "n_interpolated": sum(1 for t in merged.values() if t.is_floating_point()),
+        "environment": environment(),
+    }
+
+
+def _write_merged(
+    out: Path,
+    merged: dict[str, torch.Tensor],
+    tuned_ck: ResolvedCheckpoint,
+    base_hash: str,
+    manifest: dict[str, Any],
+    tuned_manifest: dict[str, Any] | None,
+    t_from: float,
+) -> None:
+    """One merged HF folder, atomically: the weights, the tuned folder's other files, the manifest.
+
+    ``t_from``: when this merge's clock started (the first merge also paid for reading both inputs).
+    """
+    from safetensors.torch import save_file
+
+    with atomic_dir(out) as tmp:
+        save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for f in sorted(tuned_ck.path.iterdir()):
+            skip = f.name.endswith(".safetensors") or f.name in (_WEIGHT_INDEX, MANIFEST) or f.name.startswith(".")
+            if f.is_file() and not skip:
+                shutil.copy2(f, tmp / f.name)
+        if tuned_manifest is not None:
+            manifest["tuned_manifest"] = tuned_manifest
+            if tuned_manifest.get("heldout") and tuned_manifest.get("base", {}).get("content_hash") == base_hash:
+                # Neither side trained on the tuned run's held-out split, so the merge inherits it
+                # and its in-domain gain is measured on the same documents.
+                manifest["heldout"] = tuned_manifest["heldout"]
+        manifest["wall_time_s"] = round(time.time() - t_from, 3)
+        write_json(tmp / MANIFEST, manifest)
+
+
+def _merge_many(
+    base: str | Path, tuned: str | Path, targets: Sequence[tuple[float, Path]], overwrite: bool
+) -> list[MergeResult]:
+    """Check every output, read both checkpoints once, then write one merged folder per alpha."""
+    for _, out in targets:
+        check_output_dir(out, overwrite)
+    t0 = time.time()
+    base_ck = resolve_checkpoint(str(base))
+    tuned_ck = resolve_checkpoint(str(tuned))
+    _check_mergeable(base_ck, tuned_ck)
+    base_sd, tuned_sd = load_safetensors_folder(base_ck.path), load_safetensors_folder(tuned_ck.path)
+    tuned_manifest = _read_manifest(tuned_ck.path)
     results = []
     for alpha, out in targets:
         t_alpha = time.time()
         merged = merge_state_dicts(base_sd, tuned_sd, alpha)
-        manifest = {
-            "cfbench_manifest": 1,
-            "kind": "merge",
-            "method": "wise-ft",
-            "status": "completed",
-            "label": f"Wise-FT α={alpha:g}",
-            "alpha": alpha,
-            "formula": "(1 - alpha) * base + alpha * tuned over floating tensors; others copied from tuned",
-            "base": {
-                "spec": str(base),
-                "name": base_ck.name,
-                "path": str(base_ck.path),
-                "content_hash": base_ck.content_hash,
-            },
-            "tuned": {
-                "spec": str(tuned),
-                "name": tuned_ck.name,
-                "path": str(tuned_ck.path),
-                "content_hash": tuned_ck.content_hash,
-            },
-            "n_tensors": len(merged),
-            "n_interpolated": sum(1 for t in merged.values() if t.is_floating_point()),
-            "environment": environment(),
-        }
-        with atomic_dir(out) as tmp:
-            save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            for f in sorted(tuned_ck.path.iterdir()):
-                skip = f.name.endswith(".safetensors") or f.name in (_WEIGHT_INDEX, MANIFEST) or f.name.startswith(".")
-                if f.is_file() and not skip:
-                    shutil.copy2(f, tmp / f.name)
-            if tuned_manifest is not None:
-                manifest["tuned_manifest"] = tuned_manifest
-                if tuned_manifest.get("heldout") and tuned_manifest.get("base", {}).get("content_hash") == (
-                    base_ck.content_hash
-                ):
-                    # Neither side trained on the tuned run's held-out split, so the merge inherits it
-                    # and its in-domain gain is measured on the same documents.
-                    manifest["heldout"] = tuned_manifest["heldout"]
-            # The first merge also paid for reading both checkpoints.
-            manifest["wall_time_s"] = round(time.time() - (t0 if not results else t_alpha), 3)
-            write_json(tmp / MANIFEST, manifest)
+        manifest = _merge_manifest(alpha, base, tuned, base_ck, tuned_ck, merged)
+        # The first merge also paid for reading both checkpoints.
+        _write_merged(
+            out, merged, tuned_ck, base_ck.content_hash, manifest, tuned_manifest, t0 if not results else t_alpha
+        )
         del merged
         results.append(MergeResult(out, manifest))
     return results
