@@ -23,7 +23,7 @@ import numpy as np
 
 from cfbench.backends import RollingRequest, backend_class, make_backend
 from cfbench.data.text import TextSource, doc_hash, load_text_source
-from cfbench.engine import _digest, backend_key, progress_mode
+from cfbench.engine import backend_key, digest, progress_mode
 from cfbench.errors import CfbenchError
 from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
 from cfbench.models.hashing import require_finite_weights
@@ -89,7 +89,7 @@ class PplResult:
 
 def ppl_cache_key(checkpoint_hash: str, source_fingerprint: str, bkey: dict[str, Any]) -> str:
     """Digest of everything that changes a document's number (``bkey`` carries SCORING_VERSION)."""
-    return _digest("ppl-cache/v1", checkpoint_hash, source_fingerprint, bkey)
+    return digest("ppl-cache/v1", checkpoint_hash, source_fingerprint, bkey)
 
 
 @dataclass(frozen=True)
