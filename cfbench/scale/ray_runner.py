@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cfbench.errors import CfbenchError
-from cfbench.scale.workers import Job, Reporter, WorkerState, gpus_per_engine, score_job
+from cfbench.scale.jobs import Job, Reporter, WorkerState, gpus_per_engine, score_job
 
 
 def _require_ray() -> Any:

@@ -36,24 +36,13 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from cfbench.engine import LazyBackend, plan_evaluation, progress_mode, run_plan, score_task
+from cfbench.engine import plan_evaluation, progress_mode, run_plan
 from cfbench.errors import CfbenchError
-from cfbench.progress import Progress
-from cfbench.store import ResultStore
-
-
-@dataclass(frozen=True)
-class Job:
-    """One shard: these documents of one task of one checkpoint."""
-
-    spec: str
-    task: str
-    doc_ids: tuple[Any, ...]
-    requests: int
-    plan_kwargs: dict[str, Any] = field(default_factory=dict)
+from cfbench.scale.jobs import Job, Reporter, WorkerState, gpus_per_engine, score_job
+from cfbench.scale.ray_runner import RayRunner
 
 
 def parse_devices(devices: str | None, workers: int | None) -> list[str]:
@@ -80,21 +69,6 @@ def parse_devices(devices: str | None, workers: int | None) -> list[str]:
     if torch.cuda.is_available() and torch.cuda.device_count() >= workers:
         return [f"cuda:{i}" for i in range(workers)]
     return ["cpu"] * workers
-
-
-def gpus_per_engine(backend: str, options: dict[str, Any]) -> int:
-    """How many GPUs one scoring engine needs: vLLM's ``tensor_parallel_size``, else 1."""
-    if backend != "vllm":
-        return 1
-    try:
-        tp = int(options.get("tensor_parallel_size", 1) or 1)
-    except (TypeError, ValueError) as exc:
-        raise CfbenchError(
-            f"tensor_parallel_size={options.get('tensor_parallel_size')!r} is not a whole number"
-        ) from exc
-    if tp < 1:
-        raise CfbenchError(f"tensor_parallel_size must be >= 1, got {tp}")
-    return tp
 
 
 def check_devices(devices: Sequence[str], backend: str, options: dict[str, Any]) -> None:
@@ -156,46 +130,6 @@ def make_jobs(
 # Worker side (a spawned process of the local pool, or a Ray actor)
 
 
-@dataclass
-class WorkerState:
-    """What one worker keeps between jobs: its device, the loaded engine, the plans it rendered."""
-
-    device: str = "cpu"
-    backend: Any = None  # (key, LazyBackend) of the checkpoint this worker has loaded
-    plans: dict[tuple[str, str], Any] = field(default_factory=dict)
-
-    def close(self) -> None:
-        if self.backend is not None:
-            self.backend[1].close()
-            self.backend = None
-
-
-def score_job(job: Job, state: WorkerState) -> tuple[str, int]:
-    """Score one job's uncached documents into the store; returns (checkpoint spec, documents scored)."""
-    key = (job.spec, job.task)
-    if key not in state.plans:
-        state.plans[key] = plan_evaluation(job.spec, tasks=[job.task], **job.plan_kwargs)
-    plan = state.plans[key]
-    tp = plan.tasks[0]
-    wanted = set(job.doc_ids)
-    store = ResultStore(plan.results)
-    done = store.cached_doc_ids(tp.cache_key)
-    todo = [i for i in tp.instances if i.doc_id in wanted and i.doc_id not in done]
-    if not todo:
-        return job.spec, 0
-    bkey = (str(plan.checkpoint.path), plan.backend, repr(sorted(plan.options.items())))
-    if state.backend is None or state.backend[0] != bkey:
-        state.close()
-        options = dict(plan.options)
-        if plan.backend == "hf":
-            options["device"] = "cuda" if state.device.startswith("cuda") else "cpu"
-        state.backend = (bkey, LazyBackend(plan.backend, plan.checkpoint.path, options))
-    bar = Progress(plan.checkpoint.name, sum(len(i.requests) for i in todo), mode="off")
-    with bar:
-        n = score_task(tp.task, todo, tp.cache_key, state.backend[1], store, bar)
-    return job.spec, n
-
-
 _STATE = WorkerState()
 
 
@@ -216,21 +150,6 @@ def _run_job(job: Job) -> tuple[str, int]:
 
 # ------------------------------------------------------------------------------------------------
 # Main process side
-
-
-class Reporter:
-    """The periodic ``[cfbench] workers: done/total requests`` line (stderr)."""
-
-    def __init__(self, jobs: Sequence[Job], where: str, enabled: bool) -> None:
-        self.total, self.done, self.where, self.enabled = sum(j.requests for j in jobs), 0, where, enabled
-        self.t0 = time.perf_counter()
-
-    def job_done(self, job: Job) -> None:
-        self.done += job.requests
-        if self.enabled:
-            rate = self.done / max(1e-9, time.perf_counter() - self.t0)
-            print(f"[cfbench] workers: {self.done:,}/{self.total:,} requests ({rate:,.1f}/s) on {self.where}",
-                  file=sys.stderr, flush=True)  # fmt: skip
 
 
 class LocalRunner:
@@ -297,8 +216,6 @@ def make_runner(
                                "(or nothing: one worker per GPU of the cluster)")  # fmt: skip
         if workers is not None and workers < 1:
             raise CfbenchError(f"--workers must be >= 1, got {workers}")
-        from cfbench.scale.ray_runner import RayRunner
-
         return RayRunner(address=ray_address, workers=workers)
     raise CfbenchError(f"--runner {runner!r} is unknown: choose local or ray")
 

@@ -46,9 +46,9 @@ from typing import Any
 
 import torch
 
+import cfbench.train.distributed as distributed
 from cfbench.errors import CfbenchError
 from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
-from cfbench.train import distributed
 from cfbench.train._io import MANIFEST, atomic_dir, check_output_dir, environment, write_json
 from cfbench.train.data import (
     Encoded,
