@@ -26,7 +26,7 @@ _ENTRY_POINTS: dict[str, str] = {
     "pair": "cfbench.train.finetune:pair",
     "merge": "cfbench.train.merge:merge",
     "landscape": "cfbench.analysis.run:landscape",
-    "diff": "cfbench.analysis.run:diff",
+    "diff": "cfbench.analysis.run:diff_checkpoints",
     "ppl": "cfbench.probes.ppl:measure_ppl",
     "ResultStore": "cfbench.store:ResultStore",
 }
