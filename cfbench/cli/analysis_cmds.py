@@ -101,7 +101,8 @@ def print_landscape_row(row: LandscapeRow) -> None:
             line += f"  λmax {sh.top_eigenvalue:.4g}"
         line += f" ({sh.method}, {sh.seconds:.0f}s)"
     for curve in row.interpolations:
-        typer.echo(f"{row.label}: interpolation on {curve.data}: " + " ".join(f"{t:g}:{v:.3f}" for t, v in curve.points))
+        points = " ".join(f"{t:g}:{v:.3f}" for t, v in curve.points)
+        typer.echo(f"{row.label}: interpolation on {curve.data}: {points}")
     typer.echo(line)
 
 
