@@ -74,13 +74,18 @@ def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = No
 
 
 def emit(text: str, out: Path | None = None) -> None:
-    """``text`` to stdout, or atomically to ``out`` (a reader never sees half a file)."""
+    """``text`` to stdout (newline-terminated), or atomically to ``out``."""
     if out is None:
         typer.echo(text, nl=not text.endswith("\n"))
-        return
-    tmp = out.with_name(f".{out.name}.tmp")
+    else:
+        write_atomic(out, text)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that a reader never sees half a file (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    os.replace(tmp, path)
 
 
 def note(text: str, fmt: OutputFormat) -> None:
