@@ -121,3 +121,36 @@ class Progress:
 
     def _line(self, final: bool = False) -> None:
         print(self.line(final=final), file=self.stream, flush=True)
+
+
+#: Environment switches read by tqdm, huggingface_hub and datasets when they are imported.
+QUIET_ENV = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+#: Already-imported modules switched off directly, each with the switch that, set false by the user, keeps it on.
+_QUIET_MODULES = (
+    ("transformers.utils.logging", "disable_progress_bar", "HF_HUB_DISABLE_PROGRESS_BARS"),
+    ("datasets.utils.logging", "disable_progress_bar", "HF_DATASETS_DISABLE_PROGRESS_BARS"),
+    ("huggingface_hub.utils.tqdm", "disable_progress_bars", "HF_HUB_DISABLE_PROGRESS_BARS"),
+)
+
+
+def quiet_library_bars(stream: IO[str] | None = None) -> bool:
+    """Silence the progress bars of transformers, datasets, huggingface_hub and tqdm when ``stream``
+    (default: stderr) is not a terminal; returns whether it did.
+
+    In a log a bar is not a bar: transformers alone writes a "Loading weights 0/272 ..." line per model
+    load, which buries cfbench's own lines (:class:`Progress` prints those itself and is untouched).
+    Environment switches cover libraries imported later (and child processes); libraries already
+    imported are switched off directly. A switch the user set (e.g. ``HF_HUB_DISABLE_PROGRESS_BARS=0``)
+    is left as it is, and so is the library it governs.
+    """
+    stream = stream if stream is not None else sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        return False
+    kept_on = {v for v in QUIET_ENV if os.environ.get(v, "").strip().lower() in ("0", "false", "no", "off")}
+    for var in QUIET_ENV:
+        os.environ.setdefault(var, "1")
+    for module, switch_off, var in _QUIET_MODULES:
+        if module in sys.modules and var not in kept_on:
+            getattr(sys.modules[module], switch_off)()
+    return True

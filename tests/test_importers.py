@@ -325,7 +325,7 @@ def test_cli_import_and_leaderboard(tmp_path: Path, cli: typer.Typer, monkeypatc
               "Exams": ["arc_challenge"]}}  # fmt: skip
     fake = types.ModuleType("cfbench.tasks.registry")
     fake.load_suite = lambda name: types.SimpleNamespace(categories=suites[name], reference=name)
-    monkeypatch.setitem(sys.modules, "cfbench.tasks.registry", fake)
+    monkeypatch.setattr("cfbench.report.board.load_suite", fake.load_suite)
     # --paper none: only this store's runs (by default --suite paper also shows the paper's Table 2(a) rows)
     res = runner.invoke(cli, ["leaderboard", "--results", str(tmp_path), "--suite", "paper", "--format", "markdown",
                               "--paper", "none"])

@@ -97,6 +97,25 @@ def test_columns_and_one_line_per_run(tmp_path: Path) -> None:
     assert isinstance(res.exception, CfbenchError) and "--desc needs --sort" in str(res.exception)
 
 
+def test_fit_width_hides_categories_last(tmp_path: Path) -> None:
+    """A category (or AVG) is hidden only when every other info, task and drift column is, and the run names
+    are already shortened: at 72 columns the 33-character name used to cost the Exams column."""
+    board = leaderboard(_store(tmp_path), suite=CATS)
+    board["kl vs ref"] = [0.01, 0.02, float("nan")]  # a drift column (cfbench leaderboard --reference)
+    others = [c for c in board.columns if c not in (*CATS, "AVG", "name", "partial")]
+    for width in range(24, 260, 2):
+        fitted, hidden = fit_width(board, width, list(CATS))
+        if any(c in CATS for c in hidden):
+            assert set(others) <= set(hidden[: len(others)]), (width, hidden)
+            assert {"name", "AVG"} <= set(fitted.columns) and fitted["name"].nunique() == 3
+    fitted, hidden = fit_width(board, 72, list(CATS))
+    assert "Exams" in fitted.columns and "kl vs ref" in hidden and natural_width(fitted) <= 72
+    assert [n for n in fitted["name"] if "…" in n] == ["sft-adamw-with-a…ather-long-name"]  # both ends stay
+    buf = io.StringIO()
+    Console(file=buf, width=72, color_system=None).print(to_rich_table(fitted, "t"))
+    assert all(len(line) <= 72 for line in buf.getvalue().splitlines()) and "sft-sam" in buf.getvalue()
+
+
 def _write_manifest(folder: Path, method: str) -> None:
     manifest = {"cfbench_manifest": 1, "kind": "finetune", "status": "completed", "method": method,
                 "hyperparameters": {"lr": 1e-5}, "base": {"spec": "smollm2-135m", "name": "smollm2-135m"}}  # fmt: skip

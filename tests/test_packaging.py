@@ -87,7 +87,7 @@ def test_wheel_version(wheel_site: Path, tmp_path: Path) -> None:
 
 def test_wheel_has_the_paper_runs(wheel_site: Path, tmp_path: Path) -> None:
     """paper:NAME works from the wheel alone: the CSV is package data and the store is built into the cache."""
-    assert (wheel_site / "cfbench" / "paper" / "tables-5-8.csv").is_file()
+    assert (wheel_site / "cfbench" / "comparison" / "tables-5-8.csv").is_file()
     proc = _cfbench(wheel_site, tmp_path, "compare", "paper:llama2-7b-alpaca", "paper:llama2-7b-platypus-w-sam",
                     "--format", "csv", "--results", str(tmp_path / "mine"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -5,6 +5,8 @@
 * :mod:`cfbench.analysis.landscape` — the 2-D loss surface and the loss along the fine-tuning direction.
 * :mod:`cfbench.analysis.sharpness` — Hessian-vector products, Hutchinson trace, top eigenvalue.
 * :mod:`cfbench.analysis.diff` — what moved: per-layer ‖ΔW‖, relative change, effective rank.
+* :mod:`cfbench.analysis.run` — ``landscape`` / ``diff_checkpoints``: the above on checkpoints, stored
+  (what ``cfbench landscape`` and ``cfbench diff`` run).
 * :mod:`cfbench.store.diagnostics` — storing all of it and looking it up for ``cfbench compare``.
 """
 

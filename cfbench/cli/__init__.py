@@ -1,7 +1,14 @@
 """The ``cfbench`` command: a thin typer layer over the library API.
 
 Each area registers its commands from its own module (``register(app)``), so the CLI file stays
-small and every command lives next to the code it drives.
+small and every command lives next to the code it drives. The convention every command follows:
+
+* a command parses its arguments, calls one library function and prints what it returns;
+* commands that print results take ``--format``: ``table`` (for people, the default), ``json`` (strict,
+  no NaN) and ``csv`` (tidy rows with a header) mean the same everywhere (:mod:`cfbench.cli.output`);
+* commands that read or write the results store take ``--results`` (:data:`cfbench.cli.common.Results`);
+* when stderr is not a terminal, third-party progress bars are silenced once, here
+  (:func:`cfbench.progress.quiet_library_bars`), and cfbench's own progress lines remain.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import sys
 import typer
 
 from cfbench.errors import CfbenchError
+from cfbench.progress import quiet_library_bars
 
 app = typer.Typer(
     name="cfbench",
@@ -20,7 +28,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
 
 
 def _print_version(value: bool) -> None:
@@ -42,6 +49,7 @@ def _root(
     ),
 ) -> None:
     """cfbench: what did fine-tuning make my model forget?"""
+    quiet_library_bars()  # before any command imports transformers/datasets: logs get cfbench's lines only
 
 
 # Modules that define ``register(app)``; order is the order shown in --help.

@@ -51,6 +51,15 @@ BaseArch = Annotated[
 ]
 
 
+def make_pool(workers: int | None, devices: str | None, runner: str, ray_address: str | None) -> Any:
+    """The worker pool ``--workers/--devices/--runner/--ray-address`` ask for; None scores in this process."""
+    if workers is None and devices is None and runner == "local" and not ray_address:
+        return None
+    from cfbench.scale.workers import make_runner
+
+    return make_runner(workers, devices, runner, ray_address)
+
+
 def parse_model_args(text: str | None, dtype: str) -> dict[str, Any]:
     """``k=v,k=v`` → dict with ints/floats/bools parsed, as lm-eval's ``--model_args``."""
     out: dict[str, Any] = {"dtype": dtype}

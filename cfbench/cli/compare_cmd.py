@@ -27,12 +27,15 @@ from cfbench.cli.common import (
     TaskLimit,
     Workers,
     check_out_path,
+    make_pool,
     parse_model_args,
     parse_task_limits,
 )
+from cfbench.cli.output import Format, OutputFormat, emit, to_csv, to_json, write_atomic
 from cfbench.errors import CfbenchError
+from cfbench.report import render
 from cfbench.report.html import to_html
-from cfbench.report.render import print_report, to_csv, to_json, to_markdown
+from cfbench.report.render import print_report, to_markdown
 
 
 class ReportFormat(str, Enum):
@@ -65,195 +68,179 @@ def _eval_kwargs(
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+CBase = Annotated[str, typer.Argument(help="Base checkpoint or stored run name/id.")]
+CTuned = Annotated[list[str], typer.Argument(help="One or more tuned checkpoints or stored runs.")]
+CLabels = Annotated[str | None, typer.Option("--labels", help="Comma-separated row labels, base first.")]
+CPair = Annotated[bool, typer.Option("--pair", help="Treat the two tuned runs as a w/o–w/ pair and add their Δ.")]
+CFormat = Annotated[ReportFormat, typer.Option("--format", help="table, markdown, html, csv or json.")]
+COut = Annotated[Path | None, typer.Option("--out", help="Write the report here instead of stdout.")]
+CPlot = Annotated[Path | None, typer.Option("--plot", help="Also write a PNG of Δ with CI error bars.")]
+CDiagnostics = Annotated[
+    bool,
+    typer.Option("--diagnostics", help="Also show stored flatness/sharpness/displacement (cfbench landscape/diff)."),
+]
+CDiagnosticsPlot = Annotated[
+    Path | None, typer.Option("--diagnostics-plot", help="PNG: forgetting (Δ AVG) vs each diagnostic.")
+]
+CNBoot = Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the CIs.")]
+CSeed = Annotated[int, typer.Option("--seed", help="Bootstrap seed.")]
+CNoiseFloor = Annotated[
+    str | None,
+    typer.Option(
+        "--noise-floor",
+        help="Stored run of the base scored another way (backend/dtype/scoring path): divergences "
+        "(kl, js) are significant only above this floor.",
+    ),
+]
+CPpl = Annotated[
+    str | None, typer.Option("--ppl", help="Also held-out perplexity drift on this text (as cfbench ppl --data).")
+]
+CPplLimit = Annotated[int | None, typer.Option("--ppl-limit", help="Documents of the --ppl text.")]
+
+
+def compare_cmd(
+    base: CBase,
+    tuned: CTuned,
+    suite: Suite = "paper",
+    limit: Limit = None,
+    task_limit: TaskLimit = None,
+    backend: Backend = "hf",
+    model_args: ModelArgs = None,
+    dtype: Dtype = "float32",
+    num_fewshot: NumFewshot = None,
+    arch: BaseArch = None,
+    data_dir: DataDir = None,
+    results: Results = Path("results"),
+    labels: CLabels = None,
+    pair: CPair = False,
+    fmt: CFormat = ReportFormat.table,
+    out: COut = None,
+    plot: CPlot = None,
+    diagnostics: CDiagnostics = False,
+    diagnostics_plot: CDiagnosticsPlot = None,
+    n_boot: CNBoot = 2000,
+    seed: CSeed = 0,
+    noise_floor: CNoiseFloor = None,
+    workers: Workers = None,
+    devices: Devices = None,
+    runner: Runner = "local",
+    ray_address: RayAddress = None,
+    ppl: CPpl = None,
+    ppl_limit: CPplLimit = None,
+) -> None:
+    """Paper-style forgetting table: DK, Understanding, Reasoning, Exams, AVG, Δ (+ CIs, McNemar, flips)."""
+    from cfbench.comparison import PplDrift, compare
+
+    for path, flag in ((out, "--out"), (plot, "--plot"), (diagnostics_plot, "--diagnostics-plot")):
+        check_out_path(path, flag)
+    label_list = [x.strip() for x in labels.split(",")] if labels else None
+    if pair and len(tuned) != 2:
+        raise CfbenchError(f"--pair needs exactly two tuned runs (w/o, then w/), got {len(tuned)}")
+    names = label_list[1:] if label_list else tuned
+    res = compare(
+        base, tuned, suite=suite, results=results, labels=label_list, n_boot=n_boot, seed=seed,
+        pairs=[(names[0], names[1])] if pair else None,
+        eval_kwargs=_eval_kwargs(limit, task_limit, backend, model_args, dtype, num_fewshot, arch, data_dir),
+        noise_floor=noise_floor, runner=make_pool(workers, devices, runner, ray_address),
+        ppl=None if ppl is None else PplDrift(ppl, ppl_limit, backend, parse_model_args(model_args, dtype)),
+    )  # fmt: skip
+    print_compare(res, results, fmt, out, plot, pair, diagnostics, diagnostics_plot)
+
+
+def print_compare(
+    res: Any, results: Path, fmt: ReportFormat, out: Path | None, plot: Path | None, pair: bool, diagnostics: bool,
+    diagnostics_plot: Path | None,
+) -> None:  # fmt: skip
+    """The report in ``fmt`` (stdout or ``out``), notes on stderr, then the Δ plot and the diagnostics."""
+    if fmt is ReportFormat.html:
+        _emit_html_page(res, results, out, plot, pair, diagnostics or diagnostics_plot is not None)
+    else:
+        emit_report(res.report, fmt, out)
+    err = Console(stderr=True)
+    for note in res.notes:
+        err.print(f"[yellow]note:[/yellow] {note}")
+    scored = sum(r.scored_items for r in res.runs)
+    err.print(f"[dim]{scored} items scored now; everything else served from {results}[/dim]")
+    if plot and fmt is not ReportFormat.html:  # the html page already wrote (and embedded) it
+        from cfbench.report import plot_report
+
+        plot_report(res.report, plot, include_pairs=pair, suite=res.suite.name)
+    if plot:
+        err.print(f"wrote {plot}")
+    if diagnostics or diagnostics_plot:
+        # an html page already holds the table (and stdout may be that page): only the plot then
+        _show_diagnostics(res, results, diagnostics_plot, err, show=fmt is not ReportFormat.html)
+
+
+RBaseline = Annotated[str, typer.Option("--baseline", help="Stored run name/id or checkpoint to compare to.")]
+RCandidate = Annotated[str, typer.Option("--candidate", help="Checkpoint (or stored run) under test.")]
+RMaxDrop = Annotated[
+    list[str] | None, typer.Option("--max-drop", help="CATEGORY=POINTS allowed drop (repeatable; AVG allowed).")
+]
+RMaxDrift = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--max-drift",
+        help="[SCOPE:]METRIC=VALUE allowed item-metric drift, e.g. kl=0.01 or DK:kl=0.02 (repeatable); "
+        "fails when the CI lies past it.",
+    ),
+]
+RSignificance = Annotated[
+    float, typer.Option("--significance", help="Fail only when the drop's CI excludes 0 at this level.")
+]
+RSummary = Annotated[
+    Path | None, typer.Option("--summary", help="Markdown summary file (default: $GITHUB_STEP_SUMMARY).")
+]
+RNBoot = Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")]
+
+
+def regress_cmd(
+    baseline: RBaseline,
+    candidate: RCandidate,
+    max_drop: RMaxDrop = None,
+    max_drift: RMaxDrift = None,
+    significance: RSignificance = 0.05,
+    suite: Suite = "paper",
+    limit: Limit = None,
+    task_limit: TaskLimit = None,
+    backend: Backend = "hf",
+    model_args: ModelArgs = None,
+    dtype: Dtype = "float32",
+    num_fewshot: NumFewshot = None,
+    arch: BaseArch = None,
+    data_dir: DataDir = None,
+    results: Results = Path("results"),
+    summary: RSummary = None,
+    n_boot: RNBoot = 2000,
+    fmt: Format = OutputFormat.table,
+) -> None:
+    """Nightly gate: exit 1 if a category dropped more than its budget (significantly), 0 if not, 2 on bad input."""
+    from cfbench.comparison import regress
+
+    res = regress(
+        baseline, candidate, max_drop=max_drop or [], max_drift=max_drift or [], significance=significance,
+        suite=suite, results=results, n_boot=n_boot,
+        eval_kwargs=_eval_kwargs(limit, task_limit, backend, model_args, dtype, num_fewshot, arch, data_dir),
+    )  # fmt: skip
+    md = res.markdown()
+    target = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
+    if target:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(md + "\n" + to_markdown(res.report) + "\n")
+    if fmt is OutputFormat.json:
+        emit(to_json(res.to_dict(), ensure_ascii=False))
+    elif fmt is OutputFormat.csv:
+        emit(to_csv(res.tidy_rows()))
+    else:
+        typer.echo(md)
+    if res.failed:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("compare")
-    def compare_cmd(
-        base: Annotated[str, typer.Argument(help="Base checkpoint or stored run name/id.")],
-        tuned: Annotated[list[str], typer.Argument(help="One or more tuned checkpoints or stored runs.")],
-        suite: Suite = "paper",
-        limit: Limit = None,
-        task_limit: TaskLimit = None,
-        backend: Backend = "hf",
-        model_args: ModelArgs = None,
-        dtype: Dtype = "float32",
-        num_fewshot: NumFewshot = None,
-        arch: BaseArch = None,
-        data_dir: DataDir = None,
-        results: Results = Path("results"),
-        labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated row labels, base first.")] = None,
-        pair: Annotated[
-            bool, typer.Option("--pair", help="Treat the two tuned runs as a w/o–w/ pair and add their Δ.")
-        ] = False,
-        fmt: Annotated[ReportFormat, typer.Option("--format", help="table, markdown, html, csv or json.")] = (
-            ReportFormat.table
-        ),
-        out: Annotated[Path | None, typer.Option("--out", help="Write the report here instead of stdout.")] = None,
-        plot: Annotated[Path | None, typer.Option("--plot", help="Also write a PNG of Δ with CI error bars.")] = None,
-        diagnostics: Annotated[
-            bool,
-            typer.Option(
-                "--diagnostics", help="Also show stored flatness/sharpness/displacement (cfbench landscape/diff)."
-            ),
-        ] = False,
-        diagnostics_plot: Annotated[
-            Path | None, typer.Option("--diagnostics-plot", help="PNG: forgetting (Δ AVG) vs each diagnostic.")
-        ] = None,
-        n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the CIs.")] = 2000,
-        seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
-        noise_floor: Annotated[
-            str | None,
-            typer.Option(
-                "--noise-floor",
-                help="Stored run of the base scored another way (backend/dtype/scoring path): divergences "
-                "(kl, js) are significant only above this floor.",
-            ),
-        ] = None,
-        workers: Workers = None,
-        devices: Devices = None,
-        runner: Runner = "local",
-        ray_address: RayAddress = None,
-        ppl: Annotated[
-            str | None,
-            typer.Option("--ppl", help="Also held-out perplexity drift on this text (as cfbench ppl --data)."),
-        ] = None,
-        ppl_limit: Annotated[int | None, typer.Option("--ppl-limit", help="Documents of the --ppl text.")] = None,
-    ) -> None:
-        """Paper-style forgetting table: DK, Understanding, Reasoning, Exams, AVG, Δ (+ CIs, McNemar, flips)."""
-        from cfbench.comparison import compare
-
-        if ppl is not None:  # a bad --ppl is refused before anything is scored
-            from cfbench.data.text import load_text_source
-
-            load_text_source(ppl)
-            if ppl_limit is not None and ppl_limit <= 0:
-                raise CfbenchError(f"--ppl-limit must be a positive number of documents, got {ppl_limit}")
-        check_out_path(out, "--out")
-        check_out_path(plot, "--plot")
-        check_out_path(diagnostics_plot, "--diagnostics-plot")
-        label_list = [x.strip() for x in labels.split(",")] if labels else None
-        if pair and len(tuned) != 2:
-            raise CfbenchError(f"--pair needs exactly two tuned runs (w/o, then w/), got {len(tuned)}")
-        names = label_list[1:] if label_list else tuned
-        pool = None
-        if workers is not None or devices is not None or runner != "local" or ray_address:
-            from cfbench.scale.workers import make_runner
-
-            pool = make_runner(workers, devices, runner, ray_address)
-        res = compare(
-            base,
-            tuned,
-            suite=suite,
-            results=results,
-            labels=label_list,
-            n_boot=n_boot,
-            seed=seed,
-            pairs=[(names[0], names[1])] if pair else None,
-            eval_kwargs=_eval_kwargs(limit, task_limit, backend, model_args, dtype, num_fewshot, arch, data_dir),
-            noise_floor=noise_floor,
-            runner=pool,
-        )
-        if ppl is not None:  # held-out perplexity drift, one forgot-signal per tuned run
-            from cfbench.metrics.ppl_drift import ppl_drift_for_runs
-
-            for row in ppl_drift_for_runs(
-                [(r.label, r.record) for r in res.runs], data=ppl, limit=ppl_limit, backend=backend,
-                backend_options=parse_model_args(model_args, dtype), results=results, n_boot=n_boot, seed=seed,
-                progress="auto",
-            ):  # fmt: skip
-                res.report.add_signals(row.label, [row.signal])
-        if fmt is ReportFormat.html:
-            _emit_html_page(res, results, out, plot, pair, diagnostics or diagnostics_plot is not None)
-        else:
-            emit_report(res.report, fmt, out)
-        err = Console(stderr=True)
-        for note in res.notes:
-            err.print(f"[yellow]note:[/yellow] {note}")
-        scored = sum(r.scored_items for r in res.runs)
-        err.print(f"[dim]{scored} items scored now; everything else served from {results}[/dim]")
-        if plot and fmt is not ReportFormat.html:  # the html page already wrote (and embedded) it
-            from cfbench.report import plot_report
-
-            plot_report(res.report, plot, include_pairs=pair, suite=res.suite.name)
-        if plot:
-            err.print(f"wrote {plot}")
-        if diagnostics or diagnostics_plot:
-            # an html page already holds the table (and stdout may be that page): only the plot then
-            _show_diagnostics(res, results, diagnostics_plot, err, show=fmt is not ReportFormat.html)
-
-    @app.command("regress")
-    def regress_cmd(
-        baseline: Annotated[str, typer.Option("--baseline", help="Stored run name/id or checkpoint to compare to.")],
-        candidate: Annotated[str, typer.Option("--candidate", help="Checkpoint (or stored run) under test.")],
-        max_drop: Annotated[
-            list[str] | None,
-            typer.Option("--max-drop", help="CATEGORY=POINTS allowed drop (repeatable; AVG allowed)."),
-        ] = None,
-        max_drift: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--max-drift",
-                help="[SCOPE:]METRIC=VALUE allowed item-metric drift, e.g. kl=0.01 or DK:kl=0.02 (repeatable); "
-                "fails when the CI lies past it.",
-            ),
-        ] = None,
-        significance: Annotated[
-            float, typer.Option("--significance", help="Fail only when the drop's CI excludes 0 at this level.")
-        ] = 0.05,
-        suite: Suite = "paper",
-        limit: Limit = None,
-        task_limit: TaskLimit = None,
-        backend: Backend = "hf",
-        model_args: ModelArgs = None,
-        dtype: Dtype = "float32",
-        num_fewshot: NumFewshot = None,
-        arch: BaseArch = None,
-        data_dir: DataDir = None,
-        results: Results = Path("results"),
-        summary: Annotated[
-            Path | None, typer.Option("--summary", help="Markdown summary file (default: $GITHUB_STEP_SUMMARY).")
-        ] = None,
-        n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")] = 2000,
-    ) -> None:
-        """Nightly gate: exit 1 if a category dropped more than its budget (significantly), 0 if not, 2 on bad input."""
-        from cfbench.comparison import compare, drift_gate, gate, gate_markdown, parse_budgets, parse_drift_budgets
-        from cfbench.tasks.registry import load_suite
-
-        if not 0 < significance < 1:
-            raise CfbenchError(f"--significance {significance} must be in (0, 1), e.g. 0.05")
-        if not max_drop and not max_drift:
-            raise CfbenchError(
-                "give at least one --max-drop CATEGORY=POINTS or --max-drift METRIC=VALUE budget, "
-                "e.g. --max-drop DK=1.5"
-            )
-        suite_obj = load_suite(suite)
-        budgets = parse_budgets(max_drop, suite_obj) if max_drop else []  # validate before any scoring
-        drift_budgets = parse_drift_budgets(max_drift or [], suite_obj)
-        res = compare(
-            baseline,
-            [candidate],
-            suite=suite,
-            results=results,
-            n_boot=n_boot,
-            confidence=1 - significance,
-            pairs=[],
-            eval_kwargs=_eval_kwargs(limit, task_limit, backend, model_args, dtype, num_fewshot, arch, data_dir),
-        )
-        lines = gate(res.report, budgets, significance)
-        drift_lines = drift_gate(res.report, res.runs[1].label, drift_budgets)
-        md = gate_markdown(res.runs[0].label, res.runs[1].label, lines, significance, drift_lines)
-        target = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
-        if target:
-            with open(target, "a", encoding="utf-8") as f:
-                f.write(md + "\n" + to_markdown(res.report) + "\n")
-        typer.echo(md)
-        if any(x.failed for x in [*lines, *drift_lines]):
-            raise typer.Exit(1)
+    """Add ``compare`` and ``regress`` to the cfbench app."""
+    app.command("compare")(compare_cmd)
+    app.command("regress")(regress_cmd)
 
 
 def _emit_html_page(res: Any, results: Path, out: Path | None, plot: Path | None, pair: bool, diag: bool) -> None:
@@ -277,7 +264,7 @@ def _emit_html_page(res: Any, results: Path, out: Path | None, plot: Path | None
         diagnostics=diagnostics_for_runs(store, records) if diag else None,
     )
     if out:
-        _write_atomic(out, text)
+        write_atomic(out, text)
     else:
         typer.echo(text)
 
@@ -327,10 +314,10 @@ def emit_report(report: Any, fmt: ReportFormat, out: Path | None) -> None:
         ReportFormat.table: lambda: to_markdown(report),
         ReportFormat.markdown: lambda: to_markdown(report),
         ReportFormat.html: lambda: to_html(report),
-        ReportFormat.csv: lambda: to_csv(report),
-        ReportFormat.json: lambda: to_json(report),
+        ReportFormat.csv: lambda: render.to_csv(report),
+        ReportFormat.json: lambda: render.to_json(report),
     }[fmt]()
     if out:
-        _write_atomic(out, text)
+        write_atomic(out, text)
     else:
         typer.echo(text)

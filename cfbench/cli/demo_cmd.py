@@ -15,7 +15,9 @@ import typer
 from rich.console import Console
 
 from cfbench.cli.common import Results
+from cfbench.cli.output import Format, OutputFormat, emit
 from cfbench.demo import DemoConfig
+from cfbench.report import render
 from cfbench.report.render import print_report
 
 _D = DemoConfig()
@@ -38,46 +40,57 @@ _Floor = Annotated[
 _PplLimit = Annotated[int, typer.Option("--ppl-limit", help="LAMBADA passages for perplexity drift (0: skip).")]
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("demo")
-    def demo(
-        out: Annotated[
-            Path, typer.Option("--out", help="Where checkpoints, report.md, demo.png and frontier.png go.")
-        ] = Path("demo"),
-        results: Results = Path("results"),
-        data: _Data = _D.data,
-        steps: _Steps = _D.steps,
-        lr: _Lr = _D.lr,
-        batch_size: _Batch = _D.batch_size,
-        max_length: _MaxLen = _D.max_length,
-        sam_optimizer: _SamOpt = _D.sam_optimizer,
-        rho: _Rho = _D.rho,
-        alpha: _Alpha = ",".join(f"{a:g}" for a in _D.alphas),
-        limit: _Limit = _D.limit,
-        mmlu_limit: _MmluLimit = _D.mmlu_limit,
-        seed: Annotated[int, typer.Option("--seed")] = _D.seed,
-        heldout: _Heldout = _D.heldout,
-        floor: _Floor = _D.floor,
-        ppl_limit: _PplLimit = _D.ppl_limit,
-    ) -> None:
-        """Fine-tune SmolLM2-135M w/o and w/ SAM on offline data, merge, and print the forgetting table."""
-        from cfbench.demo import run_demo
-        from cfbench.train.merge import parse_alphas
+DemoOut = Annotated[Path, typer.Option("--out", help="Where checkpoints, report.md, demo.png and frontier.png go.")]
+_Seed = Annotated[int, typer.Option("--seed")]
 
-        cfg = DemoConfig(
-            data=data, steps=steps, lr=lr, batch_size=batch_size, max_length=max_length, sam_optimizer=sam_optimizer,
-            rho=rho, alphas=tuple(parse_alphas(alpha)), limit=limit, mmlu_limit=mmlu_limit, seed=seed,
-            heldout=heldout, floor=floor, ppl_limit=ppl_limit,
-        )  # fmt: skip
-        console = Console(stderr=True)
-        result = run_demo(cfg, out, results, progress=console)
+
+def demo(
+    out: DemoOut = Path("demo"),
+    results: Results = Path("results"),
+    data: _Data = _D.data,
+    steps: _Steps = _D.steps,
+    lr: _Lr = _D.lr,
+    batch_size: _Batch = _D.batch_size,
+    max_length: _MaxLen = _D.max_length,
+    sam_optimizer: _SamOpt = _D.sam_optimizer,
+    rho: _Rho = _D.rho,
+    alpha: _Alpha = ",".join(f"{a:g}" for a in _D.alphas),
+    limit: _Limit = _D.limit,
+    mmlu_limit: _MmluLimit = _D.mmlu_limit,
+    seed: _Seed = _D.seed,
+    heldout: _Heldout = _D.heldout,
+    floor: _Floor = _D.floor,
+    ppl_limit: _PplLimit = _D.ppl_limit,
+    fmt: Format = OutputFormat.table,
+) -> None:
+    """Fine-tune SmolLM2-135M w/o and w/ SAM on offline data, merge, and print the forgetting table."""
+    from cfbench.demo import run_demo
+    from cfbench.train.merge import parse_alphas
+
+    cfg = DemoConfig(
+        data=data, steps=steps, lr=lr, batch_size=batch_size, max_length=max_length, sam_optimizer=sam_optimizer,
+        rho=rho, alphas=tuple(parse_alphas(alpha)), limit=limit, mmlu_limit=mmlu_limit, seed=seed,
+        heldout=heldout, floor=floor, ppl_limit=ppl_limit,
+    )  # fmt: skip
+    console = Console(stderr=True)
+    result = run_demo(cfg, out, results, progress=console)
+    if fmt is OutputFormat.json:
+        emit(render.to_json(result.report))
+    elif fmt is OutputFormat.csv:
+        emit(render.to_csv(result.report))
+    else:
         print_report(result.report, Console(width=None if sys.stdout.isatty() else 160))
-        for note in result.notes:
-            console.print(f"note: {note}")
-        s = result.seconds
-        console.print(
-            f"fine-tuning {s['fine-tuning']:.0f}s, merging {s['merging']:.0f}s, in-domain {s['in-domain']:.0f}s, "
-            f"scoring {s['scoring']:.0f}s, "
-            f"signals {s['signals']:.0f}s, total {s['total']:.0f}s; wrote {', '.join(map(str, result.files))}; "
-            f"results in {results}/"
-        )
+    for note in result.notes:
+        console.print(f"note: {note}")
+    s = result.seconds
+    console.print(
+        f"fine-tuning {s['fine-tuning']:.0f}s, merging {s['merging']:.0f}s, in-domain {s['in-domain']:.0f}s, "
+        f"scoring {s['scoring']:.0f}s, "
+        f"signals {s['signals']:.0f}s, total {s['total']:.0f}s; wrote {', '.join(map(str, result.files))}; "
+        f"results in {results}/"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``demo`` to the cfbench app."""
+    app.command("demo")(demo)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cfbench.cli.common import Results
 from cfbench.report.render import print_report
 
 
@@ -69,7 +70,6 @@ Heldout = Annotated[
         "(default: min(64, 10% of the distinct examples); 0: none).",
     ),
 ]
-Results = Annotated[Path, typer.Option("--results", envvar="CFBENCH_RESULTS", help="Results store.")]
 ActCkpt = Annotated[
     bool, typer.Option("--activation-checkpointing", help="Recompute decoder layers in backward (less memory).")
 ]
@@ -93,211 +93,234 @@ SamBackup = Annotated[
 ]
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("finetune")
-    def finetune_cmd(
-        base: Base,
-        data: Data,
-        out: Out,
-        optimizer: Annotated[
-            OptimizerName, typer.Option("--optimizer", help="adamw, sam or asam (SAM/ASAM wrap AdamW).")
-        ] = OptimizerName.adamw,
-        rho: Rho = 2.0,
-        epochs: Epochs = 1,
-        lr: Lr = 5e-6,
-        batch_size: BatchSize = 128,
-        micro_batch: MicroBatch = 8,
-        max_length: MaxLength = 1024,
-        warmup: Warmup = 0.03,
-        weight_decay: WeightDecay = 0.0,
-        rehearsal: Rehearsal = None,
-        rehearsal_ratio: RehearsalRatio = 0.2,
-        seed: Seed = 0,
-        bf16: Bf16 = False,
-        max_steps: MaxSteps = None,
-        lr_schedule: LrSchedule = "cosine",
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-        device: Device = None,
-        lora_r: LoraR = None,
-        lora_alpha: LoraAlpha = None,
-        lora_targets: LoraTargets = None,
-        activation_checkpointing: ActCkpt = False,
-        heldout: Heldout = None,
-        results: Results = Path("results"),
-        sam_every: SamEvery = 1,
-        sam_only_norm: SamOnlyNorm = False,
-        sam_backup_dtype: SamBackup = BackupDtype.fp32,
-        sam_look_alpha: SamLookAlpha = None,
-    ) -> None:
-        """Fine-tune BASE on --data with AdamW, SAM or ASAM; writes an HF folder plus cfbench_manifest.json."""
-        from cfbench.train.finetune import finetune
+def finetune_cmd(
+    base: Base,
+    data: Data,
+    out: Out,
+    optimizer: Annotated[
+        OptimizerName, typer.Option("--optimizer", help="adamw, sam or asam (SAM/ASAM wrap AdamW).")
+    ] = OptimizerName.adamw,
+    rho: Rho = 2.0,
+    epochs: Epochs = 1,
+    lr: Lr = 5e-6,
+    batch_size: BatchSize = 128,
+    micro_batch: MicroBatch = 8,
+    max_length: MaxLength = 1024,
+    warmup: Warmup = 0.03,
+    weight_decay: WeightDecay = 0.0,
+    rehearsal: Rehearsal = None,
+    rehearsal_ratio: RehearsalRatio = 0.2,
+    seed: Seed = 0,
+    bf16: Bf16 = False,
+    max_steps: MaxSteps = None,
+    lr_schedule: LrSchedule = "cosine",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    device: Device = None,
+    lora_r: LoraR = None,
+    lora_alpha: LoraAlpha = None,
+    lora_targets: LoraTargets = None,
+    activation_checkpointing: ActCkpt = False,
+    heldout: Heldout = None,
+    results: Results = Path("results"),
+    sam_every: SamEvery = 1,
+    sam_only_norm: SamOnlyNorm = False,
+    sam_backup_dtype: SamBackup = BackupDtype.fp32,
+    sam_look_alpha: SamLookAlpha = None,
+) -> None:
+    """Fine-tune BASE on --data with AdamW, SAM or ASAM; writes an HF folder plus cfbench_manifest.json."""
+    from cfbench.train.finetune import finetune
 
-        _quiet(quiet)
-        result = finetune(
-            base, data, out, optimizer=optimizer.value, progress=not quiet, heldout=heldout,
-            **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
-                      rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
-            **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
-            **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha),
-        )  # fmt: skip
-        if not _main_rank():
-            return
-        m = result.manifest
+    _quiet(quiet)
+    result = finetune(
+        base, data, out, optimizer=optimizer.value, progress=not quiet, heldout=heldout,
+        **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
+                  rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
+        **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
+        **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha),
+    )  # fmt: skip
+    if not _main_rank():
+        return
+    m = result.manifest
+    typer.echo(
+        f"{result.label}: {m['steps']} steps, final loss {_fmt(result.final_loss)}, "
+        f"{m['wall_time_s']:.0f}s -> {result.path}"
+    )
+    _learned(results, [(result.label, result.path, m)], device)
+
+
+def pair_cmd(
+    base: Base,
+    data: Data,
+    out: Out,
+    sam_optimizer: Annotated[
+        SamName, typer.Option("--sam-optimizer", help="sam or asam for the w/ SAM run.")
+    ] = SamName.sam,
+    rho: Rho = 2.0,
+    epochs: Epochs = 1,
+    lr: Lr = 5e-6,
+    batch_size: BatchSize = 128,
+    micro_batch: MicroBatch = 8,
+    max_length: MaxLength = 1024,
+    warmup: Warmup = 0.03,
+    weight_decay: WeightDecay = 0.0,
+    rehearsal: Rehearsal = None,
+    rehearsal_ratio: RehearsalRatio = 0.2,
+    seed: Seed = 0,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds",
+            help="Several seeds (0,1,2): one pair each in OUT/seed-<n>, then the seed spread (mean ± std) "
+            "and OUT/seeds.json.",
+        ),
+    ] = None,
+    bf16: Bf16 = False,
+    max_steps: MaxSteps = None,
+    lr_schedule: LrSchedule = "cosine",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    device: Device = None,
+    lora_r: LoraR = None,
+    lora_alpha: LoraAlpha = None,
+    lora_targets: LoraTargets = None,
+    activation_checkpointing: ActCkpt = False,
+    heldout: Heldout = None,
+    sam_every: SamEvery = 1,
+    sam_only_norm: SamOnlyNorm = False,
+    sam_backup_dtype: SamBackup = BackupDtype.fp32,
+    sam_look_alpha: SamLookAlpha = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Then run `cfbench compare` on base, w/o SAM and w/ SAM.")
+    ] = False,
+    suite: Annotated[str, typer.Option("--suite", help="With --compare: the suite to score.")] = "paper",
+    limit: Annotated[int | None, typer.Option("--limit", help="With --compare: documents per task.")] = None,
+    results: Results = Path("results"),
+) -> None:
+    """The paper's compute-matched pair: OUT/wo_sam (AdamW, 2x epochs) and OUT/w_sam (SAM, epochs)."""
+    _quiet(quiet)
+    kwargs = {
+        **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
+                  rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
+        **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
+        **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha),
+        "heldout": heldout,
+    }  # fmt: skip
+    seed_list, done, summary = _run_pairs(base, data, out, seeds, sam_optimizer.value, not quiet, kwargs)
+    if not _main_rank():
+        return
+    for s, result in zip(seed_list, done, strict=True):
+        print_pair(result, "" if summary is None else f"seed {s}: ")
+        _learned(results, [(r.label, r.path, r.manifest) for r in (result.wo_sam, result.w_sam)], device)
+    if summary is not None:
+        print_seed_spread(summary, seed_list, out)
+    if compare:
+        _compare_pairs(base, seed_list, done, summary is not None, suite=suite, results=results, limit=limit)
+
+
+def _run_pairs(
+    base: str, data: str, out: Path, seeds: str | None, sam_optimizer: str, progress: bool, kwargs: dict[str, Any]
+) -> tuple[list[int], list[Any], dict[str, Any] | None]:
+    """One pair (``--seed``) or one per seed (``--seeds``): (seeds, pair results, seed summary or None)."""
+    from cfbench.errors import CfbenchError
+    from cfbench.train.finetune import pair, pair_seeds, parse_seeds
+
+    seed = kwargs["seed"]
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    if seed_list is not None and seed != 0:
+        raise CfbenchError(f"pass either --seed {seed} or --seeds {seeds}, not both")
+    if seed_list is None:
+        return [seed], [pair(base, data, out, sam_optimizer=sam_optimizer, progress=progress, **kwargs)], None
+    rest = {k: v for k, v in kwargs.items() if k != "seed"}
+    many = pair_seeds(base, data, out, seed_list, sam_optimizer=sam_optimizer, progress=progress, **rest)
+    return seed_list, many.pairs, many.summary
+
+
+def print_pair(result: Any, tag: str) -> None:
+    """Each run's method, epochs, steps, passes and final loss, then the measured cost ratio."""
+    for run in (result.wo_sam, result.w_sam):
+        m = run.manifest
         typer.echo(
-            f"{result.label}: {m['steps']} steps, final loss {_fmt(result.final_loss)}, "
-            f"{m['wall_time_s']:.0f}s -> {result.path}"
+            f"{tag}{run.label}: {m['method']}, {m['hyperparameters']['epochs']} epoch(s), {m['steps']} steps, "
+            f"{m['forward_backward_passes']} forward+backward passes, final loss {_fmt(run.final_loss)} "
+            f"-> {run.path}"
         )
-        _learned(results, [(result.label, result.path, m)], device)
+    cost = json.loads((result.path / "pair.json").read_text())["cost_ratio"]
+    typer.echo(
+        f"{tag}cost w/ SAM / w/o SAM: {_fmt(cost['forward_backward_passes'], 3)} forward+backward passes, "
+        f"{_fmt(cost['wall_time'], 3)} training time (measured)"
+    )
+    typer.echo(f"pair description -> {result.path / 'pair.json'}")
 
-    @app.command("pair")
-    def pair_cmd(
-        base: Base,
-        data: Data,
-        out: Out,
-        sam_optimizer: Annotated[
-            SamName, typer.Option("--sam-optimizer", help="sam or asam for the w/ SAM run.")
-        ] = SamName.sam,
-        rho: Rho = 2.0,
-        epochs: Epochs = 1,
-        lr: Lr = 5e-6,
-        batch_size: BatchSize = 128,
-        micro_batch: MicroBatch = 8,
-        max_length: MaxLength = 1024,
-        warmup: Warmup = 0.03,
-        weight_decay: WeightDecay = 0.0,
-        rehearsal: Rehearsal = None,
-        rehearsal_ratio: RehearsalRatio = 0.2,
-        seed: Seed = 0,
-        seeds: Annotated[
-            str | None,
-            typer.Option(
-                "--seeds",
-                help="Several seeds (0,1,2): one pair each in OUT/seed-<n>, then the seed spread (mean ± std) "
-                "and OUT/seeds.json.",
-            ),
-        ] = None,
-        bf16: Bf16 = False,
-        max_steps: MaxSteps = None,
-        lr_schedule: LrSchedule = "cosine",
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-        device: Device = None,
-        lora_r: LoraR = None,
-        lora_alpha: LoraAlpha = None,
-        lora_targets: LoraTargets = None,
-        activation_checkpointing: ActCkpt = False,
-        heldout: Heldout = None,
-        sam_every: SamEvery = 1,
-        sam_only_norm: SamOnlyNorm = False,
-        sam_backup_dtype: SamBackup = BackupDtype.fp32,
-        sam_look_alpha: SamLookAlpha = None,
-        compare: Annotated[
-            bool, typer.Option("--compare", help="Then run `cfbench compare` on base, w/o SAM and w/ SAM.")
-        ] = False,
-        suite: Annotated[str, typer.Option("--suite", help="With --compare: the suite to score.")] = "paper",
-        limit: Annotated[int | None, typer.Option("--limit", help="With --compare: documents per task.")] = None,
-        results: Results = Path("results"),
-    ) -> None:
-        """The paper's compute-matched pair: OUT/wo_sam (AdamW, 2x epochs) and OUT/w_sam (SAM, epochs)."""
-        from cfbench.errors import CfbenchError
-        from cfbench.train.finetune import pair, pair_seeds, parse_seeds
 
-        _quiet(quiet)
-        seed_list = parse_seeds(seeds) if seeds is not None else None
-        if seed_list is not None and seed != 0:
-            raise CfbenchError(f"pass either --seed {seed} or --seeds {seeds}, not both")
-        kwargs = {
-            **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
-                      rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
-            **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
-            **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha),
-            "heldout": heldout,
-        }  # fmt: skip
-        if seed_list is None:
-            done = [pair(base, data, out, sam_optimizer=sam_optimizer.value, progress=not quiet, **kwargs)]
-            seed_list = [seed]
-            summary = None
-        else:
-            del kwargs["seed"]
-            many = pair_seeds(
-                base, data, out, seed_list, sam_optimizer=sam_optimizer.value, progress=not quiet, **kwargs
-            )
-            done, summary = many.pairs, many.summary
-        if not _main_rank():
-            return
-        for s, result in zip(seed_list, done, strict=True):
-            for run in (result.wo_sam, result.w_sam):
-                m = run.manifest
-                typer.echo(
-                    f"{'' if summary is None else f'seed {s}: '}{run.label}: {m['method']}, "
-                    f"{m['hyperparameters']['epochs']} epoch(s), {m['steps']} steps, "
-                    f"{m['forward_backward_passes']} forward+backward passes, final loss {_fmt(run.final_loss)} "
-                    f"-> {run.path}"
-                )
-            cost = json.loads((result.path / "pair.json").read_text())["cost_ratio"]
-            typer.echo(
-                f"{'' if summary is None else f'seed {s}: '}cost w/ SAM / w/o SAM: "
-                f"{_fmt(cost['forward_backward_passes'], 3)} forward+backward passes, "
-                f"{_fmt(cost['wall_time'], 3)} training time (measured)"
-            )
-            typer.echo(f"pair description -> {result.path / 'pair.json'}")
-            _learned(results, [(r.label, r.path, r.manifest) for r in (result.wo_sam, result.w_sam)], device)
-        if summary is not None:
-            for which in ("wo_sam", "w_sam"):
-                r = summary["runs"][which]
-                typer.echo(
-                    f"{r['label']} over seeds {','.join(map(str, seed_list))}: final loss "
-                    f"{_pm(r['final_loss'])}, wall time {_pm(r['wall_time_s'], '.0f')} s (mean ± sample std)"
-                )
-            typer.echo(f"seed spread -> {out / 'seeds.json'}")
-        if compare:
-            import sys
+def print_seed_spread(summary: dict[str, Any], seed_list: list[int], out: Path) -> None:
+    """Mean ± sample std over seeds of each side's final loss and wall time."""
+    for which in ("wo_sam", "w_sam"):
+        r = summary["runs"][which]
+        typer.echo(
+            f"{r['label']} over seeds {','.join(map(str, seed_list))}: final loss "
+            f"{_pm(r['final_loss'])}, wall time {_pm(r['wall_time_s'], '.0f')} s (mean ± sample std)"
+        )
+    typer.echo(f"seed spread -> {out / 'seeds.json'}")
 
-            from rich.console import Console
 
-            from cfbench.comparison import compare as run_compare
+def _compare_pairs(
+    base: str, seed_list: list[int], done: list[Any], tagged: bool, *, suite: str, results: Path, limit: int | None
+) -> None:
+    """``pair --compare``: base, then every seed's w/o and w/ SAM, each seed's two as a pair; the report."""
+    import sys
 
-            tuned, labels, pairs = [], [base], []
-            for s, result in zip(seed_list, done, strict=True):
-                tag = "" if summary is None else f" (seed {s})"
-                tuned += [f"ckpt:{result.wo_sam.path}", f"ckpt:{result.w_sam.path}"]
-                labels += [f"w/o SAM{tag}", f"w/ SAM{tag}"]
-                pairs.append((f"w/o SAM{tag}", f"w/ SAM{tag}"))
-            res = run_compare(
-                f"ckpt:{base}", tuned, suite=suite, results=results, labels=labels, pairs=pairs,
-                eval_kwargs={"limit": limit, "progress": "auto"},
-            )  # fmt: skip
-            print_report(res.report, Console(width=None if sys.stdout.isatty() else 160))
+    from rich.console import Console
 
-    @app.command("merge")
-    def merge_cmd(
-        base: Base,
-        tuned: Annotated[str, typer.Argument(help="Fine-tuned checkpoint (same architecture as BASE).")],
-        alpha: Annotated[
-            str,
-            typer.Option(
-                "--alpha",
-                help="Weight of TUNED: 0 = base, 1 = tuned. Several (0.25,0.5,0.75): one checkpoint each, "
-                "in OUT/alpha-<α>.",
-            ),
-        ],
-        out: Out,
-        overwrite: Overwrite = False,
-    ) -> None:
-        """Wise-FT: write (1-alpha)*BASE + alpha*TUNED as an HF folder with a manifest (or one per alpha)."""
-        from cfbench.train.merge import merge, merge_sweep, parse_alphas
+    from cfbench.comparison import compare as run_compare
 
-        alphas = parse_alphas(alpha)
-        if len(alphas) == 1:
-            results = [merge(base, tuned, alphas[0], out, overwrite=overwrite)]
-        else:
-            results = merge_sweep(base, tuned, alphas, out, overwrite=overwrite)
-        for result in results:
-            typer.echo(
-                f"Wise-FT α={result.manifest['alpha']:g}: {result.manifest['n_interpolated']} tensors interpolated "
-                f"-> {result.path}"
-            )
+    tuned, labels, pairs = [], [base], []
+    for s, result in zip(seed_list, done, strict=True):
+        tag = f" (seed {s})" if tagged else ""
+        tuned += [f"ckpt:{result.wo_sam.path}", f"ckpt:{result.w_sam.path}"]
+        labels += [f"w/o SAM{tag}", f"w/ SAM{tag}"]
+        pairs.append((f"w/o SAM{tag}", f"w/ SAM{tag}"))
+    res = run_compare(
+        f"ckpt:{base}", tuned, suite=suite, results=results, labels=labels, pairs=pairs,
+        eval_kwargs={"limit": limit, "progress": "auto"},
+    )  # fmt: skip
+    print_report(res.report, Console(width=None if sys.stdout.isatty() else 160))
+
+
+def merge_cmd(
+    base: Base,
+    tuned: Annotated[str, typer.Argument(help="Fine-tuned checkpoint (same architecture as BASE).")],
+    alpha: Annotated[
+        str,
+        typer.Option(
+            "--alpha",
+            help="Weight of TUNED: 0 = base, 1 = tuned. Several (0.25,0.5,0.75): one checkpoint each, "
+            "in OUT/alpha-<α>.",
+        ),
+    ],
+    out: Out,
+    overwrite: Overwrite = False,
+) -> None:
+    """Wise-FT: write (1-alpha)*BASE + alpha*TUNED as an HF folder with a manifest (or one per alpha)."""
+    from cfbench.train.merge import merge, merge_sweep, parse_alphas
+
+    alphas = parse_alphas(alpha)
+    if len(alphas) == 1:
+        results = [merge(base, tuned, alphas[0], out, overwrite=overwrite)]
+    else:
+        results = merge_sweep(base, tuned, alphas, out, overwrite=overwrite)
+    for result in results:
+        typer.echo(
+            f"Wise-FT α={result.manifest['alpha']:g}: {result.manifest['n_interpolated']} tensors interpolated "
+            f"-> {result.path}"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``finetune``, ``pair`` and ``merge`` to the cfbench app."""
+    app.command("finetune")(finetune_cmd)
+    app.command("pair")(pair_cmd)
+    app.command("merge")(merge_cmd)
 
 
 def _common(

@@ -6,17 +6,20 @@ an argument names (a checkpoint, a stored run, one of the paper's published runs
 
 from __future__ import annotations
 
+from cfbench.comparison.attach import PplDrift
 from cfbench.comparison.gate import (
     Budget,
     DriftBudget,
     DriftGateLine,
     GateLine,
+    GateResult,
     drift_gate,
     drift_gate_markdown,
     gate,
     gate_markdown,
     parse_budgets,
     parse_drift_budgets,
+    regress,
 )
 from cfbench.comparison.gather import gather
 from cfbench.comparison.pipeline import CompareResult, compare
@@ -28,6 +31,8 @@ __all__ = [
     "DriftBudget",
     "DriftGateLine",
     "GateLine",
+    "GateResult",
+    "PplDrift",
     "RunRef",
     "compare",
     "drift_gate",
@@ -37,5 +42,6 @@ __all__ = [
     "gather",
     "parse_budgets",
     "parse_drift_budgets",
+    "regress",
     "resolve_runs",
 ]

@@ -1,4 +1,5 @@
-"""Attach the signals beyond accuracy to a report: drift metrics (with a noise floor) and in-domain gain.
+"""Attach the signals beyond accuracy to a report: drift metrics (with a noise floor), in-domain gain and
+held-out perplexity drift.
 
 Every signal is computed in :mod:`cfbench.metrics` from stored items; this module only chooses
 which runs and which floor take part, and records why a signal is not shown.
@@ -7,16 +8,19 @@ which runs and which floor take part, and records why a signal is not shown.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cfbench.comparison.runs import RunRef, check_floor
+from cfbench.data.text import load_text_source
 from cfbench.errors import CfbenchError
 from cfbench.metrics.drift import DriftSettings, drift_signals, load_choice_frames
 from cfbench.metrics.indomain import TABLE as INDOMAIN_TABLE
 from cfbench.metrics.indomain import indomain_gain
+from cfbench.metrics.ppl_drift import ppl_drift_for_runs
 from cfbench.report.table import ComparisonReport
 from cfbench.store import ResultStore, RunRecord
 from cfbench.tasks.registry import Suite
@@ -95,3 +99,31 @@ def attach_indomain(
                 sigs = [replace(s, scope=f"{data}@{split[:8]}") for s in sigs]
             report.add_signals(ref.label, sigs)
     return notes
+
+
+@dataclass(frozen=True)
+class PplDrift:
+    """Held-out perplexity drift on a text (``compare --ppl``), every checkpoint scored the same way."""
+
+    data: str
+    limit: int | None = None
+    backend: str = "hf"
+    backend_options: dict[str, Any] | None = None
+
+    def check(self) -> None:
+        """Refuse a bad text or limit before anything is scored (one line each)."""
+        load_text_source(self.data)
+        if self.limit is not None and self.limit <= 0:
+            raise CfbenchError(f"--ppl-limit must be a positive number of documents, got {self.limit}")
+
+
+def attach_ppl_drift(
+    report: ComparisonReport, refs: Sequence[RunRef], spec: PplDrift, *, results: str | Path, n_boot: int, seed: int
+) -> None:
+    """One forgot-signal per tuned run: its held-out NLL against the base's (:mod:`cfbench.probes.ppl`)."""
+    rows = ppl_drift_for_runs(
+        [(r.label, r.record) for r in refs], data=spec.data, limit=spec.limit, backend=spec.backend,
+        backend_options=spec.backend_options, results=results, n_boot=n_boot, seed=seed, progress="auto",
+    )  # fmt: skip
+    for row in rows:
+        report.add_signals(row.label, [row.signal])

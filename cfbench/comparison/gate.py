@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from cfbench.comparison.pipeline import compare
 from cfbench.errors import CfbenchError
 from cfbench.metrics import get_metric, registered_metrics
 from cfbench.report.table import ComparisonReport
-from cfbench.tasks.registry import Suite
+from cfbench.tasks.registry import Suite, load_suite
 
 
 @dataclass
@@ -218,3 +221,75 @@ def gate_markdown(
     if drift_lines:
         out += ["", drift_gate_markdown(drift_lines).rstrip("\n")]
     return "\n".join(out) + "\n"
+
+
+@dataclass
+class GateResult:
+    """A ``cfbench regress`` verdict: every budget's line, and the report it was judged on."""
+
+    baseline: str
+    candidate: str
+    significance: float
+    lines: list[GateLine]
+    drift_lines: list[DriftGateLine]
+    report: ComparisonReport
+
+    @property
+    def failed(self) -> bool:
+        return any(x.failed for x in [*self.lines, *self.drift_lines])
+
+    def markdown(self) -> str:
+        return gate_markdown(self.baseline, self.candidate, self.lines, self.significance, self.drift_lines)
+
+    def tidy_rows(self) -> list[dict[str, Any]]:
+        """One row per budget: ``kind`` accuracy (Δ in points) or drift (the metric's own unit)."""
+        rows: list[dict[str, Any]] = []
+        for x in self.lines:
+            lo, hi = x.ci_points if x.ci_points is not None else (None, None)
+            rows.append({"kind": "accuracy", "scope": x.category, "metric": "delta", "value": x.delta_points,
+                         "ci_low": lo, "ci_high": hi, "budget": x.budget, "unit": "points",
+                         "significant": x.significant, "failed": x.failed, "reason": x.reason})  # fmt: skip
+        for d in self.drift_lines:
+            lo, hi = d.ci if d.ci is not None else (None, None)
+            rows.append({"kind": "drift", "scope": d.budget.scope, "metric": d.budget.metric, "value": d.value,
+                         "ci_low": lo, "ci_high": hi, "budget": d.budget.value, "unit": d.unit,
+                         "significant": None, "failed": d.failed, "reason": d.reason})  # fmt: skip
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"result": "FAIL" if self.failed else "PASS", "baseline": self.baseline, "candidate": self.candidate,
+                "significance": self.significance, "budgets": self.tidy_rows()}  # fmt: skip
+
+
+def regress(
+    baseline: str,
+    candidate: str,
+    *,
+    max_drop: Sequence[str] = (),
+    max_drift: Sequence[str] = (),
+    significance: float = 0.05,
+    suite: str = "paper",
+    results: str | Path = "results",
+    n_boot: int = 2000,
+    eval_kwargs: dict[str, Any] | None = None,
+) -> GateResult:
+    """The nightly gate: compare ``candidate`` with ``baseline`` and check every budget.
+
+    ``max_drop``: ``CATEGORY=POINTS`` (:func:`parse_budgets`), ``max_drift``: ``[SCOPE:]METRIC=VALUE``
+    (:func:`parse_drift_budgets`); every argument is checked before anything is scored.
+    """
+    if not 0 < significance < 1:
+        raise CfbenchError(f"--significance {significance} must be in (0, 1), e.g. 0.05")
+    if not max_drop and not max_drift:
+        raise CfbenchError(
+            "give at least one --max-drop CATEGORY=POINTS or --max-drift METRIC=VALUE budget, "
+            "e.g. --max-drop DK=1.5"
+        )
+    suite_obj = load_suite(suite)
+    budgets = parse_budgets(max_drop, suite_obj) if max_drop else []
+    drift_budgets = parse_drift_budgets(max_drift or [], suite_obj)
+    res = compare(baseline, [candidate], suite=suite, results=results, n_boot=n_boot, confidence=1 - significance,
+                  pairs=[], eval_kwargs=eval_kwargs)  # fmt: skip
+    lines = gate(res.report, budgets, significance)
+    drift_lines = drift_gate(res.report, res.runs[1].label, drift_budgets)
+    return GateResult(res.runs[0].label, res.runs[1].label, significance, lines, drift_lines, res.report)

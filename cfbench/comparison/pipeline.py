@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from cfbench.comparison.attach import attach_drift, attach_indomain
+from cfbench.comparison.attach import PplDrift, attach_drift, attach_indomain, attach_ppl_drift
 from cfbench.comparison.gather import gather, reference_coverage, refuse_other_rules, subgroups
 from cfbench.comparison.runs import RunRef, floor_record, resolve_runs
 from cfbench.errors import CfbenchError
@@ -45,14 +45,18 @@ def compare(
     eval_kwargs: dict[str, Any] | None = None,
     noise_floor: str | None = None,
     runner: Any = None,
+    ppl: PplDrift | None = None,
 ) -> CompareResult:
     """Score what is not yet stored and build the paper-style report of ``tuned`` against ``base``.
 
     Besides accuracy, every registered item metric (:mod:`cfbench.metrics`) is attached to the report
     as :class:`cfbench.signals.Signal` records per tuned run; ``noise_floor`` names a stored run of
     the base checkpoint scored another way, against which divergences are judged. ``runner``: spread
-    the scoring over workers (see :func:`resolve_runs`); None scores in this process.
+    the scoring over workers (see :func:`resolve_runs`); None scores in this process. ``ppl`` adds
+    held-out perplexity drift (checked before anything is scored).
     """
+    if ppl is not None:
+        ppl.check()
     if not tuned:
         raise CfbenchError("compare needs a base and at least one tuned checkpoint or run")
     suite_obj = load_suite(suite)
@@ -91,6 +95,14 @@ def compare(
         reference=reference, reasons=reasons,
     )  # fmt: skip
     drift_notes += attach_indomain(report, store, refs, n_boot=n_boot, seed=seed, confidence=confidence)
+    notes = _notes(report, refs, used) + drift_notes
+    if ppl is not None:  # after the notes, as when the CLI attached it to compare's result
+        attach_ppl_drift(report, refs, ppl, results=results, n_boot=n_boot, seed=seed)
+    return CompareResult(report, refs, suite_obj, notes)
+
+
+def _notes(report: ComparisonReport, refs: Sequence[RunRef], used: dict[str, set[str]]) -> list[str]:
+    """The report's notes plus what makes the runs hard to compare: mixed metrics, tokenizers, limits."""
     notes = report.notes + [
         f"{task}: runs were scored with different metrics ({', '.join(sorted(ms))}); its Δ mixes them"
         for task, ms in sorted(used.items())
@@ -109,4 +121,4 @@ def compare(
             f"runs were scored with different --limit values {sorted(map(str, limits))}; "
             "Δ uses only the items both runs share"
         )
-    return CompareResult(report, refs, suite_obj, notes + drift_notes)
+    return notes

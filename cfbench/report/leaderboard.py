@@ -193,25 +193,57 @@ def select_columns(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return df[keep + ([PARTIAL_COLUMN] if PARTIAL_COLUMN in df.columns and PARTIAL_COLUMN not in keep else [])]
 
 
+#: The terminal table shortens run names (keeping both ends) to no fewer characters than this.
+NAME_MIN = 16
+
+
 def fit_width(
     df: pd.DataFrame, width: int, categories: Sequence[str] = (), keep: Sequence[str] = ("name", AVG)
 ) -> tuple[pd.DataFrame, list[str]]:
     """Hide columns until one row per run fits ``width`` characters; returns (frame, hidden columns).
 
     Info columns go first (:data:`DROP_ORDER`), then task columns from the right (tasks outside the
-    suite before suite tasks), then ``categories`` — ``keep`` (the run name and AVG) stay. The name
-    column itself is cut with an ellipsis by the renderer if even that is too wide.
+    suite before suite tasks), then drift columns; then the run names are shortened in the middle
+    (:func:`_shorten_names`) and only then ``categories`` go, from the right — so no category is
+    hidden while any other column still shows, or while a long run name is shown in full. ``keep``
+    (the run name and AVG) are never hidden.
     """
     hidden: list[str] = []
-    tasks = [c for c in score_columns(df) if c not in categories and c != AVG]
-    order = [c for c in DROP_ORDER if c in df.columns] + tasks[::-1] + [c for c in categories if c in df.columns][::-1]
-    order = [c for c in order if c not in keep]
+    cats = [c for c in categories if c in df.columns]
+    tasks = [c for c in score_columns(df) if c not in cats and c != AVG]
+    drift = [c for c in df.columns if is_drift_column(c)]
+    order = [c for c in [*(c for c in DROP_ORDER if c in df.columns), *tasks[::-1], *drift] if c not in keep]
     for col in order:
         if natural_width(df) <= width:
             break
         df = df.drop(columns=[col])
         hidden.append(col)
+    full = df
+    df = _shorten_names(full, width)
+    for col in [c for c in cats[::-1] if c not in keep]:
+        if natural_width(df) <= width:
+            break
+        full = full.drop(columns=[col])
+        hidden.append(col)
+        df = _shorten_names(full, width)  # a hidden category gives room back to the names
     return df, hidden
+
+
+def _shorten_names(df: pd.DataFrame, width: int) -> pd.DataFrame:
+    """Names cut in the middle (``head…tail``) just enough to fit ``width``, to no fewer than
+    :data:`NAME_MIN` characters and never so far that two runs read the same."""
+    excess = natural_width(df) - width
+    if excess <= 0 or "name" not in df.columns:
+        return df
+    names = ["" if pd.isna(n) else str(n) for n in df["name"]]
+    longest = max([len(n) for n in names] + [len("name")])
+    for target in range(max(NAME_MIN, longest - excess), longest):
+        tail = (target - 1) // 2
+        head = target - 1 - tail
+        short = [n if len(n) <= target else f"{n[:head]}…{n[len(n) - tail :]}" for n in names]
+        if len(set(short)) == len(set(names)):
+            return df.assign(name=short)
+    return df
 
 
 def runs_listing(runs: pd.DataFrame) -> str:

@@ -580,8 +580,8 @@ FRAME_COLUMNS = [
 ]
 
 
-def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
-    """Tidy long table: ``section="score"`` rows hold what each run scored, ``"delta"`` rows the Δs."""
+def _score_records(report: ComparisonReport) -> list[dict[str, Any]]:
+    """``section="score"`` rows: what each run scored per category, AVG and task."""
     recs: list[dict[str, Any]] = []
     cat_of = {t: c for c, m in report.categories.items() for t in m}
     for r in report.rows:
@@ -609,6 +609,12 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
                     "score": value,
                 }
             )
+    return recs
+
+
+def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
+    """``section="delta"`` rows: every comparison's Δ per task, subgroup, category and AVG."""
+    recs: list[dict[str, Any]] = []
     for cmp in report.comparisons:
         common = {"section": "delta", "kind": cmp.kind, "ref": cmp.ref, "run": cmp.run}
         for t in cmp.tasks:
@@ -652,6 +658,12 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
                     "partial": agg.coverage.partial,
                 }
             )
+    return recs
+
+
+def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
+    """Tidy long table: ``section="score"`` rows hold what each run scored, ``"delta"`` rows the Δs."""
+    recs = _score_records(report) + _delta_records(report)
     recs += _signal_records(report)
     frame = pd.DataFrame.from_records(recs, columns=FRAME_COLUMNS)
     for col in ("forgotten", "gained", "n", "dropped_ref", "dropped_run", "coverage_present", "coverage_total"):
