@@ -1,4 +1,8 @@
-"""Flatness and weight diagnostics: why one checkpoint forgot more than another, before (or beside) evaluation.
+"""Analysis (layer 7): flatness, loss landscapes, sharpness and weight diffs of checkpoints.
+
+May import train, report, metrics and everything below; never comparison. See docs/architecture.md.
+
+Flatness and weight diagnostics: why one checkpoint forgot more than another, before (or beside) evaluation.
 
 * :mod:`cfbench.analysis.metrics` — the paper's SC / AG / MAG (Li et al. 2024, Appendix A.3) on a loss grid.
 * :mod:`cfbench.analysis.directions` — seeded Gaussian / filter-normalised directions, per parameter name.

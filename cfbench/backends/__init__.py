@@ -1,4 +1,8 @@
-"""Scoring backends: one module each, all behind :class:`cfbench.backends.base.Backend`.
+"""Scoring backends (layer 2): one module each (hf, vllm, openai + its pool) behind :class:`.base.Backend`.
+
+May import tasks, data, models and the core only; a new backend is one file plus one line in ``BACKENDS``.
+
+Scoring backends: one module each, all behind :class:`cfbench.backends.base.Backend`.
 
 Backends are imported lazily so that ``cfbench`` works without the optional ``vllm`` package.
 Every backend class is constructed as ``Cls(model_path, **options)`` where ``model_path`` is a

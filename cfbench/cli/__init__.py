@@ -1,4 +1,8 @@
-"""The ``cfbench`` command: a thin typer layer over the library API.
+"""The ``cfbench`` command (layer 8): parse, call one library function, print.
+
+May import anything; holds no library work, and imports torch-heavy modules inside commands for fast start-up.
+
+The ``cfbench`` command: a thin typer layer over the library API.
 
 Each area registers its commands from its own module (``register(app)``), so the CLI file stays
 small and every command lives next to the code it drives. The convention every command follows:

@@ -1,4 +1,8 @@
-"""Data sources, tried in order: a user data dir, the bundled offline data, the Hugging Face hub."""
+"""Data sources (layer 1): a user data dir, the bundled offline data, the Hugging Face hub, tried in order.
+
+May import tasks, models and the core; a new source is one file behind :class:`.base.DataSource`.
+
+Data sources, tried in order: a user data dir, the bundled offline data, the Hugging Face hub."""
 
 from __future__ import annotations
 

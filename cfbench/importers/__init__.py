@@ -1,4 +1,8 @@
-"""Bring scores from other harnesses into the results store.
+"""Importers (layer 3): lm-eval and OpenCompass results into the results store.
+
+May import store, tasks, models and the core; never the engine.
+
+Bring scores from other harnesses into the results store.
 
 ``import_lmeval`` reads lm-eval's ``results_*.json`` (plus ``samples_*.jsonl`` for item rows);
 ``import_opencompass`` reads OpenCompass's summary CSV. Imported runs are tagged with their

@@ -1,4 +1,9 @@
-"""Continuous forgetting signals from stored items: one small file per paired item metric.
+"""Signals (layer 5): every continuous forgetting signal as a pure function of stored items.
+
+May import probes, store, tasks and the core; never report or comparison.
+A new signal is one file plus one ``register_metric`` call.
+
+Continuous forgetting signals from stored items: one small file per paired item metric.
 
 Accuracy on a small model is noisy (an item counts only when its argmax flips); the per-choice
 log-probabilities every stored item carries move long before that. Each metric here maps the two

@@ -1,4 +1,8 @@
-"""Checkpoint resolution: any user-facing model spec → a local HF folder plus a content hash."""
+"""Checkpoints (layer 1): any model spec to a local HF folder and a content hash, plus lm-eval tokenisation.
+
+May import the core only (and tasks/data of its own layer).
+
+Checkpoint resolution: any user-facing model spec → a local HF folder plus a content hash."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Reports (layer 6): the paper-style report's data model, its renderers, HTML pages, plots and the leaderboard.
 
 The data model (:mod:`.table`) holds no formatting; renderers are functions (:mod:`.render`, :mod:`.html`).
-May import metrics, store and everything below; never compare, train or analysis.
+May import metrics, store and everything below; never comparison, train or analysis.
 
 Typical use::
 

@@ -1,4 +1,8 @@
-"""The results store: runs, task scores and per-item results as Parquet tables.
+"""The results store (layer 2): runs, task scores and per-item results as Parquet tables, storage only.
+
+May import tasks, data, models and the core; never report, metrics or comparison.
+
+The results store: runs, task scores and per-item results as Parquet tables.
 
 ``ResultStore(root)`` appends and reads (storage only: the leaderboard pivot is :mod:`cfbench.report.leaderboard`).
 The on-disk layout is documented in ``docs/results-schema.md``.

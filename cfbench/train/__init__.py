@@ -1,4 +1,8 @@
-"""Fine-tuning that forgets less: SAM/ASAM, the paper's compute-matched pair, Wise-FT and rehearsal.
+"""Training (layer 7): data → trainer (SAM/ASAM) → checkpoints → merge (Wise-FT), rehearsal, FSDP.
+
+May import metrics, store, models and everything below; comparison never imports it.
+
+Fine-tuning that forgets less: SAM/ASAM, the paper's compute-matched pair, Wise-FT and rehearsal.
 
 Heavy imports (transformers) happen inside the functions, so ``from cfbench.train import SAM`` is
 cheap for users who only want the optimizer.
