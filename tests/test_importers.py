@@ -288,7 +288,7 @@ def test_detect_format(tmp_path: Path) -> None:
     shutil.copy(OC_CSV, renamed)
     assert detect_format(renamed) == "opencompass"  # told by the header
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(CfbenchError, match=r"can't tell the format .* --format lm-eval or --format opencompass"):
+    with pytest.raises(CfbenchError, match=r"can't tell the format .* --from lm-eval or --from opencompass"):
         detect_format(tmp_path / "notes.txt")
     with pytest.raises(CfbenchError, match="unknown import format 'json'"):
         import_file(OC_CSV, ResultStore(tmp_path / "r"), fmt="json")

@@ -202,7 +202,7 @@ ImportName = Annotated[
     str | None,
     typer.Option("--name", help="Run name (default: lm-eval's model name / the CSV's model columns)."),
 ]
-ImportFmt = Annotated[ImportFormat, typer.Option("--format", help="Input format.")]
+ImportFmt = Annotated[ImportFormat, typer.Option("--from", help="Which harness wrote FILE (auto: from its content).")]
 
 
 def import_cmd(

@@ -31,7 +31,7 @@ def detect_format(path: str | Path) -> str:
         return "lm-eval"
     if p.suffix.lower() == ".csv" or is_opencompass_csv(p):
         return "opencompass"
-    raise CfbenchError(f"can't tell the format of {p}: pass --format lm-eval or --format opencompass")
+    raise CfbenchError(f"can't tell the format of {p}: pass --from lm-eval or --from opencompass")
 
 
 def import_file(path: str | Path, store: ResultStore, name: str | None = None, fmt: str = "auto") -> ImportResult:
