@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from cfbench.errors import CfbenchError
+from cfbench.train.data import load_data
 
 GENERAL_SOURCES = {
     "lambada": "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz",
@@ -71,8 +72,6 @@ def _general_texts(name: str) -> list[str]:
 
 
 def _data_texts(spec: str) -> list[str]:
-    from cfbench.train.data import load_data
-
     loaded = load_data(spec)
     return [ex.text if ex.text is not None else "\n".join(c for _, c in ex.messages) for ex in loaded.examples]
 

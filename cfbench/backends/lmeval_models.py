@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from cfbench.backends import make_backend
 from cfbench.errors import CfbenchError
+from cfbench.models import resolve_checkpoint
 from cfbench.requests import LoglikRequest, RollingRequest
 
 # ----------------------------------------------------------------------------------------------
@@ -54,7 +55,6 @@ class CfbenchLM(LM):
         **options: Any,
     ) -> None:
         super().__init__()
-        from cfbench.models import resolve_checkpoint
 
         self.checkpoint = resolve_checkpoint(str(pretrained), base=base)
         self.backend = make_backend(self.backend_name, self.checkpoint.path, **options)

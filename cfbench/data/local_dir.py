@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from cfbench.data.adapters import get_adapter
 from cfbench.data.base import Located, Row
 from cfbench.data.files import fingerprint_paths, read_rows
+from cfbench.errors import CfbenchError
 
 if TYPE_CHECKING:
     from cfbench.tasks.config import LocalFile, TaskConfig
@@ -59,8 +60,6 @@ class DataDirSource:
             if entry.labels_path:
                 labels = [x.strip() for x in (self.root / entry.labels_path).read_text().splitlines() if x.strip()]
                 if len(labels) != len(rows):
-                    from cfbench.errors import CfbenchError
-
                     raise CfbenchError(
                         f"{self.root / entry.labels_path} has {len(labels)} labels for {len(rows)} rows; "
                         "use the matching labels file"

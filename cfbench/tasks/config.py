@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from cfbench.errors import CfbenchError
+from cfbench.tasks.templates import check_spec
 
 SCORING_RULES = ("loglikelihood", "ppl", "oc_ppl")
 AGGREGATES = ("mean", "subset_mean")
@@ -174,7 +175,6 @@ def parse_task_config(raw: Any, path: Path) -> TaskConfig:
         bundled=data.get("bundled"),
         local={split: _local_files(path, split, entries) for split, entries in local.items()},
     )
-    from cfbench.tasks.templates import check_spec
 
     for key in ("doc_to_text", "doc_to_choice", "doc_to_target", "description", "mc2_choices", "mc2_labels"):
         if key in raw:  # task configs are data: a template that reaches past the document is refused on load

@@ -18,7 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cfbench._version import __version__
 from cfbench.errors import CfbenchError
+from cfbench.fsutil import remove_stale_tmp, tmp_prefix
 from cfbench.models.checkpoint import MANIFEST as MANIFEST  # re-exported: finetune / merge write it
 
 
@@ -34,7 +36,6 @@ def check_output_dir(out: Path, overwrite: bool, flag: str = "--overwrite") -> N
 def atomic_dir(out: Path) -> Iterator[Path]:
     """Yield a temp folder next to ``out``; on success it replaces ``out``, on error it is deleted."""
     out = Path(out)
-    from cfbench.fsutil import remove_stale_tmp, tmp_prefix
 
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out.parent, f".{out.name}.tmp-")  # left by a save that was killed mid-write
@@ -66,7 +67,6 @@ def environment() -> dict[str, str]:
     import torch
     import transformers
 
-    from cfbench._version import __version__
 
     return {
         "cfbench": __version__,

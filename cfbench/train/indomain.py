@@ -39,10 +39,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cfbench.backends.hf import HFBackend
 from cfbench.errors import CfbenchError
 from cfbench.metrics.indomain import TABLE, indomain_gain
+from cfbench.models.checkpoint import resolve_checkpoint
+from cfbench.requests import GenerateRequest
 from cfbench.signals import Signal
-from cfbench.train.data import IGNORE_INDEX, Example, LoadedData, collate, encode_example, load_data
+from cfbench.store import ResultStore
+from cfbench.store.schema import utc_now
+from cfbench.train.data import IGNORE_INDEX, Example, LoadedData, collate, encode_example, load_data, render_fallback
 
 #: Held-out documents by default: enough for a paired CI, few enough to score in seconds.
 DEFAULT_HELDOUT = 64
@@ -215,7 +220,6 @@ def generation_prompt(tokenizer: Any, ex: Example) -> tuple[str, tuple[str, ...]
             [{"role": r, "content": c} for r, c in before], tokenize=False, add_generation_prompt=True
         )
         return prompt, ()
-    from cfbench.train.data import render_fallback
 
     text, _ = render_fallback(before, tokenizer.eos_token or "")
     return text + "### Assistant:\n", ("\n\n### ",)
@@ -273,10 +277,6 @@ def evaluate_split(
     ``max_length`` should be the fine-tune's ``--max-length`` (the same truncation as training);
     ``max_gen_toks`` defaults to :func:`default_max_gen_toks`.
     """
-    from cfbench.backends.hf import HFBackend
-    from cfbench.models.checkpoint import resolve_checkpoint
-    from cfbench.requests import GenerateRequest
-
     resolved = resolve_checkpoint(str(checkpoint))
     backend = HFBackend(resolved.path, device=device, dtype=dtype, scoring_path="plain")
     try:
@@ -355,8 +355,6 @@ def measure(
     import pyarrow as pa
     from transformers import AutoTokenizer
 
-    from cfbench.models.checkpoint import resolve_checkpoint
-    from cfbench.store.schema import utc_now
 
     resolved = resolve_checkpoint(str(checkpoint))
     if max_gen_toks is None:
@@ -419,7 +417,6 @@ def learned_after_finetune(
     """
     from pathlib import Path
 
-    from cfbench.store import ResultStore
 
     split = split_from_manifest(runs[0][2])
     if split is None:
