@@ -99,7 +99,7 @@ def main() -> None:
     from cfbench.comparison import compare
 
     hf_logging.disable_progress_bar()
-    from cfbench.train.finetune import pair
+    from cfbench.train.pair import pair
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or torch.get_num_threads())
     names = [v.strip() for v in args.variants.split(",") if v.strip()]

@@ -23,7 +23,7 @@ _ENTRY_POINTS: dict[str, str] = {
     "evaluate": "cfbench.engine:evaluate",
     "compare": "cfbench.comparison:compare",
     "finetune": "cfbench.train.finetune:finetune",
-    "pair": "cfbench.train.finetune:pair",
+    "pair": "cfbench.train.pair:pair",
     "merge": "cfbench.train.merge:merge",
     "landscape": "cfbench.analysis.run:landscape",
     "diff": "cfbench.analysis.run:diff_checkpoints",

@@ -159,8 +159,8 @@ def run_demo(cfg: DemoConfig, out: Path, results: Path, *, progress: Any = None)
     ``progress``: a ``rich`` console for section rules (None: quiet).
     """
     from cfbench.comparison import compare
-    from cfbench.train.finetune import pair
     from cfbench.train.merge import merge_sweep
+    from cfbench.train.pair import pair
 
     cfg.check()
     say = progress.rule if progress is not None else (lambda *_: None)

@@ -23,8 +23,9 @@ from cfbench.train.data import (
     load_data,
     record_to_example,
 )
-from cfbench.train.finetune import finetune, pair
+from cfbench.train.finetune import finetune
 from cfbench.train.merge import load_safetensors_folder
+from cfbench.train.pair import pair, pair_seeds
 from cfbench.train.tiny import make_tiny_checkpoint
 
 # The package re-exports the function ``finetune``, which shadows the submodule attribute.
@@ -440,11 +441,11 @@ def test_pair_seeds_spread(tiny, tmp_path):
     data = write_jsonl(tmp_path / "a.jsonl", ALPACA * 4)
     args = {"lr": 1e-3, "batch_size": 2, "max_steps": 2, "progress": False, "device": "cpu"}
     with pytest.raises(CfbenchError, match="repeats a seed"):
-        ft.pair_seeds(str(tiny), str(data), tmp_path / "x", "1,1", **args)
+        pair_seeds(str(tiny), str(data), tmp_path / "x", "1,1", **args)
     with pytest.raises(CfbenchError, match="non-negative integers"):
-        ft.pair_seeds(str(tiny), str(data), tmp_path / "x", "0,-1", **args)
+        pair_seeds(str(tiny), str(data), tmp_path / "x", "0,-1", **args)
     assert not (tmp_path / "x").exists()
-    res = ft.pair_seeds(str(tiny), str(data), tmp_path / "s", "0,1,2", **args)
+    res = pair_seeds(str(tiny), str(data), tmp_path / "s", "0,1,2", **args)
     assert [p.path for p in res.pairs] == [tmp_path / "s" / f"seed-{n}" for n in (0, 1, 2)]
     for n, p in zip((0, 1, 2), res.pairs, strict=True):
         assert p.wo_sam.manifest["hyperparameters"]["seed"] == n == p.w_sam.manifest["hyperparameters"]["seed"]

@@ -56,7 +56,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from cfbench.train.finetune import pair
+    from cfbench.train.pair import pair
 
     tmp = tmp_path_factory.mktemp("fsdp_bf16")
     one, two = tmp / "one", tmp / "two"

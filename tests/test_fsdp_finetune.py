@@ -42,7 +42,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from cfbench.train.finetune import pair
+    from cfbench.train.pair import pair
 
     tmp = tmp_path_factory.mktemp("fsdp")
     one, two = tmp / "one", tmp / "two"

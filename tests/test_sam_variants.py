@@ -24,7 +24,8 @@ from test_sam import LR, global_norm, grads_at, lm_loss, named, tiny_llama
 from typer.testing import CliRunner
 
 from cfbench.errors import CfbenchError
-from cfbench.train.finetune import finetune, pair
+from cfbench.train.finetune import finetune
+from cfbench.train.pair import pair
 from cfbench.train.sam import SAM, norm_parameters
 from cfbench.train.tiny import make_tiny_checkpoint
 

@@ -223,7 +223,7 @@ def _run_pairs(
 ) -> tuple[list[int], list[Any], dict[str, Any] | None]:
     """One pair (``--seed``) or one per seed (``--seeds``): (seeds, pair results, seed summary or None)."""
     from cfbench.errors import CfbenchError
-    from cfbench.train.finetune import pair, pair_seeds, parse_seeds
+    from cfbench.train.pair import pair, pair_seeds, parse_seeds
 
     seed = kwargs["seed"]
     seed_list = parse_seeds(seeds) if seeds is not None else None

@@ -11,8 +11,9 @@ cheap for users who only want the optimizer.
 from __future__ import annotations
 
 from cfbench.train.data import load_data, mix_rehearsal, rehearsal_count
-from cfbench.train.finetune import FinetuneResult, PairResult, finetune, pair
+from cfbench.train.finetune import FinetuneResult, finetune
 from cfbench.train.merge import MergeResult, merge, merge_state_dicts
+from cfbench.train.pair import PairResult, pair
 from cfbench.train.sam import SAM
 from cfbench.train.trainer import Trainer
 
