@@ -20,13 +20,13 @@ from typing import Any
 
 import pandas as pd
 
+import cfbench.scoring_version as scoring_version
 from cfbench.backends import Backend, LoglikRequest, LoglikResult, backend_class, make_backend
 from cfbench.data import default_sources
 from cfbench.errors import CfbenchError
 from cfbench.models.checkpoint import MANIFEST, ResolvedCheckpoint, resolve_checkpoint
 from cfbench.models.hashing import require_finite_weights, tokenizer_hash
 from cfbench.progress import Progress
-from cfbench.scoring_version import SCORING_VERSION
 from cfbench.store import ResultStore, RunRecord, TaskScore
 from cfbench.store.schema import item_fingerprint
 from cfbench.tasks.opencompass import AGGREGATES, load_oc_requests
@@ -76,7 +76,7 @@ def backend_key(backend: str, options: dict[str, Any], model_path: str | Path) -
     """
     key = dict(backend_class(backend).key_settings(Path(model_path), dict(options)))
     key["backend"] = backend
-    key["scoring_version"] = SCORING_VERSION
+    key["scoring_version"] = scoring_version.SCORING_VERSION  # read at call time (tests patch it)
     return key
 
 
