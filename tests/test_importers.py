@@ -311,7 +311,7 @@ def test_cli_import_and_leaderboard(tmp_path: Path, cli: typer.Typer, monkeypatc
     assert "imported llama-2-7b-hf (run " in res.stdout and "35 task scores, 0 items" in res.stdout
     assert "warning: skipped OpenCompass datasets with no cfbench equivalent: gsm8k" in res.stderr
     res = runner.invoke(cli, ["import", str(LMEVAL_RESULTS), "--name", "tiny", "--results", str(tmp_path),
-                              "--format", "lm-eval"])
+                              "--from", "lm-eval"])
     assert res.exit_code == 0 and "75 task scores, 77 items" in res.stdout
 
     # OpenCompass numbers land on the oc_* tasks, lm-eval numbers on the lm-eval ones: never one column.
