@@ -117,7 +117,7 @@ def test_oc_ppl_choice_scores_argmax_is_opencompass_prediction() -> None:
         lls = list(rng.normal(-40, 15, size=k))
         ntok = [int(n) for n in rng.integers(1, 60, size=k)]
         scores = rule.scores(0, lls, ntok, 0, None)
-        assert int(np.argmax(scores)) == oc_argmin([oc_ppl(ll, n) for ll, n in zip(lls, ntok)])
+        assert int(np.argmax(scores)) == oc_argmin([oc_ppl(ll, n) for ll, n in zip(lls, ntok, strict=True)])
 
 
 def test_acc_norm_lengths_come_from_the_bundled_task_data() -> None:
