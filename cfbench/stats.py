@@ -231,6 +231,45 @@ class TaskDelta:
     forgotten: int | None
     gained: int | None
     replicates: np.ndarray | None
+    #: The p-value of the test of *this* Δ (``test`` names it): McNemar's exact test for an item mean
+    #: of 0/1 scores, the paired bootstrap otherwise (a subject-mean Δ, a non-0/1 metric).
+    p: float | None = None
+    test: str | None = None
+
+
+def bootstrap_p(diffs: np.ndarray) -> float:
+    """Two-sided percentile-bootstrap p of a Δ against 0: ``2 (min(#Δ* ≤ 0, #Δ* ≥ 0) + 1) / (B + 1)``.
+
+    The test that matches the percentile CI: with ``B`` replicates the (1 − α) interval excludes 0
+    exactly when fewer than about ``α B / 2`` replicates fall on the far side of 0, i.e. when this
+    p < α. The ``+1``s keep p above 0 (a finite bootstrap cannot show p = 0) and make identical
+    runs (every replicate 0) p = 1.
+    """
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0:
+        raise ValueError("cannot compute a bootstrap p from zero replicates")
+    below = int(np.sum(d <= CI_ZERO_TOL))
+    above = int(np.sum(d >= -CI_ZERO_TOL))
+    return float(min(1.0, 2.0 * (min(below, above) + 1) / (d.size + 1)))
+
+
+def holm_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values of one family, in the given order.
+
+    ``p_adj(i) = max_{j ≤ rank(i)} min(1, (m − j + 1) p_(j))``: rejecting where ``p_adj < α`` controls
+    the family-wise error rate at α under any dependence between the tests.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if p.size == 0:
+        return []
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise CfbenchError(f"Holm adjustment needs p-values in [0, 1], got {p.tolist()}")
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adj = np.empty(m)
+    adj[order] = np.maximum.accumulate(stepped)
+    return [float(x) for x in adj]
 
 
 def paired_task_delta(
@@ -245,7 +284,9 @@ def paired_task_delta(
 
     ``subset_mean``: the means are OpenCompass's naive average of per-subset means (its ``mmlu``),
     and the bootstrap resamples items within each subset (stratified), so the CI is for that mean.
-    McNemar and the flip counts stay item-level: they count items, whatever the average.
+    The flip counts stay item-level (they count items), but McNemar tests the *item-weighted* Δ, not
+    the subset mean shown, so such a Δ is tested by its own bootstrap (``p``, ``test="bootstrap"``)
+    and ``p_mcnemar`` is None: a row never shows a p of a quantity it does not show.
     """
     if subset_mean:
         masks = [paired.subsets == s for s in dict.fromkeys(paired.subsets.tolist())]
@@ -264,7 +305,10 @@ def paired_task_delta(
     p = forgotten = gained = None
     if paired.binary:
         forgotten, gained = flip_counts(paired.ref, paired.other)
-        p = mcnemar_exact(forgotten, gained)
+        p = None if subset_mean else mcnemar_exact(forgotten, gained)
+    p_test, test = (p, "McNemar") if p is not None else (None, None)
+    if p is None and reps is not None:
+        p_test, test = bootstrap_p(reps[:, 1] - reps[:, 0]), "bootstrap"
     return TaskDelta(
         n=paired.n,
         dropped_ref=paired.dropped_ref,
@@ -277,6 +321,8 @@ def paired_task_delta(
         forgotten=forgotten,
         gained=gained,
         replicates=reps,
+        p=p_test,
+        test=test,
     )
 
 
@@ -374,6 +420,13 @@ class AggregateDelta:
     delta: float | None
     ci: tuple[float, float] | None
     coverage: Coverage
+    #: Two-sided bootstrap p of the Δ (:func:`bootstrap_p`), None without replicates. The report
+    #: replaces it by the task's own test where the aggregate *is* one task's Δ (one task present).
+    p: float | None = None
+    test: str | None = None
+    #: Set by the report: the Holm-adjusted p within its family, and the star it gives.
+    p_adj: float | None = None
+    significant: bool | None = None
 
 
 def aggregate_deltas(
@@ -407,7 +460,8 @@ def aggregate_deltas(
         reps_list = [tasks[t].replicates for t in present]
         reps = None if any(r is None for r in reps_list) else np.mean(np.stack(reps_list), axis=0)
         ci = percentile_ci(reps[:, 1] - reps[:, 0], confidence) if reps is not None else None
-        cat_out[name] = AggregateDelta(name, ref_mean, other_mean, other_mean - ref_mean, ci, coverage)
+        p, test = (bootstrap_p(reps[:, 1] - reps[:, 0]), "bootstrap") if reps is not None else (None, None)
+        cat_out[name] = AggregateDelta(name, ref_mean, other_mean, other_mean - ref_mean, ci, coverage, p, test)
         cat_points.append((ref_mean, other_mean))
         cat_reps.append(reps)
 
@@ -416,11 +470,13 @@ def aggregate_deltas(
         return cat_out, AggregateDelta("AVG", None, None, None, None, avg_cov)
     avg_ref = float(np.mean([p[0] for p in cat_points]))
     avg_other = float(np.mean([p[1] for p in cat_points]))
-    avg_ci = None
+    avg_ci = avg_p = avg_test = None
     if all(r is not None for r in cat_reps):
         avg_reps = np.mean(np.stack(cat_reps), axis=0)  # type: ignore[arg-type]
         avg_ci = percentile_ci(avg_reps[:, 1] - avg_reps[:, 0], confidence)
-    return cat_out, AggregateDelta("AVG", avg_ref, avg_other, avg_other - avg_ref, avg_ci, avg_cov)
+        avg_p, avg_test = bootstrap_p(avg_reps[:, 1] - avg_reps[:, 0]), "bootstrap"
+    avg = AggregateDelta("AVG", avg_ref, avg_other, avg_other - avg_ref, avg_ci, avg_cov, avg_p, avg_test)
+    return cat_out, avg
 
 
 #: Bounds within this of 0 count as 0. A stratified bootstrap averages task Δs in floating point, so

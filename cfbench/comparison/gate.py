@@ -68,8 +68,10 @@ def parse_budgets(specs: Sequence[str], suite: Suite) -> list[Budget]:
 def gate(report: ComparisonReport, budgets: Sequence[Budget], significance: float) -> list[GateLine]:
     """A category fails when it dropped more than its budget AND the drop is significant.
 
-    Significance: the paired bootstrap (1 − significance) CI of the Δ lies entirely below zero. When
-    the baseline has no item-level scores (imported summary) no CI exists and the budget alone decides.
+    Significance: the report's own star for that row (:meth:`ComparisonReport.aggregate_significant`:
+    the test of that quantity, Holm-adjusted, at the report's alpha), so the gate and the table never
+    disagree; a category of one task is judged by that task's test. When the baseline has no
+    item-level scores (imported summary) no test exists and the budget alone decides.
     """
     cmp = report.base_comparisons[0]
     lines = []
@@ -90,15 +92,18 @@ def gate(report: ComparisonReport, budgets: Sequence[Budget], significance: floa
             continue
         d = 100 * agg.delta
         ci = (100 * agg.ci[0], 100 * agg.ci[1]) if agg.ci else None
-        significant = ci is None or ci[1] < 0
+        tested = agg.p is not None
+        significant = report.aggregate_significant(agg) if tested else True
         over = -d > b.points
         failed = over and significant
+        p_text = f"{agg.test} p {agg.p:.3g}, Holm {agg.p_adj:.3g}" if tested and agg.p_adj is not None else ""
         if failed:
             reason = f"dropped {-d:.2f} > {b.points:.2f} points" + (
-                ", CI below 0" if ci else " (no CI: task-level baseline)"
+                f", significant ({p_text})" if tested else " (no CI: task-level baseline)"
             )
         elif over:
-            reason = f"dropped {-d:.2f} > {b.points:.2f} points but not significant (CI {ci[0]:.2f}..{ci[1]:.2f})"  # type: ignore[index]
+            ci_text = f"CI {ci[0]:.2f}..{ci[1]:.2f}; " if ci else ""
+            reason = f"dropped {-d:.2f} > {b.points:.2f} points but not significant ({ci_text}{p_text})"
         else:
             reason = f"within budget ({d:+.2f} points)"
         if agg.coverage.partial:
@@ -289,7 +294,7 @@ def regress(
     budgets = parse_budgets(max_drop, suite_obj) if max_drop else []
     drift_budgets = parse_drift_budgets(max_drift or [], suite_obj)
     res = compare(baseline, [candidate], suite=suite, results=results, n_boot=n_boot, confidence=1 - significance,
-                  pairs=[], eval_kwargs=eval_kwargs)  # fmt: skip
+                  alpha=significance, pairs=[], eval_kwargs=eval_kwargs)  # fmt: skip
     lines = gate(res.report, budgets, significance)
     drift_lines = drift_gate(res.report, res.runs[1].label, drift_budgets)
     return GateResult(res.runs[0].label, res.runs[1].label, significance, lines, drift_lines, res.report)

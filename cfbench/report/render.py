@@ -5,10 +5,10 @@ cells, so the formats cannot drift apart. Markdown/HTML/CSV/JSON use only the st
 pandas; rich is imported lazily by ``to_rich`` alone.
 
 Display conventions follow the paper: scores ×100 with 2 decimals. Markers: ``*`` significant
-(McNemar exact p < α for 0/1 tasks, otherwise the bootstrap CI excludes 0), ``†`` partial coverage,
-``‡`` items dropped because the two runs were not evaluated on identical item sets. A task whose
-runs scored different items shows ``unpaired`` in its n column (and ``"unpaired": true`` in JSON/CSV):
-its Δ is of task means, with no CI, McNemar p or flips.
+(the Holm-adjusted p of the row's own test < α: McNemar exact for a 0/1 item mean, else the
+bootstrap p), ``†`` partial coverage, ``‡`` items dropped because the two runs were not evaluated on
+identical item sets. A task whose runs scored different items shows ``unpaired`` in its n column (and
+``"unpaired": true`` in JSON/CSV): its Δ is of task means, with no CI, McNemar p or flips.
 
 Learned/forgot signals (:class:`cfbench.signals.Signal`, attached with ``ComparisonReport.add_signals``)
 are rendered generically: a "Learned vs forgot" table (one row per tuned run, accuracy Δ AVG and flips,
@@ -85,6 +85,11 @@ def fmt_p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def fmt_test_p(p: float | None, test: str | None) -> str:
+    """A row's p with its test: bare for McNemar, ``ᵇ`` for a bootstrap p (legend)."""
+    return fmt_p(p) + ("ᵇ" if p is not None and test == "bootstrap" else "")
+
+
 def _tone(x: float | None) -> Literal["neg", "pos"] | None:
     if x is None or fmt_delta(x) == "0.00":
         return None
@@ -109,8 +114,10 @@ def _legend(report: ComparisonReport) -> str:
     return (
         f"Scores ×100. Δ = run − reference on the items both were evaluated on. {level} CI: paired "
         f"percentile bootstrap (B={s.n_boot}, seed {s.seed}; categories and AVG stratified by task). "
-        f"* significant at α={s.alpha:g} (McNemar exact test for 0/1 tasks, else CI excludes 0; "
-        f"aggregates: CI excludes 0). † partial coverage. {NA}: task-level scores only, no item statistics; "
+        f"* significant at α={s.alpha:g} by the Holm-adjusted p (families: the task rows of one comparison; "
+        f"its categories + AVG). p: McNemar exact for a 0/1 item mean; ᵇ bootstrap p (subject means, non-0/1 "
+        f"metrics, categories, AVG); a category or AVG made of one task takes that task's test. † partial coverage. "
+        f"{NA}: task-level scores only, no item statistics; "
         f"{UNPAIRED}: runs scored different items, Δ of task means without item statistics."
     )
 
@@ -177,10 +184,10 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
     cols = signal_columns(report) if cmp.kind == "base" else []
     spec = TableSpec(
         f"Per task: {cmp.label}",
-        ["Category", "Task", "n", cmp.ref, cmp.run, "Δ", f"{level} CI", "McNemar p", "Forgotten", "Gained",
+        ["Category", "Task", "n", cmp.ref, cmp.run, "Δ", f"{level} CI", "p", "p Holm", "Forgotten", "Gained",
          *(h for _, h in cols)],
-        ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", *("r" for _ in cols)],
-        wrap=set(range(10, 10 + len(cols))),
+        ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", *("r" for _ in cols)],
+        wrap=set(range(11, 11 + len(cols))),
     )  # fmt: skip
 
     def signal_cells(task: str | None) -> list[Cell]:
@@ -199,7 +206,7 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
         if t.missing:
             absent = [r for r, s in ((cmp.ref, t.ref_score), (cmp.run, t.score)) if s is None]
             scores = [Cell(fmt_score(t.ref_score)), Cell(fmt_score(t.score)), Cell(MISSING)]
-            blank = [Cell("") for _ in range(4)]
+            blank = [Cell("") for _ in range(5)]
             spec.rows.append([Cell(shown_category), Cell(name), Cell(""), *scores, *blank, *signal_cells(None)])
             spec.notes.append(f"{t.task}: no scores for {', '.join(absent)}; left out of Δ")
             continue
@@ -220,14 +227,15 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
                 Cell(fmt_score(t.score)),
                 _delta_cell(t.delta, t.significant),
                 Cell(fmt_ci(t.ci)),
-                Cell(fmt_p(t.p_mcnemar) if t.p_mcnemar is not None or not t.item_level else MISSING),
+                Cell(fmt_test_p(t.p, t.test) if t.p is not None or not t.item_level else MISSING),
+                Cell(fmt_p(t.p_adj) if t.p_adj is not None or not t.item_level else MISSING),
                 Cell(str(t.forgotten) if t.forgotten is not None else flips_na),
                 Cell(str(t.gained) if t.gained is not None else flips_na),
                 *signal_cells(None if t.group else t.task),
             ]
         )
-    if any(t.item_level and t.p_mcnemar is None for t in cmp.tasks):
-        spec.notes.append(f"{MISSING} in McNemar p / flips: metric is not 0/1 (e.g. TruthfulQA mc2)")
+    if any(t.item_level and t.forgotten is None for t in cmp.tasks):
+        spec.notes.append(f"{MISSING} in flips: metric is not 0/1 (e.g. TruthfulQA mc2)")
     if any(t.category is None for t in cmp.tasks):
         spec.notes.append(f"{EXTRA_LABEL}: reported, not part of any category or AVG")
     if cols:
@@ -461,6 +469,9 @@ def _agg_dict(report: ComparisonReport, agg: AggregateDelta) -> dict[str, Any]:
         "score": _finite(agg.other_mean),
         "delta": _finite(agg.delta),
         "ci": list(agg.ci) if agg.ci is not None else None,
+        "p": _finite(agg.p),
+        "test": agg.test,
+        "p_holm": _finite(agg.p_adj),
         "significant": report.aggregate_significant(agg),
         "coverage": _coverage_dict(agg.coverage),
     }
@@ -476,6 +487,9 @@ def _task_dict(t: TaskRow) -> dict[str, Any]:
         "delta": _finite(t.delta),
         "ci": list(t.ci) if t.ci is not None else None,
         "p_mcnemar": _finite(t.p_mcnemar),
+        "p": _finite(t.p),
+        "test": t.test,
+        "p_holm": _finite(t.p_adj),
         "significant": t.significant,
         "forgotten": t.forgotten,
         "gained": t.gained,
@@ -502,7 +516,13 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
             "confidence": s.confidence,
             "alpha": s.alpha,
             "ci_method": "paired percentile bootstrap, stratified by task for aggregates",
-            "test": "McNemar exact (two-sided binomial on discordant pairs), 0/1 metrics only",
+            "test": (
+                "per quantity: McNemar exact (two-sided binomial on discordant pairs) for a 0/1 item mean; "
+                "two-sided bootstrap p otherwise (subject means, non-0/1 metrics, categories, AVG); an aggregate "
+                "of one task takes that task's test"
+            ),
+            "multiplicity": "Holm within families: the task rows of one comparison; its categories + AVG; "
+            "significant = Holm-adjusted p < alpha",
         },
         "rows": [
             {
@@ -555,6 +575,9 @@ FRAME_COLUMNS = [
     "ci_low",
     "ci_high",
     "p_mcnemar",
+    "p",
+    "test",
+    "p_holm",
     "significant",
     "forgotten",
     "gained",
@@ -631,6 +654,9 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "ci_low": t.ci[0] if t.ci else None,
                     "ci_high": t.ci[1] if t.ci else None,
                     "p_mcnemar": t.p_mcnemar,
+                    "p": t.p,
+                    "test": t.test,
+                    "p_holm": t.p_adj,
                     "significant": t.significant,
                     "forgotten": t.forgotten,
                     "gained": t.gained,
@@ -652,6 +678,9 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "delta": agg.delta,
                     "ci_low": agg.ci[0] if agg.ci else None,
                     "ci_high": agg.ci[1] if agg.ci else None,
+                    "p": agg.p,
+                    "test": agg.test,
+                    "p_holm": agg.p_adj,
                     "significant": report.aggregate_significant(agg),
                     "coverage_present": len(agg.coverage.present),
                     "coverage_total": agg.coverage.total,
@@ -670,7 +699,7 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
         frame[col] = frame[col].astype("Int64")
     for col in ("significant", "partial", "item_level", "unpaired"):
         frame[col] = frame[col].astype("boolean")
-    for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar", "value", "floor",
+    for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar", "p", "p_holm", "value", "floor",
                 "floor_ci_low", "floor_ci_high"):  # fmt: skip
         frame[col] = frame[col].astype("float64")
     return frame

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -41,6 +41,7 @@ from cfbench.stats import (
     ci_excludes_zero,
     coverage_of,
     data_key,
+    holm_adjust,
     paired_task_delta,
     task_rng,
 )
@@ -95,6 +96,11 @@ class TaskRow:
     significant: bool
     #: True when both runs have item scores but not for the same items: Δ is of task means only.
     unpaired: bool = False
+    #: p of the test of this row's Δ (``test``: "McNemar" or "bootstrap") and its Holm-adjusted value
+    #: within the comparison's task family; ``significant`` is ``p_adj < alpha``.
+    p: float | None = None
+    test: str | None = None
+    p_adj: float | None = None
 
     @property
     def missing(self) -> bool:
@@ -198,8 +204,11 @@ class ComparisonReport:
         return [c for c in self.comparisons if c.kind == "pair"]
 
     def aggregate_significant(self, agg: AggregateDelta) -> bool:
-        """Aggregates have no exact test; significance is the stratified bootstrap CI excluding 0."""
-        return ci_excludes_zero(agg.ci)
+        """The star the report gave the aggregate (:func:`_judge_aggregates`: its test, Holm-adjusted).
+
+        An aggregate built outside a report (no judgement attached) falls back to its CI excluding 0.
+        """
+        return agg.significant if agg.significant is not None else ci_excludes_zero(agg.ci)
 
 
 def detect_pairs(labels: Sequence[str]) -> list[tuple[str, str]]:
@@ -346,13 +355,50 @@ def _group_order(mapping: Mapping[str, str]) -> list[str]:
     return list(dict.fromkeys(mapping.values()))
 
 
-def _item_row(task: str, category: str | None, group: str | None, d: TaskDelta, alpha: float) -> TaskRow:
-    """Significance: McNemar's exact p where it exists (0/1 metrics), else the bootstrap CI."""
-    significant = d.p_mcnemar < alpha if d.p_mcnemar is not None else ci_excludes_zero(d.ci)
+def _item_row(task: str, category: str | None, group: str | None, d: TaskDelta) -> TaskRow:
+    """A row with the test of its own Δ (``d.p``); the star is set once the family is known (:func:`_judge_tasks`)."""
     return TaskRow(
         task, category, group, d.ref_mean, d.other_mean, d.delta, d.ci, d.p_mcnemar, d.forgotten, d.gained,
-        d.n, d.dropped_ref, d.dropped_other, item_level=True, significant=significant,
+        d.n, d.dropped_ref, d.dropped_other, item_level=True, significant=False, p=d.p, test=d.test,
     )  # fmt: skip
+
+
+def _judge_tasks(rows: list[TaskRow], alpha: float) -> list[TaskRow]:
+    """Holm over one family: every tested task and sub-group row of one comparison.
+
+    One comparison runs a dozen task tests; at raw α the chance of at least one false star under the
+    global null is ~1 − 0.95^13 ≈ 0.49. Holm bounds it by α whatever the dependence between tasks.
+    """
+    tested = [i for i, r in enumerate(rows) if r.p is not None]
+    adj = holm_adjust([rows[i].p for i in tested])  # type: ignore[misc]
+    out = list(rows)
+    for i, a in zip(tested, adj, strict=True):
+        out[i] = replace(rows[i], p_adj=a, significant=a < alpha)
+    return out
+
+
+def _judge_aggregates(
+    cats: dict[str, AggregateDelta], avg: AggregateDelta, rows: list[TaskRow], alpha: float
+) -> tuple[dict[str, AggregateDelta], AggregateDelta]:
+    """One rule per quantity: an aggregate that *is* one task's Δ (one task present) takes that task's test
+    and star; the others (bootstrap p) are one Holm family, categories and AVG together."""
+    top = {r.task: r for r in rows if r.group is None}
+    aggs = [*cats.values(), avg]
+    judged: dict[str, AggregateDelta] = {}
+    family: list[AggregateDelta] = []
+    for agg in aggs:
+        if agg.delta is None:
+            judged[agg.name] = replace(agg, significant=False)
+        elif len(agg.coverage.present) == 1 and agg.coverage.present[0] in top:
+            t = top[agg.coverage.present[0]]
+            judged[agg.name] = replace(agg, p=t.p, test=t.test, p_adj=t.p_adj, significant=t.significant)
+        elif agg.p is None:
+            judged[agg.name] = replace(agg, significant=False)
+        else:
+            family.append(agg)
+    for agg, a in zip(family, holm_adjust([a.p for a in family]), strict=True):  # type: ignore[misc]
+        judged[agg.name] = replace(agg, p_adj=a, significant=a < alpha)
+    return {n: judged[n] for n in cats}, judged[avg.name]
 
 
 def _value_row(
@@ -406,7 +452,7 @@ def _compare(
             key = data_key(paired)  # seeds from the data, never from labels
             naive = task in data.subset_mean  # OpenCompass's mmlu: mean of subject means
             d = paired_task_delta(paired, rng=task_rng(settings.seed, key, task), subset_mean=naive, **boot)
-            rows.append(_item_row(task, category, None, d, settings.alpha))
+            rows.append(_item_row(task, category, None, d))
             points[task] = TaskPoint(d.ref_mean, d.other_mean, d.replicates)
             if task in subgroups:
                 mapping = subgroups[task]
@@ -416,7 +462,7 @@ def _compare(
                     if mask.any():
                         rng = task_rng(settings.seed, key, task, group)
                         g = paired_task_delta(paired.select(mask), rng=rng, subset_mean=naive, **boot)
-                        rows.append(_item_row(task, category, group, g, settings.alpha))
+                        rows.append(_item_row(task, category, group, g))
         elif data.has(ref, task) and data.has(run, task):
             row = _value_row(task, category, None, data.score(ref, task), data.score(run, task))
             rows.append(row)
@@ -431,6 +477,8 @@ def _compare(
     cats, avg = aggregate_deltas(
         categories, points, confidence=settings.confidence, reference=reference, reasons=reasons
     )
+    rows = _judge_tasks(rows, settings.alpha)
+    cats, avg = _judge_aggregates(cats, avg, rows, settings.alpha)
     return Comparison(ref, run, kind, rows, cats, avg, notes)
 
 
