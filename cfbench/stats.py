@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 
 from cfbench.errors import CfbenchError
 
@@ -488,3 +488,82 @@ CI_ZERO_TOL = 1e-12
 def ci_excludes_zero(ci: tuple[float, float] | None) -> bool:
     """Significance of a Δ at the CI's level: the interval lies strictly on one side of 0."""
     return ci is not None and (ci[0] > CI_ZERO_TOL or ci[1] < -CI_ZERO_TOL)
+
+
+def wilson_ci(successes: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a proportion (well-behaved at 0 and 1, unlike the Wald interval)."""
+    if n <= 0:
+        raise ValueError("a proportion of zero items has no interval")
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+#: A run that puts at least this share of its predictions on one choice index measures the label prior.
+ONE_CHOICE_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class LabelPrior:
+    """Why a run's accuracy on a task cannot show anything: it is the label prior, not knowledge.
+
+    ``one_choice``: ``top_count / n >= ONE_CHOICE_SHARE`` predictions fall on choice ``top_choice``;
+    ``at_majority``: the majority-label share (always answering the commonest gold index) lies inside
+    the accuracy's Wilson CI ``ci``.
+    """
+
+    n: int
+    top_choice: int
+    top_count: int
+    accuracy: float
+    majority_share: float
+    ci: tuple[float, float]
+    one_choice: bool
+    at_majority: bool
+
+    def describe(self) -> str:
+        """``113/114 predictions are choice A`` or ``accuracy 50.00 = majority-label share 50.00 within CI``."""
+        if self.one_choice:
+            return f"{self.top_count}/{self.n} predictions are choice {_choice_name(self.top_choice)}"
+        return (
+            f"accuracy {100 * self.accuracy:.2f} equals the majority-label share {100 * self.majority_share:.2f} "
+            f"within its CI [{100 * self.ci[0]:.2f}, {100 * self.ci[1]:.2f}]"
+        )
+
+
+def _choice_name(index: int) -> str:
+    return chr(ord("A") + index) if 0 <= index < 26 else str(index)
+
+
+def label_prior(
+    pred: np.ndarray | None, gold: np.ndarray, score: np.ndarray, confidence: float = DEFAULT_CONFIDENCE
+) -> LabelPrior | None:
+    """The :class:`LabelPrior` flag of one run on one task, or None when its accuracy can show something.
+
+    ``pred`` counts only where it *is* the scored prediction (``score == (pred == gold)`` on every item;
+    an ``acc_norm`` task stores the ``acc`` argmax, which is not what its score counts). The accuracy
+    here is the item mean of the 0/1 scores.
+    """
+    gold = np.asarray(gold, dtype=np.int64)
+    score = np.asarray(score, dtype=float)
+    n = int(score.size)
+    if n == 0 or not np.isin(score, (0.0, 1.0)).all():
+        return None
+    labels, counts = np.unique(gold, return_counts=True)
+    majority = float(counts.max() / n)
+    acc = float(score.mean())
+    ci = wilson_ci(int(score.sum()), n, confidence)
+    top, top_count = int(labels[counts.argmax()]), 0
+    one_choice = False
+    if pred is not None:
+        pred = np.asarray(pred, dtype=np.int64)
+        if np.array_equal((pred == gold).astype(float), score):
+            values, pcounts = np.unique(pred, return_counts=True)
+            top, top_count = int(values[pcounts.argmax()]), int(pcounts.max())
+            one_choice = top_count >= ONE_CHOICE_SHARE * n
+    at_majority = ci[0] <= majority <= ci[1]
+    if not (one_choice or at_majority):
+        return None
+    return LabelPrior(n, top, top_count, acc, majority, ci, one_choice, at_majority)

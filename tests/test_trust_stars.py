@@ -127,3 +127,76 @@ def test_task_stars_use_holm_adjusted_p_and_the_legend_says_so() -> None:
     aggs = [*cmp.categories.values(), cmp.avg]
     assert all(a.test == "bootstrap" and a.p_adj is not None and a.p_adj >= a.p for a in aggs)
     assert [a.p_adj for a in aggs] == pytest.approx(holm_adjust([a.p for a in aggs]))
+
+
+# -- item 5: tasks whose accuracy is the label prior are flagged ----------------------------------------------
+def _prior_items() -> pd.DataFrame:
+    """MMLU-like: 114 items, 33 with gold A (28.95 %); every run predicts A on 113 or 114 of them."""
+    gold = np.r_[np.zeros(33, int), np.ones(30, int), np.full(30, 2), np.full(21, 3)]
+    frames = []
+    for run, odd in (("base", 40), ("tuned", None)):
+        pred = np.zeros(114, int)
+        if odd is not None:
+            pred[odd] = 1  # gold 1 there: one right answer that is not A
+        score = (pred == gold).astype(float)
+        frames.append(pd.DataFrame({"run": run, "task": "mmlu", "doc_id": np.arange(114), "subset": None,
+                                    "score": score, "gold": gold, "pred": pred}))  # fmt: skip
+    boolq_gold = np.tile([0, 1], 100)
+    for run in ("base", "tuned"):
+        pred = np.where(np.arange(200) < 150, boolq_gold, 1 - boolq_gold)  # 75 % right, predictions balanced
+        score = (pred == boolq_gold).astype(float)
+        frames.append(pd.DataFrame({"run": run, "task": "boolq", "doc_id": np.arange(200), "subset": None,
+                                    "score": score, "gold": boolq_gold, "pred": pred}))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_label_prior_rule() -> None:
+    from cfbench.stats import label_prior
+
+    gold = np.r_[np.zeros(33, int), np.ones(81, int)]
+    pred = np.zeros(114, int)
+    pred[40] = 1
+    flag = label_prior(pred, gold, (pred == gold).astype(float))
+    assert flag is not None and flag.one_choice and (flag.top_choice, flag.top_count, flag.n) == (0, 113, 114)
+    assert flag.describe() == "113/114 predictions are choice A"
+    # balanced predictions, accuracy far above the majority share: nothing to flag
+    g = np.tile([0, 1], 100)
+    p = np.where(np.arange(200) < 150, g, 1 - g)
+    assert label_prior(p, g, (p == g).astype(float)) is None
+    # accuracy at the majority-label share (within its CI), predictions spread: flagged by the second rule
+    p2 = np.where(np.arange(200) < 104, g, 1 - g)
+    flag2 = label_prior(p2, g, (p2 == g).astype(float))
+    assert flag2 is not None and flag2.at_majority and not flag2.one_choice
+    assert "majority-label share 50.00" in flag2.describe()
+    # a stored pred that is not what the score counts (acc_norm) is not used for the one-choice rule
+    assert label_prior(np.zeros(200, int), g, (p == g).astype(float)) is None
+
+
+def test_label_prior_task_is_flagged_in_every_format() -> None:
+    from cfbench.report.html import to_html
+    from cfbench.report.render import to_csv
+
+    report = build_report("base", ["tuned"], {"DK": ["mmlu"], "R": ["boolq"]}, items=_prior_items(), seed=0)
+    assert set(report.label_prior) == {("base", "mmlu"), ("tuned", "mmlu")}
+    line = (
+        "‡ mmlu: 113/114 predictions are choice A (base); 114/114 predictions are choice A (tuned): "
+        "accuracy measures the label prior here; read gold log-p / KL"
+    )
+    md = to_markdown(report)
+    assert md.count(line) == 1
+    task_row = _md_row(md, "Per task: tuned − base", "DK")
+    assert task_row[5].endswith("‡")  # Δ marked, not a clean number
+    assert not _md_row(md, "Per task: tuned − base", "R")[5].endswith("‡")
+    cats = _md_row(md, "Δ by category", "tuned − base")
+    assert cats[1].endswith("‡1/1") and cats[3].endswith("‡1/2")  # DK, AVG (R: none)
+    assert "‡" not in cats[2]
+    data = report_to_dict(report)
+    assert line in data["label_prior_lines"]
+    cmp = data["comparisons"][0]
+    assert next(t for t in cmp["tasks"] if t["task"] == "mmlu")["label_prior"] is True
+    assert cmp["avg"]["flagged_tasks"] == 1 and cmp["categories"]["R"]["flagged_tasks"] == 0
+    frame = pd.read_csv(__import__("io").StringIO(to_csv(report)))
+    mmlu = frame[(frame["section"] == "delta") & (frame["task"] == "mmlu")]
+    assert bool(mmlu["label_prior"].iloc[0])
+    html = to_html(report)
+    assert "113/114 predictions are choice A (base)" in html

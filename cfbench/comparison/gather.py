@@ -29,7 +29,7 @@ def gather(
     used: dict[str, set[str]] | None = None,
     raw: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Item rows (``run, task, doc_id, subset, score, item_hash, task_hash``) and task-level rows
+    """Item rows (``run, task, doc_id, subset, score, item_hash, task_hash, gold, pred``) and task-level rows
     (``run, task, value, subset``).
 
     A run scored with ``--limit N`` contributes exactly the documents it selected, even when the
@@ -63,6 +63,9 @@ def gather(
                             "score": grp[metric].astype(float),
                             "item_hash": grp["item_hash"].astype(object) if "item_hash" in grp else None,
                             "task_hash": grp["task_hash"].astype(object) if "task_hash" in grp else None,
+                            # for the label-prior flag (cfbench.stats.label_prior): gold index and prediction
+                            "gold": grp.get("gold", None),
+                            "pred": grp.get("pred", None),
                         }
                     )
                 )

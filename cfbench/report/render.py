@@ -103,6 +103,11 @@ def _delta_cell(x: float | None, significant: bool, partial: bool = False) -> Ce
     return Cell(text, _tone(x), significant)
 
 
+def _prior_mark(cell: Cell, flagged: bool) -> Cell:
+    """``‡`` on a Δ whose task measures the label prior in either run (a 0.00 there is not "no change")."""
+    return Cell(cell.text + "‡", cell.tone, cell.strong) if flagged else cell
+
+
 def _partial_note(who: str, name: str, cov: Coverage) -> str:
     return f"{who} {name}: {cov.label} (missing: {cov.missing_text()})"
 
@@ -117,7 +122,9 @@ def _legend(report: ComparisonReport) -> str:
         f"* significant at α={s.alpha:g} by the Holm-adjusted p (families: the task rows of one comparison; "
         f"its categories + AVG). p: McNemar exact for a 0/1 item mean; ᵇ bootstrap p (subject means, non-0/1 "
         f"metrics, categories, AVG); a category or AVG made of one task takes that task's test. † partial coverage. "
-        f"{NA}: task-level scores only, no item statistics; "
+        f"‡ on a task's Δ: its accuracy measures the label prior (≥90% of predictions on one choice, or accuracy "
+        f"= majority-label share within its CI) in either run; ‡k/m on a category or AVG: k of its m tasks are. "
+        f"‡ on n: items dropped (not on both runs). {NA}: task-level scores only, no item statistics; "
         f"{UNPAIRED}: runs scored different items, Δ of task means without item statistics."
     )
 
@@ -156,8 +163,21 @@ def summary_table(report: ComparisonReport) -> TableSpec:
         sig = report.aggregate_significant(cmp.avg)
         cells += [_delta_cell(cmp.avg.delta, sig, cmp.avg.coverage.partial), Cell(fmt_ci(cmp.avg.ci))]
         spec.rows.append(cells)
+    spec.notes += label_prior_lines(report)
     spec.notes.append(_legend(report))
     return spec
+
+
+def label_prior_lines(report: ComparisonReport) -> list[str]:
+    """One line per flagged task: which runs' accuracy there is the label prior, and what to read instead."""
+    by_task: dict[str, dict[str, list[str]]] = {}
+    for (run, task), flag in report.label_prior.items():
+        by_task.setdefault(task, {}).setdefault(flag.describe(), []).append(run)
+    return [
+        f"‡ {task}: " + "; ".join(f"{what} ({', '.join(runs)})" for what, runs in parts.items())
+        + ": accuracy measures the label prior here; read gold log-p / KL"
+        for task, parts in by_task.items()
+    ]
 
 
 def delta_table(report: ComparisonReport) -> TableSpec:
@@ -170,7 +190,9 @@ def delta_table(report: ComparisonReport) -> TableSpec:
         for agg in [*(cmp.categories[c] for c in cats), cmp.avg]:
             cell = _delta_cell(agg.delta, report.aggregate_significant(agg), agg.coverage.partial)
             if agg.delta is not None:
-                cell = Cell(f"{cell.text} {fmt_ci(agg.ci)}", cell.tone, cell.strong)
+                k = report.flagged(cmp, agg)
+                flagged = f" ‡{k}/{len(agg.coverage.present)}" if k else ""
+                cell = Cell(f"{cell.text} {fmt_ci(agg.ci)}{flagged}", cell.tone, cell.strong)
             cells.append(cell)
             if agg.coverage.partial:
                 spec.notes.append("† " + _partial_note(cmp.label, agg.name, agg.coverage))
@@ -225,7 +247,7 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
                 Cell(n_text),
                 Cell(fmt_score(t.ref_score)),
                 Cell(fmt_score(t.score)),
-                _delta_cell(t.delta, t.significant),
+                _prior_mark(_delta_cell(t.delta, t.significant), t.label_prior),
                 Cell(fmt_ci(t.ci)),
                 Cell(fmt_test_p(t.p, t.test) if t.p is not None or not t.item_level else MISSING),
                 Cell(fmt_p(t.p_adj) if t.p_adj is not None or not t.item_level else MISSING),
@@ -477,6 +499,15 @@ def _agg_dict(report: ComparisonReport, agg: AggregateDelta) -> dict[str, Any]:
     }
 
 
+def _label_prior_dicts(report: ComparisonReport) -> list[dict[str, Any]]:
+    return [
+        {"run": run, "task": task, "n": f.n, "top_choice": f.top_choice, "top_count": f.top_count,
+         "accuracy": f.accuracy, "majority_share": f.majority_share, "ci": list(f.ci), "one_choice": f.one_choice,
+         "at_majority": f.at_majority, "text": f.describe()}
+        for (run, task), f in report.label_prior.items()
+    ]  # fmt: skip
+
+
 def _task_dict(t: TaskRow) -> dict[str, Any]:
     return {
         "task": t.task,
@@ -498,6 +529,7 @@ def _task_dict(t: TaskRow) -> dict[str, Any]:
         "dropped_run": t.dropped_other,
         "item_level": t.item_level,
         "unpaired": t.unpaired,
+        "label_prior": t.label_prior,
     }
 
 
@@ -542,14 +574,19 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
                 "run": c.run,
                 "kind": c.kind,
                 "label": c.label,
-                "categories": {name: _agg_dict(report, a) for name, a in c.categories.items()},
-                "avg": _agg_dict(report, c.avg),
+                "categories": {
+                    name: {**_agg_dict(report, a), "flagged_tasks": report.flagged(c, a)}
+                    for name, a in c.categories.items()
+                },
+                "avg": {**_agg_dict(report, c.avg), "flagged_tasks": report.flagged(c, c.avg)},
                 "tasks": [_task_dict(t) for t in c.tasks],
                 "notes": list(c.notes),
             }
             for c in report.comparisons
         ],
         "signals": {run: [_signal_dict(x) for x in sigs] for run, sigs in report.signals.items()},
+        "label_prior": _label_prior_dicts(report),
+        "label_prior_lines": label_prior_lines(report),
     }
 
 
@@ -589,6 +626,8 @@ FRAME_COLUMNS = [
     "partial",
     "item_level",
     "unpaired",
+    "label_prior",
+    "flagged_tasks",
     # section="signal" rows (learned/forgot signals attached to the report), in the signal's unit:
     "signal",
     "signal_kind",
@@ -665,6 +704,7 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "dropped_run": t.dropped_other,
                     "item_level": t.item_level,
                     "unpaired": t.unpaired,
+                    "label_prior": t.label_prior,
                 }
             )
         for agg in [*cmp.categories.values(), cmp.avg]:
@@ -685,6 +725,7 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "coverage_present": len(agg.coverage.present),
                     "coverage_total": agg.coverage.total,
                     "partial": agg.coverage.partial,
+                    "flagged_tasks": report.flagged(cmp, agg),
                 }
             )
     return recs
@@ -695,9 +736,10 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
     recs = _score_records(report) + _delta_records(report)
     recs += _signal_records(report)
     frame = pd.DataFrame.from_records(recs, columns=FRAME_COLUMNS)
-    for col in ("forgotten", "gained", "n", "dropped_ref", "dropped_run", "coverage_present", "coverage_total"):
+    for col in ("forgotten", "gained", "n", "dropped_ref", "dropped_run", "coverage_present", "coverage_total",
+                "flagged_tasks"):  # fmt: skip
         frame[col] = frame[col].astype("Int64")
-    for col in ("significant", "partial", "item_level", "unpaired"):
+    for col in ("significant", "partial", "item_level", "unpaired", "label_prior"):
         frame[col] = frame[col].astype("boolean")
     for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar", "p", "p_holm", "value", "floor",
                 "floor_ci_low", "floor_ci_high"):  # fmt: skip

@@ -33,6 +33,7 @@ from cfbench.stats import (
     DEFAULT_N_BOOT,
     AggregateDelta,
     Coverage,
+    LabelPrior,
     TaskDelta,
     TaskPoint,
     aggregate_deltas,
@@ -42,6 +43,7 @@ from cfbench.stats import (
     coverage_of,
     data_key,
     holm_adjust,
+    label_prior,
     paired_task_delta,
     task_rng,
 )
@@ -101,6 +103,8 @@ class TaskRow:
     p: float | None = None
     test: str | None = None
     p_adj: float | None = None
+    #: Either run's accuracy on this task is its label prior (:class:`cfbench.stats.LabelPrior`): Δ marked ‡.
+    label_prior: bool = False
 
     @property
     def missing(self) -> bool:
@@ -158,6 +162,13 @@ class ComparisonReport:
     settings: ReportSettings = field(default_factory=ReportSettings)
     #: Tuned run label → learned/forgot signals attached by producers (:meth:`add_signals`).
     signals: dict[str, list[Signal]] = field(default_factory=dict)
+    #: (run, task) → why that run's accuracy on that task measures the label prior (issue 19, item 5).
+    label_prior: dict[tuple[str, str], LabelPrior] = field(default_factory=dict)
+
+    def flagged(self, cmp: Comparison, agg: AggregateDelta) -> int:
+        """How many of an aggregate's present tasks are label-prior flagged in this comparison."""
+        rows = {t.task: t for t in cmp.tasks if t.group is None}
+        return sum(1 for t in agg.coverage.present if t in rows and rows[t].label_prior)
 
     def add_signals(self, run: str, signals: Sequence[Signal]) -> None:
         """Attach ``signals`` of tuned run ``run``; every format renders them, with no per-name code.
@@ -302,6 +313,18 @@ class _Data:
         #: Tasks scored as the unweighted mean of their subsets' means (OpenCompass's mmlu), not of items.
         self.subset_mean = frozenset(subset_mean)
 
+    def label_priors(self, confidence: float) -> dict[tuple[str, str], LabelPrior]:
+        """Label-prior flags of every (run, task) whose items carry ``gold`` (and ``pred`` for the one-choice rule)."""
+        out: dict[tuple[str, str], LabelPrior] = {}
+        for key, frame in self.items.items():
+            if "gold" not in frame or frame["gold"].isna().any():
+                continue
+            pred = frame["pred"] if "pred" in frame and not frame["pred"].isna().any() else None
+            flag = label_prior(pred, frame["gold"].to_numpy(), frame["score"].to_numpy(), confidence)
+            if flag is not None:
+                out[key] = flag
+        return out
+
     def has(self, run: str, task: str) -> bool:
         return (run, task) in self.items or (run, task) in self.values
 
@@ -423,6 +446,7 @@ def _compare(
     settings: ReportSettings,
     reference: Mapping[str, Sequence[str]] | None = None,
     reasons: Mapping[str, str] | None = None,
+    flags: Collection[tuple[str, str]] = frozenset(),
 ) -> Comparison:
     rows: list[TaskRow] = []
     notes: list[str] = []
@@ -478,6 +502,7 @@ def _compare(
         categories, points, confidence=settings.confidence, reference=reference, reasons=reasons
     )
     rows = _judge_tasks(rows, settings.alpha)
+    rows = [replace(r, label_prior=True) if {(ref, r.task), (run, r.task)} & flags else r for r in rows]
     cats, avg = _judge_aggregates(cats, avg, rows, settings.alpha)
     return Comparison(ref, run, kind, rows, cats, avg, notes)
 
@@ -548,8 +573,9 @@ def build_report(
     ref_cats = {k: tuple(v) for k, v in (reference_categories or {}).items()}
     why = dict(missing_reasons or {})
     rows = [_run_row(data, run, cats, extras, ref_cats, why) for run in (base, *tuned)]
+    flags = frozenset(priors := data.label_priors(confidence))
     comparisons = [
-        _compare(data, base, run, "base", cats, extras, subgroups, settings, ref_cats, why) for run in tuned
+        _compare(data, base, run, "base", cats, extras, subgroups, settings, ref_cats, why, flags) for run in tuned
     ]
     for without, with_ in detect_pairs(tuned) if pairs is None else pairs:
         for label in (without, with_):
@@ -557,5 +583,7 @@ def build_report(
                 raise CfbenchError(
                     f"pair run '{label}' is not among the tuned runs {list(tuned)}; pass it as a tuned run"
                 )
-        comparisons.append(_compare(data, without, with_, "pair", cats, extras, subgroups, settings, ref_cats, why))
-    return ComparisonReport(base, tuned, cats, extras, rows, comparisons, settings)
+        comparisons.append(
+            _compare(data, without, with_, "pair", cats, extras, subgroups, settings, ref_cats, why, flags)
+        )
+    return ComparisonReport(base, tuned, cats, extras, rows, comparisons, settings, label_prior=priors)
