@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -253,6 +253,18 @@ def bootstrap_p(diffs: np.ndarray) -> float:
     return float(min(1.0, 2.0 * (min(below, above) + 1) / (d.size + 1)))
 
 
+def bootstrap_p_above(values: np.ndarray, bar: float) -> float:
+    """Bootstrap p that a statistic is not above ``bar``: ``2 (#v* ≤ bar + 1) / (B + 1)``, capped at 1.
+
+    The test of "CI lower bound above ``bar``" (a divergence above its noise floor), on the same
+    two-sided scale as :func:`bootstrap_p` so one α reads both.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        raise ValueError("cannot compute a bootstrap p from zero replicates")
+    return float(min(1.0, 2.0 * (int(np.sum(v <= bar)) + 1) / (v.size + 1)))
+
+
 def holm_adjust(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values of one family, in the given order.
 
@@ -427,6 +439,9 @@ class AggregateDelta:
     #: Set by the report: the Holm-adjusted p within its family, and the star it gives.
     p_adj: float | None = None
     significant: bool | None = None
+    #: ``(n_boot, 2)`` stratified replicates of both means (None without a bootstrap), for callers that
+    #: test against something other than 0 (a drift signal against its noise floor).
+    replicates: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def aggregate_deltas(
@@ -461,7 +476,8 @@ def aggregate_deltas(
         reps = None if any(r is None for r in reps_list) else np.mean(np.stack(reps_list), axis=0)
         ci = percentile_ci(reps[:, 1] - reps[:, 0], confidence) if reps is not None else None
         p, test = (bootstrap_p(reps[:, 1] - reps[:, 0]), "bootstrap") if reps is not None else (None, None)
-        cat_out[name] = AggregateDelta(name, ref_mean, other_mean, other_mean - ref_mean, ci, coverage, p, test)
+        delta = other_mean - ref_mean
+        cat_out[name] = AggregateDelta(name, ref_mean, other_mean, delta, ci, coverage, p, test, replicates=reps)
         cat_points.append((ref_mean, other_mean))
         cat_reps.append(reps)
 
@@ -470,12 +486,14 @@ def aggregate_deltas(
         return cat_out, AggregateDelta("AVG", None, None, None, None, avg_cov)
     avg_ref = float(np.mean([p[0] for p in cat_points]))
     avg_other = float(np.mean([p[1] for p in cat_points]))
-    avg_ci = avg_p = avg_test = None
+    avg_ci = avg_p = avg_test = avg_reps = None
     if all(r is not None for r in cat_reps):
         avg_reps = np.mean(np.stack(cat_reps), axis=0)  # type: ignore[arg-type]
         avg_ci = percentile_ci(avg_reps[:, 1] - avg_reps[:, 0], confidence)
         avg_p, avg_test = bootstrap_p(avg_reps[:, 1] - avg_reps[:, 0]), "bootstrap"
-    avg = AggregateDelta("AVG", avg_ref, avg_other, avg_other - avg_ref, avg_ci, avg_cov, avg_p, avg_test)
+    avg = AggregateDelta(
+        "AVG", avg_ref, avg_other, avg_other - avg_ref, avg_ci, avg_cov, avg_p, avg_test, replicates=avg_reps
+    )
     return cat_out, avg
 
 

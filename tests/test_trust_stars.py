@@ -200,3 +200,46 @@ def test_label_prior_task_is_flagged_in_every_format() -> None:
     assert bool(mmlu["label_prior"].iloc[0])
     html = to_html(report)
     assert "113/114 predictions are choice A (base)" in html
+
+
+def test_signal_stars_use_holm_over_the_signal_scopes() -> None:
+    """A signed signal on 6 tasks, each moved so its own bootstrap p is ≈ 0.02: Holm over the 8 scopes
+    (overall, one category, 6 tasks) keeps the strong overall move starred and removes the task stars."""
+    from cfbench.metrics import register_metric, unregister_metric
+
+    # the raw change of the gold choice's score, so each item's value is exactly the shift drawn below
+    metric = register_metric("gold_shift_test", lambda b: b.tuned[:, 0] - b.base[:, 0], label="shift",
+                             unit="nats", kind="delta", better="higher")  # fmt: skip
+    try:
+        _check_signal_holm(metric)
+    finally:
+        unregister_metric("gold_shift_test")
+
+
+def _check_signal_holm(metric) -> None:  # type: ignore[no-untyped-def]
+    from cfbench.metrics.choices import ChoiceRule, choice_frame
+    from cfbench.metrics.drift import DriftSettings, drift_signals
+
+    rng = np.random.default_rng(0)
+    tasks = [f"t{i}" for i in range(6)]
+    frames: dict[str, dict[str, pd.DataFrame]] = {"b": {}, "t": {}}
+    for task in tasks:
+        n = 60
+        base = rng.normal(0, 1, size=(n, 2))
+        z = rng.normal(size=n)
+        # gold (choice 0) log-p moves by exactly −0.3 on average with SE 0.3 / 2.3: each task alone p ≈ 0.02
+        shift = -0.3 + (z - z.mean()) / z.std() * (0.3 / 2.3) * np.sqrt(n)
+        tuned = base.copy()
+        tuned[:, 0] += shift
+        for run, lp in (("b", base), ("t", tuned)):
+            items = pd.DataFrame({"doc_id": np.arange(n), "logprobs": list(lp), "gold": 0, "item_hash": None,
+                                  "task_hash": "c", "subset": None})  # fmt: skip
+            frames[run][task], _ = choice_frame(items, ChoiceRule("loglikelihood", "acc"))
+    res = drift_signals(frames, "b", ["t"], {"C": tasks}, metrics=[metric],
+                        settings=DriftSettings(n_boot=2000))  # fmt: skip
+    sigs = res.signals["t"]
+    assert len(sigs) == 8 and all(s.p is not None and s.p_adj is not None for s in sigs)
+    assert [s.p_adj for s in sigs] == pytest.approx(holm_adjust([s.p for s in sigs]))
+    assert all(s.significant == (s.p_adj < 0.05) for s in sigs)
+    assert any(s.p < 0.05 <= s.p_adj for s in sigs)  # a raw star that the family adjustment removes
+    assert next(s for s in sigs if s.scope == "all").significant

@@ -330,6 +330,8 @@ def _signal_legend(report: ComparisonReport) -> str:
         f"Signals in their own units, value [{level} CI]. * significant as its producer judges it: a signed "
         "change when its CI excludes 0, a divergence (never below 0) when its CI lies above the noise floor "
         "(the same statistic between the base and the base scored another way, compare --noise-floor); "
+        "drift signals judge that by its bootstrap p, Holm-adjusted over the signal's scopes of one run "
+        "(p, p_holm in json/csv); "
         "(no floor): a divergence without a floor is not judged; (no CI): --n-boot 0. Forgotten/Gained: 0/1 "
         "items flipped right→wrong / wrong→right, summed over the tasks in AVG."
     )
@@ -770,6 +772,7 @@ def _signal_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "signal": s.name, "signal_kind": s.kind, "scope": s.scope, "value": s.value, "unit": s.unit,
                     "floor": s.floor, "floor_ci_low": s.floor_ci[0] if s.floor_ci else None,
                     "floor_ci_high": s.floor_ci[1] if s.floor_ci else None, "better": s.better, "note": s.note,
+                    "p": s.p, "p_holm": s.p_adj,
                 }
             )  # fmt: skip
     return recs
