@@ -235,6 +235,43 @@ class TaskDelta:
     #: of 0/1 scores, the paired bootstrap otherwise (a subject-mean Δ, a non-0/1 metric).
     p: float | None = None
     test: str | None = None
+    #: Minimum detectable |Δ| at :data:`MDE_POWER` power and the test's α (:func:`mde_mcnemar`, :func:`mde_from_se`).
+    mde: float | None = None
+
+
+#: Power at which the minimum detectable effect is reported.
+MDE_POWER = 0.8
+
+
+def _z_sum(alpha: float, power: float) -> tuple[float, float]:
+    return float(norm.ppf(1 - alpha / 2)), float(norm.ppf(power))
+
+
+def mde_from_se(se: float, alpha: float = 0.05, power: float = MDE_POWER) -> float:
+    """Smallest |Δ| a two-sided level-α test detects with probability ``power``: ``(z_{1-α/2} + z_power) · SE``."""
+    za, zb = _z_sum(alpha, power)
+    return float((za + zb) * se)
+
+
+def mde_mcnemar(n: int, discordance: float, alpha: float = 0.05, power: float = MDE_POWER) -> float:
+    """Minimum detectable Δ of a paired 0/1 task for its ``n`` and discordance rate ``p_d`` (McNemar).
+
+    Normal approximation of McNemar's power (Connor 1987): the Δ solving
+    ``√n |Δ| = z_{1-α/2} √p_d + z_power √(p_d − Δ²)`` (fixed-point iteration). It is never below
+    ``k_min / n``, where ``k_min`` is the fewest one-sided discordant pairs the *exact* test can
+    reject with (6 at α = 0.05): with no observed flips the normal formula would claim 0.
+    """
+    if n <= 0:
+        raise ValueError("the minimum detectable effect of zero items is undefined")
+    za, zb = _z_sum(alpha, power)
+    k_min = 1
+    while 2 * 0.5**k_min >= alpha:
+        k_min += 1
+    pd_ = max(discordance, k_min / n)
+    delta = (za + zb) * np.sqrt(pd_ / n)
+    for _ in range(50):
+        delta = (za * np.sqrt(pd_) + zb * np.sqrt(max(pd_ - delta**2, 0.0))) / np.sqrt(n)
+    return float(min(1.0, max(delta, k_min / n)))
 
 
 def bootstrap_p(diffs: np.ndarray) -> float:
@@ -291,6 +328,7 @@ def paired_task_delta(
     rng: np.random.Generator,
     confidence: float = DEFAULT_CONFIDENCE,
     subset_mean: bool = False,
+    alpha: float = 0.05,
 ) -> TaskDelta:
     """Δ = mean(other) − mean(ref) on the common items, with paired bootstrap CI and McNemar p.
 
@@ -319,8 +357,10 @@ def paired_task_delta(
         forgotten, gained = flip_counts(paired.ref, paired.other)
         p = None if subset_mean else mcnemar_exact(forgotten, gained)
     p_test, test = (p, "McNemar") if p is not None else (None, None)
+    mde = mde_mcnemar(paired.n, (forgotten + gained) / paired.n, alpha) if p is not None else None  # type: ignore[operator]
     if p is None and reps is not None:
         p_test, test = bootstrap_p(reps[:, 1] - reps[:, 0]), "bootstrap"
+        mde = mde_from_se(float(np.std(reps[:, 1] - reps[:, 0], ddof=1)), alpha) if len(reps) > 1 else None
     return TaskDelta(
         n=paired.n,
         dropped_ref=paired.dropped_ref,
@@ -335,6 +375,7 @@ def paired_task_delta(
         replicates=reps,
         p=p_test,
         test=test,
+        mde=mde,
     )
 
 
@@ -439,9 +480,17 @@ class AggregateDelta:
     #: Set by the report: the Holm-adjusted p within its family, and the star it gives.
     p_adj: float | None = None
     significant: bool | None = None
+    #: Minimum detectable |Δ| at 80 % power from the replicates' SE (:func:`mde_from_se`, at α = 1 − confidence).
+    mde: float | None = None
     #: ``(n_boot, 2)`` stratified replicates of both means (None without a bootstrap), for callers that
     #: test against something other than 0 (a drift signal against its noise floor).
     replicates: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+def _agg_mde(reps: np.ndarray | None, confidence: float) -> float | None:
+    if reps is None or len(reps) < 2:
+        return None
+    return mde_from_se(float(np.std(reps[:, 1] - reps[:, 0], ddof=1)), 1 - confidence)
 
 
 def aggregate_deltas(
@@ -477,7 +526,9 @@ def aggregate_deltas(
         ci = percentile_ci(reps[:, 1] - reps[:, 0], confidence) if reps is not None else None
         p, test = (bootstrap_p(reps[:, 1] - reps[:, 0]), "bootstrap") if reps is not None else (None, None)
         delta = other_mean - ref_mean
-        cat_out[name] = AggregateDelta(name, ref_mean, other_mean, delta, ci, coverage, p, test, replicates=reps)
+        cat_out[name] = AggregateDelta(
+            name, ref_mean, other_mean, delta, ci, coverage, p, test, mde=_agg_mde(reps, confidence), replicates=reps
+        )
         cat_points.append((ref_mean, other_mean))
         cat_reps.append(reps)
 
@@ -492,8 +543,9 @@ def aggregate_deltas(
         avg_ci = percentile_ci(avg_reps[:, 1] - avg_reps[:, 0], confidence)
         avg_p, avg_test = bootstrap_p(avg_reps[:, 1] - avg_reps[:, 0]), "bootstrap"
     avg = AggregateDelta(
-        "AVG", avg_ref, avg_other, avg_other - avg_ref, avg_ci, avg_cov, avg_p, avg_test, replicates=avg_reps
-    )
+        "AVG", avg_ref, avg_other, avg_other - avg_ref, avg_ci, avg_cov, avg_p, avg_test,
+        mde=_agg_mde(avg_reps, confidence), replicates=avg_reps,
+    )  # fmt: skip
     return cat_out, avg
 
 

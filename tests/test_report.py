@@ -95,7 +95,7 @@ def test_task_level_scores_have_no_item_statistics(oc_report) -> None:
     assert cmp.avg.ci is None and all(c.ci is None for c in cmp.categories.values())
     task_md = _md_tables(to_markdown(oc_report))["Per task: w/o SAM − base"]
     boolq = next(r for r in task_md if r[1] == "boolq")
-    assert boolq == ["Reasoning", "boolq", "n/a", "70.00", "68.00", "-2.00", "n/a", "n/a", "n/a", "n/a", "n/a"]
+    assert boolq == ["Reasoning", "boolq", "n/a", "70.00", "68.00", "-2.00", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"]
 
 
 def test_partial_coverage_is_never_shown_as_complete(oc_report) -> None:

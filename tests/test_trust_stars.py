@@ -243,3 +243,43 @@ def _check_signal_holm(metric) -> None:  # type: ignore[no-untyped-def]
     assert all(s.significant == (s.p_adj < 0.05) for s in sigs)
     assert any(s.p < 0.05 <= s.p_adj for s in sigs)  # a raw star that the family adjustment removes
     assert next(s for s in sigs if s.scope == "all").significant
+
+
+# -- item 8: minimum detectable effect ------------------------------------------------------------------------
+def test_mcnemar_mde_has_80_percent_power_by_simulation() -> None:
+    from cfbench.stats import mde_mcnemar
+
+    n, p_d = 500, 0.12
+    mde = mde_mcnemar(n, p_d)
+    assert 0.035 < mde < 0.045  # ≈ 2.80 · √(0.12 / 500) = 0.0434, less the √(p_d − Δ²) correction
+    rng = np.random.default_rng(1)
+    trials = 3000
+    disc = rng.binomial(n, p_d, size=trials)
+    gained = rng.binomial(disc, 0.5 + mde / (2 * p_d))  # Δ = (gained − forgotten) / n = mde on average
+    power = np.mean([mcnemar_exact(int(d - g), int(g)) < 0.05 for d, g in zip(disc, gained, strict=True)])
+    assert 0.74 < power < 0.86
+    # no flips observed: never 0; the discordance is floored at the 6 one-sided flips the exact test needs
+    assert mde_mcnemar(300, 0.0) == mde_mcnemar(300, 6 / 300) >= 6 / 300
+    assert mde_mcnemar(n, p_d, alpha=0.01) > mde  # stricter α, larger MDE
+
+
+def test_mde_in_every_format_and_regress_warns_below_it() -> None:
+    from cfbench.report.html import to_html
+    from cfbench.report.render import to_csv
+
+    report, _ = _arc_report()
+    row = report.vs_base("tuned").task("arc_challenge")
+    assert row.mde is not None and 0.02 < row.mde < 0.05  # 295 items, 5/295 discordant
+    md_row = _md_row(to_markdown(report), "Per task: tuned − base", "Exams")
+    assert md_row[9] == f"{100 * row.mde:.2f}"
+    data = report_to_dict(report)["comparisons"][0]
+    assert next(t for t in data["tasks"] if t["task"] == "arc_challenge")["mde"] == pytest.approx(row.mde)
+    assert data["categories"]["Exams"]["mde"] == pytest.approx(row.mde)  # one task: its test, its MDE
+    assert "MDE" in to_html(report) and "mde" in to_csv(report).splitlines()[0]
+    mde_points = 100 * row.mde
+    (low,) = gate(report, [Budget("Exams", 1.0)], 0.05)
+    assert low.warning is not None and f"MDE {mde_points:.2f}" in low.warning
+    need = int(np.ceil(295 * (mde_points / 1.0) ** 2))
+    assert f"n={need} items" in low.warning
+    (high,) = gate(report, [Budget("Exams", mde_points + 0.5)], 0.05)
+    assert high.warning is None

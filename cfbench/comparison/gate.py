@@ -30,6 +30,25 @@ class GateLine:
     significant: bool
     failed: bool
     reason: str
+    #: Set when the budget is below the row's minimum detectable effect (80 % power): says what n would do.
+    warning: str | None = None
+    mde_points: float | None = None
+
+
+def mde_warning(budget: float, mde_points: float | None, n: int) -> str | None:
+    """A budget below the MDE makes a gate that (at 80 % power) cannot catch a drop of the budget's size.
+
+    The MDE scales as 1/√n, so ``n · (MDE / budget)²`` items would bring it down to the budget.
+    """
+    if mde_points is None or budget >= mde_points or n <= 0:
+        return None
+    if budget <= 0:
+        return f"budget 0 is below the MDE {mde_points:.2f} points (80% power): no n detects a drop of 0"
+    need = math.ceil(n * (mde_points / budget) ** 2)
+    return (
+        f"budget {budget:.2f} is below the MDE {mde_points:.2f} points (80% power for n={n}): a drop of the "
+        f"budget's size is mostly missed; about n={need} items would detect it"
+    )
 
 
 def _budget_value(flag: str, spec: str, val: str, unit: str, example: str) -> float:
@@ -108,7 +127,10 @@ def gate(report: ComparisonReport, budgets: Sequence[Budget], significance: floa
             reason = f"within budget ({d:+.2f} points)"
         if agg.coverage.partial:
             reason += f"; partial: {agg.coverage.label}"
-        lines.append(GateLine(b.category, d, ci, b.points, significant, failed, reason))
+        mde = 100 * agg.mde if agg.mde is not None else None
+        n = sum(t.n or 0 for t in cmp.tasks if t.group is None and t.task in agg.coverage.present)
+        warning = mde_warning(b.points, mde, n)
+        lines.append(GateLine(b.category, d, ci, b.points, significant, failed, reason, warning, mde))
     return lines
 
 
@@ -220,7 +242,8 @@ def gate_markdown(
     for x in lines:
         d = "-" if x.delta_points is None else f"{x.delta_points:+.2f}"
         ci = "-" if x.ci_points is None else f"[{x.ci_points[0]:+.2f}, {x.ci_points[1]:+.2f}]"
-        out.append(f"| {x.category} | {d} | {ci} | {x.budget:.2f} | {'❌ ' if x.failed else '✅ '}{x.reason} |")
+        warn = f"; ⚠ {x.warning}" if x.warning else ""
+        out.append(f"| {x.category} | {d} | {ci} | {x.budget:.2f} | {'❌ ' if x.failed else '✅ '}{x.reason}{warn} |")
     if not lines:
         out = out[:-2]
     if drift_lines:
@@ -253,12 +276,14 @@ class GateResult:
             lo, hi = x.ci_points if x.ci_points is not None else (None, None)
             rows.append({"kind": "accuracy", "scope": x.category, "metric": "delta", "value": x.delta_points,
                          "ci_low": lo, "ci_high": hi, "budget": x.budget, "unit": "points",
-                         "significant": x.significant, "failed": x.failed, "reason": x.reason})  # fmt: skip
+                         "significant": x.significant, "failed": x.failed, "reason": x.reason,
+                         "mde": x.mde_points, "warning": x.warning})  # fmt: skip
         for d in self.drift_lines:
             lo, hi = d.ci if d.ci is not None else (None, None)
             rows.append({"kind": "drift", "scope": d.budget.scope, "metric": d.budget.metric, "value": d.value,
                          "ci_low": lo, "ci_high": hi, "budget": d.budget.value, "unit": d.unit,
-                         "significant": None, "failed": d.failed, "reason": d.reason})  # fmt: skip
+                         "significant": None, "failed": d.failed, "reason": d.reason,
+                         "mde": None, "warning": None})  # fmt: skip
         return rows
 
     def to_dict(self) -> dict[str, Any]:

@@ -124,7 +124,9 @@ def _legend(report: ComparisonReport) -> str:
         f"metrics, categories, AVG); a category or AVG made of one task takes that task's test. † partial coverage. "
         f"‡ on a task's Δ: its accuracy measures the label prior (≥90% of predictions on one choice, or accuracy "
         f"= majority-label share within its CI) in either run; ‡k/m on a category or AVG: k of its m tasks are. "
-        f"‡ on n: items dropped (not on both runs). {NA}: task-level scores only, no item statistics; "
+        f"‡ on n: items dropped (not on both runs). "
+        f"MDE: smallest |Δ| its test detects with 80% power at α={s.alpha:g} for its n and observed discordance. "
+        f"{NA}: task-level scores only, no item statistics; "
         f"{UNPAIRED}: runs scored different items, Δ of task means without item statistics."
     )
 
@@ -206,10 +208,10 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
     cols = signal_columns(report) if cmp.kind == "base" else []
     spec = TableSpec(
         f"Per task: {cmp.label}",
-        ["Category", "Task", "n", cmp.ref, cmp.run, "Δ", f"{level} CI", "p", "p Holm", "Forgotten", "Gained",
+        ["Category", "Task", "n", cmp.ref, cmp.run, "Δ", f"{level} CI", "p", "p Holm", "MDE", "Forgotten", "Gained",
          *(h for _, h in cols)],
-        ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", *("r" for _ in cols)],
-        wrap=set(range(11, 11 + len(cols))),
+        ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", *("r" for _ in cols)],
+        wrap=set(range(12, 12 + len(cols))),
     )  # fmt: skip
 
     def signal_cells(task: str | None) -> list[Cell]:
@@ -228,7 +230,7 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
         if t.missing:
             absent = [r for r, s in ((cmp.ref, t.ref_score), (cmp.run, t.score)) if s is None]
             scores = [Cell(fmt_score(t.ref_score)), Cell(fmt_score(t.score)), Cell(MISSING)]
-            blank = [Cell("") for _ in range(5)]
+            blank = [Cell("") for _ in range(6)]
             spec.rows.append([Cell(shown_category), Cell(name), Cell(""), *scores, *blank, *signal_cells(None)])
             spec.notes.append(f"{t.task}: no scores for {', '.join(absent)}; left out of Δ")
             continue
@@ -251,6 +253,7 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
                 Cell(fmt_ci(t.ci)),
                 Cell(fmt_test_p(t.p, t.test) if t.p is not None or not t.item_level else MISSING),
                 Cell(fmt_p(t.p_adj) if t.p_adj is not None or not t.item_level else MISSING),
+                Cell(fmt_score(t.mde) if t.mde is not None else (NA if not t.item_level else MISSING)),
                 Cell(str(t.forgotten) if t.forgotten is not None else flips_na),
                 Cell(str(t.gained) if t.gained is not None else flips_na),
                 *signal_cells(None if t.group else t.task),
@@ -496,6 +499,7 @@ def _agg_dict(report: ComparisonReport, agg: AggregateDelta) -> dict[str, Any]:
         "p": _finite(agg.p),
         "test": agg.test,
         "p_holm": _finite(agg.p_adj),
+        "mde": _finite(agg.mde),
         "significant": report.aggregate_significant(agg),
         "coverage": _coverage_dict(agg.coverage),
     }
@@ -523,6 +527,7 @@ def _task_dict(t: TaskRow) -> dict[str, Any]:
         "p": _finite(t.p),
         "test": t.test,
         "p_holm": _finite(t.p_adj),
+        "mde": _finite(t.mde),
         "significant": t.significant,
         "forgotten": t.forgotten,
         "gained": t.gained,
@@ -617,6 +622,7 @@ FRAME_COLUMNS = [
     "p",
     "test",
     "p_holm",
+    "mde",
     "significant",
     "forgotten",
     "gained",
@@ -698,6 +704,7 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "p": t.p,
                     "test": t.test,
                     "p_holm": t.p_adj,
+                    "mde": t.mde,
                     "significant": t.significant,
                     "forgotten": t.forgotten,
                     "gained": t.gained,
@@ -723,6 +730,7 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "p": agg.p,
                     "test": agg.test,
                     "p_holm": agg.p_adj,
+                    "mde": agg.mde,
                     "significant": report.aggregate_significant(agg),
                     "coverage_present": len(agg.coverage.present),
                     "coverage_total": agg.coverage.total,
@@ -743,7 +751,8 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
         frame[col] = frame[col].astype("Int64")
     for col in ("significant", "partial", "item_level", "unpaired", "label_prior"):
         frame[col] = frame[col].astype("boolean")
-    for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar", "p", "p_holm", "value", "floor",
+    for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar", "p", "p_holm", "mde", "value",
+                "floor",
                 "floor_ci_low", "floor_ci_high"):  # fmt: skip
         frame[col] = frame[col].astype("float64")
     return frame

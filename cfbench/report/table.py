@@ -103,6 +103,8 @@ class TaskRow:
     p: float | None = None
     test: str | None = None
     p_adj: float | None = None
+    #: Minimum detectable |Δ| at 80 % power for this row's n and discordance (its test's α).
+    mde: float | None = None
     #: Either run's accuracy on this task is its label prior (:class:`cfbench.stats.LabelPrior`): Δ marked ‡.
     label_prior: bool = False
 
@@ -382,7 +384,7 @@ def _item_row(task: str, category: str | None, group: str | None, d: TaskDelta) 
     """A row with the test of its own Δ (``d.p``); the star is set once the family is known (:func:`_judge_tasks`)."""
     return TaskRow(
         task, category, group, d.ref_mean, d.other_mean, d.delta, d.ci, d.p_mcnemar, d.forgotten, d.gained,
-        d.n, d.dropped_ref, d.dropped_other, item_level=True, significant=False, p=d.p, test=d.test,
+        d.n, d.dropped_ref, d.dropped_other, item_level=True, significant=False, p=d.p, test=d.test, mde=d.mde,
     )  # fmt: skip
 
 
@@ -414,7 +416,7 @@ def _judge_aggregates(
             judged[agg.name] = replace(agg, significant=False)
         elif len(agg.coverage.present) == 1 and agg.coverage.present[0] in top:
             t = top[agg.coverage.present[0]]
-            judged[agg.name] = replace(agg, p=t.p, test=t.test, p_adj=t.p_adj, significant=t.significant)
+            judged[agg.name] = replace(agg, p=t.p, test=t.test, p_adj=t.p_adj, significant=t.significant, mde=t.mde)
         elif agg.p is None:
             judged[agg.name] = replace(agg, significant=False)
         else:
@@ -452,7 +454,7 @@ def _compare(
     notes: list[str] = []
     points: dict[str, TaskPoint] = {}
     task_category = [(t, c) for c, m in categories.items() for t in m] + [(t, None) for t in extras]
-    boot = {"n_boot": settings.n_boot, "confidence": settings.confidence}
+    boot = {"n_boot": settings.n_boot, "confidence": settings.confidence, "alpha": settings.alpha}
 
     for task, category in task_category:
         groups = _group_order(subgroups.get(task, {}))
