@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,8 @@ class PairedScores:
     #: Common ``doc_id``s left out because the runs' items differ (fingerprints disagree, or neither
     #: fingerprints nor task config hashes show they are the same item).
     mismatched: int = 0
+    #: Cluster id per item (the task's ``cluster_by`` field, e.g. a RACE article), or None: i.i.d. items.
+    clusters: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -59,7 +62,10 @@ class PairedScores:
 
     def select(self, mask: np.ndarray) -> PairedScores:
         """The same pairing restricted to some items (e.g. one MMLU sub-group)."""
-        return PairedScores(self.doc_ids[mask], self.ref[mask], self.other[mask], self.subsets[mask], 0, 0)
+        clusters = self.clusters[mask] if self.clusters is not None else None
+        return PairedScores(
+            self.doc_ids[mask], self.ref[mask], self.other[mask], self.subsets[mask], 0, 0, clusters=clusters
+        )
 
     @property
     def unpairable(self) -> bool:
@@ -111,7 +117,8 @@ def align_items(
                 f"(e.g. {frame['doc_id'][dup].iloc[0]}); keep one row per item before comparing"
             )
     keys = [c for c in ("item_hash", "task_hash") if c in ref.columns and c in other.columns]
-    cols = ["doc_id", "score", *keys] + (["subset"] if "subset" in ref.columns else [])
+    extra = [c for c in ("subset", "cluster") if c in ref.columns]
+    cols = ["doc_id", "score", *keys, *extra]
     merged = ref[cols].merge(other[["doc_id", "score", *keys]], on="doc_id", suffixes=("_ref", "_other"))
     merged = merged.sort_values("doc_id", kind="stable")
     if merged.empty:
@@ -131,6 +138,11 @@ def align_items(
         dropped_ref=len(ref) - common,
         dropped_other=len(other) - common,
         mismatched=common - len(merged),
+        clusters=(
+            merged["cluster"].to_numpy(dtype=object)
+            if "cluster" in merged and len(merged) and merged["cluster"].notna().all()
+            else None
+        ),
     )
 
 
@@ -321,6 +333,73 @@ def holm_adjust(pvalues: Sequence[float]) -> list[float]:
     return [float(x) for x in adj]
 
 
+def _cluster_sums(ref: np.ndarray, other: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per cluster: item count, sum of ref scores, sum of other scores (clusters in sorted id order)."""
+    _, inverse = np.unique(clusters.astype(str), return_inverse=True)
+    k = int(inverse.max()) + 1
+    sizes = np.bincount(inverse, minlength=k).astype(float)
+    return sizes, np.bincount(inverse, ref, minlength=k), np.bincount(inverse, other, minlength=k)
+
+
+def cluster_bootstrap_means(
+    ref: np.ndarray, other: np.ndarray, clusters: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Paired cluster bootstrap: resample whole clusters (e.g. RACE articles), ``(n_boot, 2)`` item means.
+
+    Items of one passage share its difficulty, so resampling items as if independent understates the
+    variance; each replicate draws K clusters with replacement and takes the item mean over them.
+    """
+    sizes, s_ref, s_oth = _cluster_sums(np.asarray(ref, float), np.asarray(other, float), np.asarray(clusters))
+    k = sizes.size
+    out = np.empty((n_boot, 2))
+    block = max(1, _MAX_BLOCK // k)
+    for start in range(0, n_boot, block):
+        stop = min(start + block, n_boot)
+        counts = np.stack([np.bincount(r, minlength=k) for r in rng.integers(0, k, size=(stop - start, k))])
+        n = counts @ sizes
+        out[start:stop, 0] = counts @ s_ref / n
+        out[start:stop, 1] = counts @ s_oth / n
+    return out
+
+
+def cluster_delta_se(ref: np.ndarray, other: np.ndarray, clusters: np.ndarray) -> float:
+    """Closed-form (linearised ratio-estimator) SE of the paired Δ of item means under cluster sampling.
+
+    ``Var(Δ̂) = K/(K−1) · Σ_k (D_k − Δ̂ n_k)² / N²`` with ``D_k`` the cluster's summed Δ, ``n_k`` its
+    size and ``N`` the items: the cluster-robust (sandwich) variance of a mean.
+    """
+    sizes, s_ref, s_oth = _cluster_sums(np.asarray(ref, float), np.asarray(other, float), np.asarray(clusters))
+    k, n = sizes.size, sizes.sum()
+    if k < 2:
+        return 0.0
+    d = s_oth - s_ref
+    delta = d.sum() / n
+    return float(np.sqrt(k / (k - 1) * np.sum((d - delta * sizes) ** 2) / n**2))
+
+
+def cluster_paired_p(ref: np.ndarray, other: np.ndarray, clusters: np.ndarray) -> float:
+    """Cluster-level paired test of Δ = 0: ``z = Δ̂ / SE_cluster``, two-sided normal p.
+
+    For 0/1 scores this is Obuchowski's (1998) clustered McNemar test (its χ² is ``z²``); McNemar's exact
+    test assumes independent items, which items sharing a passage are not. No change at all: p = 1.
+    """
+    ref = np.asarray(ref, float)
+    other = np.asarray(other, float)
+    delta = float(other.mean() - ref.mean())
+    se = cluster_delta_se(ref, other, clusters)
+    if se <= 0:
+        return 1.0 if abs(delta) <= CI_ZERO_TOL else 0.0
+    return float(2 * norm.sf(abs(delta) / se))
+
+
+def _clustered(paired: PairedScores, n_boot: int, rng: np.random.Generator, alpha: float) -> tuple[Any, ...]:
+    """(replicates, p, test, mde) of a task whose items are clustered (``paired.clusters`` set)."""
+    assert paired.clusters is not None
+    reps = cluster_bootstrap_means(paired.ref, paired.other, paired.clusters, n_boot, rng) if n_boot > 0 else None
+    se = cluster_delta_se(paired.ref, paired.other, paired.clusters)
+    return reps, cluster_paired_p(paired.ref, paired.other, paired.clusters), "cluster", mde_from_se(se, alpha)
+
+
 def paired_task_delta(
     paired: PairedScores,
     *,
@@ -350,6 +429,8 @@ def paired_task_delta(
     else:
         ref_mean = float(paired.ref.mean())
         other_mean = float(paired.other.mean())
+        if paired.clusters is not None:
+            return _cluster_task_delta(paired, ref_mean, other_mean, n_boot, rng, confidence, alpha)
         reps = bootstrap_means(paired.ref, paired.other, n_boot, rng) if n_boot > 0 else None
     ci = percentile_ci(reps[:, 1] - reps[:, 0], confidence) if reps is not None else None
     p = forgotten = gained = None
@@ -377,6 +458,23 @@ def paired_task_delta(
         test=test,
         mde=mde,
     )
+
+
+def _cluster_task_delta(
+    paired: PairedScores, ref_mean: float, other_mean: float, n_boot: int, rng: np.random.Generator,
+    confidence: float, alpha: float,
+) -> TaskDelta:  # fmt: skip
+    """:func:`paired_task_delta` of a clustered task: cluster bootstrap CI, cluster-level paired test."""
+    reps, p, test, mde = _clustered(paired, n_boot, rng, alpha)
+    forgotten = gained = None
+    if paired.binary:
+        forgotten, gained = flip_counts(paired.ref, paired.other)
+    return TaskDelta(
+        n=paired.n, dropped_ref=paired.dropped_ref, dropped_other=paired.dropped_other, ref_mean=ref_mean,
+        other_mean=other_mean, delta=other_mean - ref_mean,
+        ci=percentile_ci(reps[:, 1] - reps[:, 0], confidence) if reps is not None else None,
+        p_mcnemar=None, forgotten=forgotten, gained=gained, replicates=reps, p=p, test=test, mde=mde,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 from cfbench.comparison.gate import Budget, gate
 from cfbench.report import build_report
 from cfbench.report.render import report_to_dict, to_markdown
-from cfbench.stats import bootstrap_p, holm_adjust, mcnemar_exact
+from cfbench.stats import bootstrap_means, bootstrap_p, holm_adjust, mcnemar_exact
 
 
 def _frame(run: str, task: str, scores: np.ndarray, subsets: list[str] | None = None) -> pd.DataFrame:
@@ -283,3 +283,78 @@ def test_mde_in_every_format_and_regress_warns_below_it() -> None:
     assert f"n={need} items" in low.warning
     (high,) = gate(report, [Budget("Exams", mde_points + 0.5)], 0.05)
     assert high.warning is None
+
+
+# -- item 7: clusters ------------------------------------------------------------------------------------------
+def _clustered_pairs(seed: int = 0, k: int = 300, size: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """0/1 scores of K passages × ``size`` questions; a passage-level effect makes its questions flip together."""
+    rng = np.random.default_rng(seed)
+    clusters = np.repeat(np.arange(k), size)
+    easy = np.repeat(rng.random(k) < 0.5, size)
+    ref = (easy | (rng.random(k * size) < 0.2)).astype(float)
+    forgot = np.repeat(rng.random(k) < 0.15, size)  # the tuned run loses whole passages
+    other = np.where(forgot, 0.0, ref)
+    return ref, other, clusters
+
+
+def test_cluster_bootstrap_matches_closed_form_variance_and_is_wider_than_iid() -> None:
+    from cfbench.stats import cluster_bootstrap_means, cluster_delta_se, cluster_paired_p
+
+    ref, other, clusters = _clustered_pairs()
+    reps = cluster_bootstrap_means(ref, other, clusters, 4000, np.random.default_rng(1))
+    boot_sd = float(np.std(reps[:, 1] - reps[:, 0]))
+    closed = cluster_delta_se(ref, other, clusters)
+    # closed form: Var = K/(K-1) Σ (D_k − Δ n_k)² / N²; the bootstrap lacks the K/(K-1) factor (K = 300)
+    d = (other - ref).reshape(300, 5).sum(axis=1)
+    delta = (other - ref).mean()
+    assert closed == pytest.approx(np.sqrt(300 / 299 * np.sum((d - 5 * delta) ** 2) / 1500**2))
+    assert boot_sd == pytest.approx(closed, rel=0.07)
+    iid = bootstrap_means(ref, other, 4000, np.random.default_rng(1))
+    iid_sd = float(np.std(iid[:, 1] - iid[:, 0]))
+    assert boot_sd > 1.5 * iid_sd  # questions of one passage flip together: the i.i.d. CI is far too narrow
+    # the cluster-level paired test is less extreme than McNemar, which counts each question as independent
+    f, g = int(((ref == 1) & (other == 0)).sum()), int(((ref == 0) & (other == 1)).sum())
+    assert cluster_paired_p(ref, other, clusters) > mcnemar_exact(f, g)
+
+
+def test_report_uses_the_cluster_test_for_a_clustered_task() -> None:
+    ref, other, clusters = _clustered_pairs(seed=2, k=40, size=5)
+    items = pd.concat([
+        pd.DataFrame({"run": run, "task": "race_high", "doc_id": np.arange(200), "score": s, "cluster": clusters})
+        for run, s in (("base", ref), ("tuned", other))
+    ])  # fmt: skip
+    plain = build_report("base", ["tuned"], {"U": ["race_high"]}, items=items.drop(columns="cluster"), seed=0)
+    clustered = build_report("base", ["tuned"], {"U": ["race_high"]}, items=items, seed=0)
+    a, b = plain.vs_base("tuned").task("race_high"), clustered.vs_base("tuned").task("race_high")
+    assert a.delta == b.delta and a.test == "McNemar" and b.test == "cluster" and b.p_mcnemar is None
+    assert (b.ci[1] - b.ci[0]) > (a.ci[1] - a.ci[0])
+    assert _md_row(to_markdown(clustered), "Per task: tuned − base", "U")[7].endswith("ᶜ")
+
+
+def test_cluster_by_config_errors_are_one_line(tmp_path) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from cfbench.errors import CfbenchError
+    from cfbench.tasks.config import load_task_config
+    from cfbench.tasks.registry import get_task
+
+    src = yaml.safe_load((Path(__file__).parents[1] / "task_configs" / "boolq.yaml").read_text(encoding="utf-8"))
+    for bad in (3, ""):
+        path = tmp_path / "boolq.yaml"
+        path.write_text(yaml.safe_dump({**src, "cluster_by": bad}), encoding="utf-8")
+        with pytest.raises(CfbenchError, match="cluster_by must name one document field") as exc:
+            load_task_config(path)
+        assert "\n" not in str(exc.value)
+    task = get_task("boolq")
+    if task.located() is None:
+        pytest.skip("boolq data not bundled here")
+    assert task.cfg.cluster_by == "passage" and len(set(task.cluster_ids().values())) > 1  # type: ignore[union-attr]
+    object.__setattr__(task.cfg, "cluster_by", "no_such_field")
+    try:
+        with pytest.raises(CfbenchError, match="cluster_by 'no_such_field' is not a field of its documents") as exc:
+            task.cluster_ids()
+        assert "\n" not in str(exc.value)
+    finally:
+        object.__setattr__(task.cfg, "cluster_by", "passage")

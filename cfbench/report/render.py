@@ -86,8 +86,9 @@ def fmt_p(p: float | None) -> str:
 
 
 def fmt_test_p(p: float | None, test: str | None) -> str:
-    """A row's p with its test: bare for McNemar, ``ᵇ`` for a bootstrap p (legend)."""
-    return fmt_p(p) + ("ᵇ" if p is not None and test == "bootstrap" else "")
+    """A row's p with its test: bare for McNemar, ``ᵇ`` bootstrap, ``ᶜ`` cluster-level (legend)."""
+    marks = {"bootstrap": "ᵇ", "cluster": "ᶜ"}
+    return fmt_p(p) + (marks.get(test or "", "") if p is not None else "")
 
 
 def _tone(x: float | None) -> Literal["neg", "pos"] | None:
@@ -121,7 +122,9 @@ def _legend(report: ComparisonReport) -> str:
         f"percentile bootstrap (B={s.n_boot}, seed {s.seed}; categories and AVG stratified by task). "
         f"* significant at α={s.alpha:g} by the Holm-adjusted p (families: the task rows of one comparison; "
         f"its categories + AVG). p: McNemar exact for a 0/1 item mean; ᵇ bootstrap p (subject means, non-0/1 "
-        f"metrics, categories, AVG); a category or AVG made of one task takes that task's test. † partial coverage. "
+        f"metrics, categories, AVG); ᶜ cluster-level test (tasks with cluster_by: items sharing a passage are "
+        f"resampled and tested by passage); a category or AVG made of one task takes that task's test. "
+        f"† partial coverage. "
         f"‡ on a task's Δ: its accuracy measures the label prior (≥90% of predictions on one choice, or accuracy "
         f"= majority-label share within its CI) in either run; ‡k/m on a category or AVG: k of its m tasks are. "
         f"‡ on n: items dropped (not on both runs). "

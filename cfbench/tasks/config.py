@@ -81,13 +81,17 @@ class TaskConfig:
     subset_groups: dict[str, str] = field(default_factory=dict)
     mc2_choices: str | None = None
     mc2_labels: str | None = None
+    #: A document field whose equal values mark items that share a passage (RACE ``article``, BoolQ
+    #: ``passage``): compare then resamples those clusters and tests Δ at cluster level.
+    cluster_by: str | None = None
     source_file: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def config_hash(self) -> str:
         """12-hex content hash of everything that changes numbers."""
-        payload = {k: v for k, v in self.raw.items() if k not in ("title", "prompt_note")}
+        # cluster_by changes how Δ is tested, never an item's score: not part of the hash (cached items stay valid)
+        payload = {k: v for k, v in self.raw.items() if k not in ("title", "prompt_note", "cluster_by")}
         blob = json.dumps({"v": SEMANTICS_VERSION, "cfg": payload}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -158,6 +162,9 @@ def parse_task_config(raw: Any, path: Path) -> TaskConfig:
         raise _fail(path, f"fewshot_sampler must be one of {FEWSHOT_SAMPLERS}")
     if ("mc2" in metrics) != ("mc2_choices" in raw and "mc2_labels" in raw):
         raise _fail(path, "metric mc2 needs both mc2_choices and mc2_labels (and vice versa)")
+    cluster_by = raw.get("cluster_by")
+    if cluster_by is not None and (not isinstance(cluster_by, str) or not cluster_by.strip()):
+        raise _fail(path, f"cluster_by must name one document field (e.g. cluster_by: article), got {cluster_by!r}")
     nfs = raw.get("num_fewshot", 0)
     if not isinstance(nfs, int) or nfs < 0:
         raise _fail(path, "num_fewshot must be a non-negative integer")

@@ -209,6 +209,23 @@ class Task:
                 out.append((i, doc))
         return out
 
+    def cluster_ids(self) -> dict[int, str] | None:
+        """doc_id → the value of the task's ``cluster_by`` field (items sharing a passage), None without one.
+
+        A ``cluster_by`` that names no field of the documents is a config error: one line naming the
+        field, the task and the fields there are.
+        """
+        field_name = self.cfg.cluster_by
+        if field_name is None:
+            return None
+        docs = self.docs()
+        if docs and field_name not in docs[0]:
+            raise CfbenchError(
+                f"task {self.name}: cluster_by {field_name!r} is not a field of its documents (fields: "
+                f"{', '.join(sorted(map(str, docs[0])))}); fix cluster_by in {self.cfg.source_file or 'its YAML'}"
+            )
+        return {i: str(doc.get(field_name)) for i, doc in enumerate(docs)}
+
     def render(
         self, doc: Row, doc_id: int, num_fewshot: int = 0, oc_requests: OCPPLRequests | None = None
     ) -> Instance:
