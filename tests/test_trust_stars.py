@@ -358,3 +358,35 @@ def test_cluster_by_config_errors_are_one_line(tmp_path) -> None:
         assert "\n" not in str(exc.value)
     finally:
         object.__setattr__(task.cfg, "cluster_by", "passage")
+
+
+def test_avg_moved_by_one_task_only_takes_that_task_test() -> None:
+    """AVG = (Δ arc + 0) / 2 when boolq is identical on every item: the same hypothesis as arc's row."""
+    report, _ = _arc_report()
+    cmp = report.vs_base("tuned")
+    assert cmp.avg.delta == pytest.approx(cmp.task("arc_challenge").delta / 2)
+    assert cmp.avg.test == "McNemar" and cmp.avg.p == cmp.task("arc_challenge").p
+    assert not report.aggregate_significant(cmp.avg)
+
+
+def test_each_footnote_once_and_one_summary_sentence_per_run() -> None:
+    from cfbench.report.html import to_html
+
+    frames = []
+    runs = ["base", "r1", "r2", "r3"]
+    for run in runs:
+        for task in ("boolq", "copa"):
+            frames.append(_frame(run, task, np.tile([1.0, 0.0], 50)))
+    cats = {"U": ["race_high", "race_middle"], "R": ["boolq", "copa"]}
+    report = build_report("base", runs[1:], cats, items=pd.concat(frames), seed=0)
+    md = to_markdown(report)
+    cover = [x for x in md.splitlines() if "U: 0/2 tasks" in x]
+    assert len(cover) == 1  # before: one per run and per comparison, under two tables
+    assert cover[0].startswith("† base, r1, r2, r3, r1 − base")
+    html = to_html(report)
+    assert html.count("U: 0/2 tasks") == 1
+    summary = md.split("**Summary**", 1)[1].split("###", 1)[0]
+    sentences = [x for x in summary.splitlines() if x.strip()]
+    assert len(sentences) == 3 and all(x.startswith(f"r{i + 1} vs base: AVG") for i, x in enumerate(sentences))
+    assert "not significant" in sentences[0]
+    assert report_to_dict(report)["summary"] == [x.strip() for x in sentences]

@@ -109,10 +109,6 @@ def _prior_mark(cell: Cell, flagged: bool) -> Cell:
     return Cell(cell.text + "‡", cell.tone, cell.strong) if flagged else cell
 
 
-def _partial_note(who: str, name: str, cov: Coverage) -> str:
-    return f"{who} {name}: {cov.label} (missing: {cov.missing_text()})"
-
-
 # -- layout -----------------------------------------------------------------------------------------
 def _legend(report: ComparisonReport) -> str:
     s = report.settings
@@ -146,8 +142,6 @@ def summary_table(report: ComparisonReport) -> TableSpec:
         for name in cats:
             cs = row.categories[name]
             cells.append(Cell(fmt_score(cs.score) + ("†" if cs.coverage.partial and cs.score is not None else "")))
-            if cs.coverage.partial:
-                spec.notes.append("† " + _partial_note(row.run, name, cs.coverage))
         avg_partial = row.avg.coverage.partial and row.avg.score is not None
         cells.append(Cell(fmt_score(row.avg.score) + ("†" if avg_partial else "")))
         if row.run == report.base:
@@ -168,9 +162,60 @@ def summary_table(report: ComparisonReport) -> TableSpec:
         sig = report.aggregate_significant(cmp.avg)
         cells += [_delta_cell(cmp.avg.delta, sig, cmp.avg.coverage.partial), Cell(fmt_ci(cmp.avg.ci))]
         spec.rows.append(cells)
+    spec.notes[:0] = coverage_lines(report)
     spec.notes += label_prior_lines(report)
     spec.notes.append(_legend(report))
     return spec
+
+
+def coverage_lines(report: ComparisonReport) -> list[str]:
+    """Each distinct coverage footnote once: rows (runs' scores, comparisons' Δ) lacking the same tasks
+    of the same category share one line that names them all."""
+    entries = [(r.run, name, r.categories[name].coverage) for r in report.rows for name in report.categories]
+    entries += [(c.label, a.name, a.coverage) for c in report.comparisons for a in [*c.categories.values(), c.avg]]
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for who, name, cov in entries:
+        if cov.partial:
+            groups.setdefault((name, cov.label, cov.missing_text()), []).append(who)
+    return [f"† {', '.join(whos)} {name}: {label} (missing: {text})" for (name, label, text), whos in groups.items()]
+
+
+def summary_sentences(report: ComparisonReport) -> list[str]:
+    """One sentence per tuned run: what it lost and gained against the base, and how sure that is."""
+    out = []
+    for run in report.tuned:
+        cmp = report.vs_base(run)
+        avg = cmp.avg
+        if avg.delta is None:
+            out.append(f"{run}: no task is scored for both it and {report.base}, so nothing can be said.")
+            continue
+        sure = _sureness(report, avg)
+        cats = [a for a in cmp.categories.values() if a.delta is not None]
+        worst = min(cats, key=lambda a: a.delta)  # type: ignore[arg-type, return-value]
+        best = max(cats, key=lambda a: a.delta)  # type: ignore[arg-type, return-value]
+        rows = [t for t in cmp.tasks if t.group is None and t.category is not None]
+        lost = sum(t.forgotten or 0 for t in rows)
+        won = sum(t.gained or 0 for t in rows)
+        flips = f"; it forgot {lost} items and gained {won}" if any(t.forgotten is not None for t in rows) else ""
+        moves = f"largest drop {worst.name} {fmt_delta(worst.delta)} ({_sureness(report, worst)})"
+        if best is not worst and (best.delta or 0) > 0:
+            moves += f", largest gain {best.name} {fmt_delta(best.delta)} ({_sureness(report, best)})"
+        flagged = report.flagged(cmp, avg)
+        prior = f"; {flagged} of its tasks measure the label prior (‡)" if flagged else ""
+        part = f" over {avg.coverage.label}" if avg.coverage.partial else ""
+        out.append(
+            f"{run} vs {report.base}: AVG {fmt_delta(avg.delta)} points{part} {fmt_ci(avg.ci)} ({sure}); "
+            f"{moves}{flips}{prior}."
+        )
+    return out
+
+
+def _sureness(report: ComparisonReport, agg: AggregateDelta) -> str:
+    """``significant, Holm p 0.003`` / ``not significant, Holm p 0.41`` / ``untested (no item scores)``."""
+    if agg.p is None:
+        return "untested: no item-level scores"
+    word = "significant" if report.aggregate_significant(agg) else "not significant"
+    return f"{word}, Holm p {fmt_p(agg.p_adj)}" if agg.p_adj is not None else f"{word}, p {fmt_p(agg.p)}"
 
 
 def label_prior_lines(report: ComparisonReport) -> list[str]:
@@ -198,9 +243,7 @@ def delta_table(report: ComparisonReport) -> TableSpec:
                 k = report.flagged(cmp, agg)
                 flagged = f" ‡{k}/{len(agg.coverage.present)}" if k else ""
                 cell = Cell(f"{cell.text} {fmt_ci(agg.ci)}{flagged}", cell.tone, cell.strong)
-            cells.append(cell)
-            if agg.coverage.partial:
-                spec.notes.append("† " + _partial_note(cmp.label, agg.name, agg.coverage))
+            cells.append(cell)  # its † notes are the summary table's coverage lines (each distinct one once)
         spec.rows.append(cells)
     return spec
 
@@ -420,14 +463,19 @@ def signal_scope_table(report: ComparisonReport) -> TableSpec | None:
 
 
 def layout(report: ComparisonReport) -> list[TableSpec]:
-    """All tables of a report, in display order."""
+    """All tables of a report, in display order; a footnote already printed under an earlier table is not repeated."""
     signal_specs = [t for t in (signals_table(report), signal_scope_table(report)) if t is not None]
-    return [
+    specs = [
         summary_table(report),
         delta_table(report),
         *signal_specs,
         *(task_table(report, c) for c in report.comparisons),
     ]
+    seen: set[str] = set()
+    for spec in specs:
+        spec.notes = [n for n in _dedup(spec.notes) if n not in seen]
+        seen.update(spec.notes)
+    return specs
 
 
 def _dedup(notes: list[str]) -> list[str]:
@@ -444,7 +492,7 @@ def to_markdown(report: ComparisonReport) -> str:
 
     No bold for significance: ``*`` already marks it, and ``**-1.23***`` parses ambiguously.
     """
-    out: list[str] = []
+    out: list[str] = ["**Summary**\n", *(f"{_md_escape(x)}  " for x in summary_sentences(report)), ""]
     for spec in layout(report):
         out.append(f"### {_md_escape(spec.title)}\n")
         out.append("| " + " | ".join(_md_escape(c) for c in spec.columns) + " |")
@@ -466,7 +514,7 @@ def to_rich(report: ComparisonReport) -> Group:
     from rich.text import Text
 
     styles = {"neg": "red", "pos": "green", None: ""}
-    renderables: list[Any] = []
+    renderables: list[Any] = [Text(x) for x in summary_sentences(report)] + [Text("")]
     for spec in layout(report):
         table = Table(title=spec.title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
         for i, (col, a) in enumerate(zip(spec.columns, spec.align, strict=True)):
@@ -595,6 +643,7 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
             for c in report.comparisons
         ],
         "signals": {run: [_signal_dict(x) for x in sigs] for run, sigs in report.signals.items()},
+        "summary": summary_sentences(report),
         "label_prior": _label_prior_dicts(report),
         "label_prior_lines": label_prior_lines(report),
     }

@@ -402,11 +402,27 @@ def _judge_tasks(rows: list[TaskRow], alpha: float) -> list[TaskRow]:
     return out
 
 
+def _only_mover(agg: AggregateDelta, top: Mapping[str, TaskRow]) -> TaskRow | None:
+    """The one task whose Δ the aggregate's Δ is a fixed multiple of, or None.
+
+    That is the case when the aggregate has one task, or when every other task of it is unchanged on
+    every paired item (Δ 0 with CI [0, 0]: no replicate moves). The aggregate is then that task's Δ
+    rescaled, so it is the same hypothesis and takes that task's test.
+    """
+    if not agg.coverage.present or any(t not in top for t in agg.coverage.present):
+        return None
+    rows = [top[t] for t in agg.coverage.present]
+    moving = [r for r in rows if not (r.delta == 0 and r.ci == (0.0, 0.0))]
+    if len(rows) == 1:
+        return rows[0]
+    return moving[0] if len(moving) == 1 else None
+
+
 def _judge_aggregates(
     cats: dict[str, AggregateDelta], avg: AggregateDelta, rows: list[TaskRow], alpha: float
 ) -> tuple[dict[str, AggregateDelta], AggregateDelta]:
-    """One rule per quantity: an aggregate that *is* one task's Δ (one task present) takes that task's test
-    and star; the others (bootstrap p) are one Holm family, categories and AVG together."""
+    """One rule per quantity: an aggregate that *is* one task's Δ (:func:`_only_mover`) takes that task's
+    test and star; the others (bootstrap p) are one Holm family, categories and AVG together."""
     top = {r.task: r for r in rows if r.group is None}
     aggs = [*cats.values(), avg]
     judged: dict[str, AggregateDelta] = {}
@@ -414,9 +430,9 @@ def _judge_aggregates(
     for agg in aggs:
         if agg.delta is None:
             judged[agg.name] = replace(agg, significant=False)
-        elif len(agg.coverage.present) == 1 and agg.coverage.present[0] in top:
-            t = top[agg.coverage.present[0]]
-            judged[agg.name] = replace(agg, p=t.p, test=t.test, p_adj=t.p_adj, significant=t.significant, mde=t.mde)
+        elif (t := _only_mover(agg, top)) is not None:
+            mde = t.mde if len(agg.coverage.present) == 1 else agg.mde
+            judged[agg.name] = replace(agg, p=t.p, test=t.test, p_adj=t.p_adj, significant=t.significant, mde=mde)
         elif agg.p is None:
             judged[agg.name] = replace(agg, significant=False)
         else:
