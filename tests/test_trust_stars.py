@@ -390,3 +390,36 @@ def test_each_footnote_once_and_one_summary_sentence_per_run() -> None:
     assert len(sentences) == 3 and all(x.startswith(f"r{i + 1} vs base: AVG") for i, x in enumerate(sentences))
     assert "not significant" in sentences[0]
     assert report_to_dict(report)["summary"] == [x.strip() for x in sentences]
+
+
+def test_terminal_tables_fit_120_columns() -> None:
+    from rich.console import Console
+
+    from cfbench.report.render import to_rich
+    from cfbench.signals import Signal
+
+    cats = {"DK": ["mmlu"], "Reasoning": ["boolq", "openbookqa_fact", "hellaswag"], "Exams": ["arc_challenge"]}
+    rng = np.random.default_rng(0)
+    runs = ["base", "w/o SAM lr 3e-5", "w/ SAM lr 3e-5 rho 0.05", "Wise-FT"]
+    frames = []
+    for t in [x for m in cats.values() for x in m]:
+        base = (rng.random(114) < 0.5).astype(float)
+        for r in runs:
+            s = base.copy()
+            flip = rng.random(114) < 0.1
+            s[flip] = 1 - s[flip]
+            frames.append(_frame(r, t, base if r == "base" else s))
+    report = build_report("base", runs[1:], cats, items=pd.concat(frames), seed=0)
+    for r in runs[1:]:
+        report.add_signals(r, [
+            Signal(name=n, kind="forgot", label=lab, value=0.0123, unit="nats", n=100, ci=(0.01, 0.02), floor=0.001,
+                   significant=True, scope=scope)
+            for scope in ["all", *cats, *[x for m in cats.values() for x in m]]
+            for n, lab in (("kl", "KL(base‖tuned)"), ("js", "JS(base, tuned)"), ("gm", "Δ gold log-p (choices)"))
+        ])  # fmt: skip
+    console = Console(width=400, record=True, color_system=None)
+    console.print(to_rich(report))
+    text = console.export_text()
+    widths = [len(line.rstrip()) for line in text.splitlines() if "│" in line or "┃" in line]
+    assert widths and max(widths) <= 120  # before: per-task tables of ~230 columns
+    assert "Per task: w/o SAM lr 3e-5 − base (cont.)" in text  # the signal columns moved to a part of their own

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -507,21 +508,55 @@ def to_markdown(report: ComparisonReport) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def to_rich(report: ComparisonReport) -> Group:
-    """Terminal view: Δ red (worse) / green (better), bold when significant."""
-    from rich.console import Group
+#: Widest a terminal table may be; wider specs are split into column groups that repeat the key columns.
+TERMINAL_WIDTH = 120
+
+
+def _rich_table(spec: TableSpec, cols: list[int], title: str) -> Any:
     from rich.table import Table
     from rich.text import Text
 
     styles = {"neg": "red", "pos": "green", None: ""}
+    table = Table(title=title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
+    for i in cols:
+        a = spec.align[i]
+        table.add_column(spec.columns[i], justify="left" if a == "l" else "right", no_wrap=i not in spec.wrap)
+    for row in spec.rows:
+        cells = [row[i] for i in cols]
+        table.add_row(*(Text(c.text, style=(styles[c.tone] + (" bold" if c.strong else "")).strip()) for c in cells))
+    return table
+
+
+def _fit_columns(spec: TableSpec, limit: int = TERMINAL_WIDTH) -> list[Any]:
+    """The spec as one or more rich tables, each at most ``limit`` columns wide at its natural width.
+
+    Columns are added greedily after the key columns (the row labels: Category and Task, or the
+    first column), which every part repeats so each part reads alone.
+    """
+    from rich.console import Console
+
+    key = [0, 1] if spec.columns[:2] == ["Category", "Task"] else [0]
+    parts: list[list[int]] = [list(key)]
+    with open(os.devnull, "w", encoding="utf-8") as sink:
+        measure = Console(width=4 * limit, file=sink)
+        for i in range(len(key), len(spec.columns)):
+            trial = [*parts[-1], i]
+            if len(parts[-1]) > len(key) and measure.measure(_rich_table(spec, trial, spec.title)).maximum > limit:
+                parts.append([*key, i])
+            else:
+                parts[-1] = trial
+    titles = [spec.title] + [f"{spec.title} (cont.)"] * (len(parts) - 1)
+    return [_rich_table(spec, cols, title) for cols, title in zip(parts, titles, strict=True)]
+
+
+def to_rich(report: ComparisonReport) -> Group:
+    """Terminal view: Δ red (worse) / green (better), bold when significant; tables ≤ 120 columns."""
+    from rich.console import Group
+    from rich.text import Text
+
     renderables: list[Any] = [Text(x) for x in summary_sentences(report)] + [Text("")]
     for spec in layout(report):
-        table = Table(title=spec.title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
-        for i, (col, a) in enumerate(zip(spec.columns, spec.align, strict=True)):
-            table.add_column(col, justify="left" if a == "l" else "right", no_wrap=i not in spec.wrap)
-        for row in spec.rows:
-            table.add_row(*(Text(c.text, style=(styles[c.tone] + (" bold" if c.strong else "")).strip()) for c in row))
-        renderables.append(table)
+        renderables.extend(_fit_columns(spec))
         renderables.extend(Text(n, style="dim") for n in _dedup(spec.notes))
         renderables.append(Text(""))
     return Group(*renderables)
