@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from cfbench.errors import CfbenchError
+from cfbench.tasks.opencompass import OC_MAX_SEQ_LEN
 
 SCORING_RULES = ("loglikelihood", "ppl", "oc_ppl")
 AGGREGATES = ("mean", "subset_mean")
@@ -91,7 +92,11 @@ class TaskConfig:
     def config_hash(self) -> str:
         """12-hex content hash of everything that changes numbers."""
         # cluster_by changes how Δ is tested, never an item's score: not part of the hash (cached items stay valid)
-        payload = {k: v for k, v in self.raw.items() if k not in ("title", "prompt_note", "cluster_by")}
+        payload: dict[str, Any] = {
+            k: v for k, v in self.raw.items() if k not in ("title", "prompt_note", "cluster_by")
+        }
+        if self.scoring == "oc_ppl":  # rendering rules of OpenCompass's PPL path (issue 19): cached items predate them
+            payload["oc_rules"] = {"max_seq_len": OC_MAX_SEQ_LEN, "k0_fixk_ice": "\n"}
         blob = json.dumps({"v": SEMANTICS_VERSION, "cfg": payload}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -160,6 +160,10 @@ class Task:
                 ch = self._choices(ex)
                 shots.append(self._text(ex) + self.cfg.target_delimiter + ch[self._target(ex, ch)])
             prefix += self.cfg.fewshot_delimiter.join(shots) + self.cfg.fewshot_delimiter
+        elif self.cfg.scoring == "oc_ppl" and self.cfg.fewshot_split:
+            # OpenCompass's FixKRetriever with no example still yields its ice_eos_token "\n"
+            # ("\n".join([]) + "\n"), one newline more than an empty prefix (oc_mmlu at --num-fewshot 0).
+            prefix += "\n"
         return prefix + self._text(doc)
 
     def instances(
@@ -263,9 +267,10 @@ class Task:
                 ctx = self.context(doc, doc_id, k)
             if not oc.fits(ctx + delim + c):
                 raise CfbenchError(
-                    f"{self.name}: a choice's text has more than max_length={oc.max_length} tokens even without "
-                    "in-context examples; OpenCompass would cut its end (the answer) off: raise the backend's "
-                    "max_length"
+                    f"{self.name}: a choice's text has more than {oc.max_length} tokens (OpenCompass's max_seq_len "
+                    "2048, or the backend's max_length if smaller) even without "
+                    "in-context examples; OpenCompass would truncate it from the left, which cfbench does not "
+                    "reproduce: score this task with the lmeval suite (--suite lmeval)"
                 )
             texts.append(ctx + delim + c)
         return texts
