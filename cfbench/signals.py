@@ -40,6 +40,10 @@ class Signal:
     scope: str = "all"  # "all", a category ("DK") or a task ("arc_challenge")
     note: str | None = None
     floor_ci: tuple[float, float] | None = None  # the floor's own interval, where the producer measured one
+    #: The test behind ``significant`` (bootstrap p against 0, or against the floor for a divergence) and
+    #: its Holm-adjusted value over the signal's scopes of one run; ``significant`` uses ``p_adj``.
+    p: float | None = None
+    p_adj: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -99,6 +99,27 @@ def test_choice_rules_mirror_task_scoring() -> None:
     assert "not in the task's data" in norm.scores(8, [-4.0, -6.0], None, 1, None)
 
 
+def test_oc_ppl_choice_scores_argmax_is_opencompass_prediction() -> None:
+    """paper-suite tasks (scoring oc_ppl): the signals' scores rank as OpenCompass's lowest get_ppl (issue 19, 1)."""
+    from cfbench.tasks.opencompass import oc_argmin, oc_ppl
+
+    rule = ChoiceSource().rule("oc_copa", "cfbench", None)
+    assert isinstance(rule, ChoiceRule) and rule.key == "oc_ppl/acc"
+    got = rule.scores(0, [-30, -20], [9, 4], 0, None)
+    assert not isinstance(got, str)
+    # ppl 3.0 vs 4.0: OpenCompass predicts 0; the raw sums (-30 < -20) would put the argmax on 1
+    assert int(np.argmax(got)) == 0 == oc_argmin([oc_ppl(-30, 9), oc_ppl(-20, 4)])
+    assert list(got) == [-3.0, -4.0]
+    assert isinstance(rule.scores(0, [-30, -20], None, 0, None), str)  # no token counts: refused
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        k = int(rng.integers(2, 5))
+        lls = list(rng.normal(-40, 15, size=k))
+        ntok = [int(n) for n in rng.integers(1, 60, size=k)]
+        scores = rule.scores(0, lls, ntok, 0, None)
+        assert int(np.argmax(scores)) == oc_argmin([oc_ppl(ll, n) for ll, n in zip(lls, ntok, strict=True)])
+
+
 def test_acc_norm_lengths_come_from_the_bundled_task_data() -> None:
     source = ChoiceSource()
     rule = source.rule("hellaswag", "cfbench", 0)

@@ -281,3 +281,35 @@ def test_compare_across_rules_is_refused_with_the_suite_to_use(tmp_path: Path) -
         compare("run:lm", ["run:oc"], suite="paper", results=tmp_path, n_boot=0)
     with pytest.raises(CfbenchError, match="compare with --suite paper"):
         compare("run:oc", ["run:lm"], suite="lmeval", results=tmp_path, n_boot=0)
+
+
+def test_oc_prompts_follow_opencompass_max_seq_len_and_fixk_zero_shot_ice(tiny_model: Path) -> None:
+    """Issue 19 item 4: examples are dropped at OpenCompass's max_seq_len 2048 even when the backend holds
+    more, and a 0-shot FixKRetriever prompt keeps its ice_eos_token "\\n"."""
+    from transformers import AutoTokenizer
+
+    from cfbench.tasks.opencompass import OC_MAX_SEQ_LEN
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    task = get_task("oc_mmlu")
+    doc_id, doc = task.selected_docs(1)[0]
+    zero = task.context(doc, doc_id, 0)
+    # description "...about  {subject}.\n\n" + FixKRetriever's "\n" + the question (before: no "\n")
+    assert zero.endswith(".\n\n\n" + task._text(doc)) and not zero.endswith(".\n\n\n\n" + task._text(doc))
+    assert OCPPLRequests(tok, max_length=None).max_length == OC_MAX_SEQ_LEN == 2048
+    assert OCPPLRequests(tok, max_length=8192).max_length == 2048  # the backend's longer context does not count
+    assert OCPPLRequests(tok, max_length=1024).max_length == 1024  # a shorter backend still bounds the prompt
+    # a prompt of more than 2048 ids loses examples though the backend would hold 8192
+    def ids(d: dict, k: int) -> int:
+        return len(tok(task.context(d, doc_id, k) + " A")["input_ids"])
+
+    fill = 0
+    while ids(dict(doc, question=doc["question"] + " filler" * (fill + 50)), 0) <= 2048:
+        fill += 50  # the longest question whose 0-shot text still fits 2048 ids
+    long_doc = dict(doc, question=doc["question"] + " filler" * fill)
+    assert ids(long_doc, 5) > 2048 >= ids(long_doc, 0)
+    inst = task.render(long_doc, doc_id, 5, OCPPLRequests(tok, max_length=8192))
+    assert all(len(tok(r.context + r.continuation)["input_ids"]) <= 2048 for r in inst.requests)
+    assert inst.requests[0].context + inst.requests[0].continuation != task.context(long_doc, doc_id, 5) + " A"
+    # the config hash carries the rules, so items cached under the old rendering are not reused
+    assert "oc_rules" not in task.cfg.raw and task.cfg.config_hash != get_task("mmlu").cfg.config_hash

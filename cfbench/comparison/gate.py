@@ -30,6 +30,25 @@ class GateLine:
     significant: bool
     failed: bool
     reason: str
+    #: Set when the budget is below the row's minimum detectable effect (80 % power): says what n would do.
+    warning: str | None = None
+    mde_points: float | None = None
+
+
+def mde_warning(budget: float, mde_points: float | None, n: int) -> str | None:
+    """A budget below the MDE makes a gate that (at 80 % power) cannot catch a drop of the budget's size.
+
+    The MDE scales as 1/√n, so ``n · (MDE / budget)²`` items would bring it down to the budget.
+    """
+    if mde_points is None or budget >= mde_points or n <= 0:
+        return None
+    if budget <= 0:
+        return f"budget 0 is below the MDE {mde_points:.2f} points (80% power): no n detects a drop of 0"
+    need = math.ceil(n * (mde_points / budget) ** 2)
+    return (
+        f"budget {budget:.2f} is below the MDE {mde_points:.2f} points (80% power for n={n}): a drop of the "
+        f"budget's size is mostly missed; about n={need} items would detect it"
+    )
 
 
 def _budget_value(flag: str, spec: str, val: str, unit: str, example: str) -> float:
@@ -68,8 +87,10 @@ def parse_budgets(specs: Sequence[str], suite: Suite) -> list[Budget]:
 def gate(report: ComparisonReport, budgets: Sequence[Budget], significance: float) -> list[GateLine]:
     """A category fails when it dropped more than its budget AND the drop is significant.
 
-    Significance: the paired bootstrap (1 − significance) CI of the Δ lies entirely below zero. When
-    the baseline has no item-level scores (imported summary) no CI exists and the budget alone decides.
+    Significance: the report's own star for that row (:meth:`ComparisonReport.aggregate_significant`:
+    the test of that quantity, Holm-adjusted, at the report's alpha), so the gate and the table never
+    disagree; a category of one task is judged by that task's test. When the baseline has no
+    item-level scores (imported summary) no test exists and the budget alone decides.
     """
     cmp = report.base_comparisons[0]
     lines = []
@@ -90,20 +111,26 @@ def gate(report: ComparisonReport, budgets: Sequence[Budget], significance: floa
             continue
         d = 100 * agg.delta
         ci = (100 * agg.ci[0], 100 * agg.ci[1]) if agg.ci else None
-        significant = ci is None or ci[1] < 0
+        tested = agg.p is not None
+        significant = report.aggregate_significant(agg) if tested else True
         over = -d > b.points
         failed = over and significant
+        p_text = f"{agg.test} p {agg.p:.3g}, Holm {agg.p_adj:.3g}" if tested and agg.p_adj is not None else ""
         if failed:
             reason = f"dropped {-d:.2f} > {b.points:.2f} points" + (
-                ", CI below 0" if ci else " (no CI: task-level baseline)"
+                f", significant ({p_text})" if tested else " (no CI: task-level baseline)"
             )
         elif over:
-            reason = f"dropped {-d:.2f} > {b.points:.2f} points but not significant (CI {ci[0]:.2f}..{ci[1]:.2f})"  # type: ignore[index]
+            ci_text = f"CI {ci[0]:.2f}..{ci[1]:.2f}; " if ci else ""
+            reason = f"dropped {-d:.2f} > {b.points:.2f} points but not significant ({ci_text}{p_text})"
         else:
             reason = f"within budget ({d:+.2f} points)"
         if agg.coverage.partial:
             reason += f"; partial: {agg.coverage.label}"
-        lines.append(GateLine(b.category, d, ci, b.points, significant, failed, reason))
+        mde = 100 * agg.mde if agg.mde is not None else None
+        n = sum(t.n or 0 for t in cmp.tasks if t.group is None and t.task in agg.coverage.present)
+        warning = mde_warning(b.points, mde, n)
+        lines.append(GateLine(b.category, d, ci, b.points, significant, failed, reason, warning, mde))
     return lines
 
 
@@ -215,7 +242,8 @@ def gate_markdown(
     for x in lines:
         d = "-" if x.delta_points is None else f"{x.delta_points:+.2f}"
         ci = "-" if x.ci_points is None else f"[{x.ci_points[0]:+.2f}, {x.ci_points[1]:+.2f}]"
-        out.append(f"| {x.category} | {d} | {ci} | {x.budget:.2f} | {'❌ ' if x.failed else '✅ '}{x.reason} |")
+        warn = f"; ⚠ {x.warning}" if x.warning else ""
+        out.append(f"| {x.category} | {d} | {ci} | {x.budget:.2f} | {'❌ ' if x.failed else '✅ '}{x.reason}{warn} |")
     if not lines:
         out = out[:-2]
     if drift_lines:
@@ -248,12 +276,14 @@ class GateResult:
             lo, hi = x.ci_points if x.ci_points is not None else (None, None)
             rows.append({"kind": "accuracy", "scope": x.category, "metric": "delta", "value": x.delta_points,
                          "ci_low": lo, "ci_high": hi, "budget": x.budget, "unit": "points",
-                         "significant": x.significant, "failed": x.failed, "reason": x.reason})  # fmt: skip
+                         "significant": x.significant, "failed": x.failed, "reason": x.reason,
+                         "mde": x.mde_points, "warning": x.warning})  # fmt: skip
         for d in self.drift_lines:
             lo, hi = d.ci if d.ci is not None else (None, None)
             rows.append({"kind": "drift", "scope": d.budget.scope, "metric": d.budget.metric, "value": d.value,
                          "ci_low": lo, "ci_high": hi, "budget": d.budget.value, "unit": d.unit,
-                         "significant": None, "failed": d.failed, "reason": d.reason})  # fmt: skip
+                         "significant": None, "failed": d.failed, "reason": d.reason,
+                         "mde": None, "warning": None})  # fmt: skip
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -289,7 +319,7 @@ def regress(
     budgets = parse_budgets(max_drop, suite_obj) if max_drop else []
     drift_budgets = parse_drift_budgets(max_drift or [], suite_obj)
     res = compare(baseline, [candidate], suite=suite, results=results, n_boot=n_boot, confidence=1 - significance,
-                  pairs=[], eval_kwargs=eval_kwargs)  # fmt: skip
+                  alpha=significance, pairs=[], eval_kwargs=eval_kwargs)  # fmt: skip
     lines = gate(res.report, budgets, significance)
     drift_lines = drift_gate(res.report, res.runs[1].label, drift_budgets)
     return GateResult(res.runs[0].label, res.runs[1].label, significance, lines, drift_lines, res.report)

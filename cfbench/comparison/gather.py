@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from cfbench.comparison.runs import RunRef
+from cfbench.data import default_sources
 from cfbench.errors import CfbenchError
 from cfbench.store import ResultStore
 from cfbench.store.queries import run_items
@@ -29,7 +30,7 @@ def gather(
     used: dict[str, set[str]] | None = None,
     raw: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Item rows (``run, task, doc_id, subset, score, item_hash, task_hash``) and task-level rows
+    """Item rows (``run, task, doc_id, subset, score, item_hash, task_hash, gold, pred``) and task-level rows
     (``run, task, value, subset``).
 
     A run scored with ``--limit N`` contributes exactly the documents it selected, even when the
@@ -63,6 +64,9 @@ def gather(
                             "score": grp[metric].astype(float),
                             "item_hash": grp["item_hash"].astype(object) if "item_hash" in grp else None,
                             "task_hash": grp["task_hash"].astype(object) if "task_hash" in grp else None,
+                            # for the label-prior flag (cfbench.stats.label_prior): gold index and prediction
+                            "gold": grp.get("gold", None),
+                            "pred": grp.get("pred", None),
                         }
                     )
                 )
@@ -152,3 +156,40 @@ def refuse_other_rules(store: ResultStore, refs: Sequence[RunRef], items: Any, s
                 f"run '{ref.label}' has no scores on suite {suite.name}: it was scored with {rule} rules "
                 f"(e.g. {sorted(tasks & twins)[0]}), which never mix with this suite's; compare with --suite {other}"
             )
+
+
+def cluster_maps(tasks: Sequence[str], data_dir: Any = None) -> tuple[dict[str, dict[int, str]], list[str]]:
+    """doc_id → cluster id of every task that declares ``cluster_by``, read from its data, plus notes.
+
+    Called before anything is scored, so a ``cluster_by`` naming no document field fails first (one
+    line, :meth:`cfbench.tasks.task.Task.cluster_ids`). A task whose data is not found here is
+    resampled item by item, and a note says so.
+    """
+    sources = default_sources(data_dir) if data_dir else None
+    out: dict[str, dict[int, str]] = {}
+    notes: list[str] = []
+    for task in tasks:
+        if get_task_config(task).cluster_by is None:
+            continue
+        t = get_task(task, sources)
+        if t.located() is None:
+            notes.append(f"{task}: cluster_by is set but its data is not found here; items resampled as independent")
+            continue
+        ids = t.cluster_ids()
+        if ids is not None:
+            out[task] = ids
+    return out, notes
+
+
+def add_clusters(items: pd.DataFrame | None, maps: dict[str, dict[int, str]]) -> pd.DataFrame | None:
+    """A ``cluster`` column for the items of clustered tasks (others stay null: i.i.d.); an item whose
+    document is not in the map is its own cluster."""
+    if items is None or not maps:
+        return items
+    cluster = pd.Series([None] * len(items), index=items.index, dtype=object)
+    for task, ids in maps.items():
+        mask = items["task"] == task
+        docs = items.loc[mask, "doc_id"].astype(int)
+        cluster[mask] = [ids.get(d, f"doc:{d}") for d in docs]
+    return items.assign(cluster=cluster)
+

@@ -14,7 +14,14 @@ from typing import Any
 import pandas as pd
 
 from cfbench.comparison.attach import PplDrift, attach_drift, attach_indomain, attach_ppl_drift
-from cfbench.comparison.gather import gather, reference_coverage, refuse_other_rules, subgroups
+from cfbench.comparison.gather import (
+    add_clusters,
+    cluster_maps,
+    gather,
+    reference_coverage,
+    refuse_other_rules,
+    subgroups,
+)
 from cfbench.comparison.runs import RunRef, floor_record, resolve_runs
 from cfbench.errors import CfbenchError
 from cfbench.report.table import ComparisonReport, build_report
@@ -62,6 +69,7 @@ def compare(
     suite_obj = load_suite(suite)
     store = ResultStore(Path(results))
     floor = floor_record(noise_floor, store) if noise_floor is not None else None  # before any scoring
+    clusters, cluster_notes = cluster_maps(suite_obj.tasks, (eval_kwargs or {}).get("data_dir"))  # likewise
     refs = resolve_runs(
         [base, *tuned], store, labels=labels, eval_kwargs={"suite": suite, **(eval_kwargs or {})}, runner=runner
     )
@@ -72,6 +80,7 @@ def compare(
     if items is None and scores is None:
         raise CfbenchError(f"none of the runs has scores for suite {suite!r}; score them with `cfbench eval` first")
     refuse_other_rules(store, refs, items, scores, suite_obj)
+    items = add_clusters(items, clusters)
     report = build_report(
         refs[0].label,
         [r.label for r in refs[1:]],
@@ -95,7 +104,7 @@ def compare(
         reference=reference, reasons=reasons,
     )  # fmt: skip
     drift_notes += attach_indomain(report, store, refs, n_boot=n_boot, seed=seed, confidence=confidence)
-    notes = _notes(report, refs, used) + drift_notes
+    notes = _notes(report, refs, used) + cluster_notes + drift_notes
     if ppl is not None:  # after the notes, as when the CLI attached it to compare's result
         attach_ppl_drift(report, refs, ppl, results=results, n_boot=n_boot, seed=seed)
     return CompareResult(report, refs, suite_obj, notes)

@@ -9,12 +9,14 @@ cannot (or the reverse). So, per task:
 * ``loglikelihood`` + ``acc``: the summed log-prob of each choice continuation (lm-eval ``acc``);
 * ``ppl`` + ``acc`` (OpenCompass PPL rule): ``(LL(context) + LL(choice)) / (n_context + n_choice)``,
   the mean per-token log-prob of the whole text; ``logprobs[0]`` is the context request;
+* ``oc_ppl`` + ``acc`` (OpenCompass ``get_ppl`` exactly): ``-get_ppl(text_i) = LL(text_i) / (n_tokens_i + 1)``,
+  one request per choice's whole text; its argmax is OpenCompass's lowest-PPL prediction;
 * ``acc_norm``: the choice's log-prob divided by its length in characters (lm-eval ``acc_norm``).
   Character lengths are not stored in items, so they are read from the task's data (the same
   documents the items were rendered from; each item's fingerprint is checked against the
   re-rendered document, so a length is never taken from a different question).
 
-The softmax over these scores is the item's *choice distribution*. For ``acc_norm`` and ``ppl`` it is
+The softmax over these scores is the item's *choice distribution*. For ``acc_norm``, ``ppl`` and ``oc_ppl`` it is
 a distribution over length-normalised scores (a tempered one), chosen for consistency with the
 prediction, not a probability the model assigns; docs/metrics.md says so next to the formulas.
 
@@ -33,6 +35,7 @@ import pandas as pd
 
 from cfbench.errors import CfbenchError
 from cfbench.store.schema import item_fingerprint
+from cfbench.tasks.opencompass import oc_ppl
 from cfbench.tasks.registry import get_task, get_task_config
 
 CHOICE_METRICS = ("acc", "acc_norm")
@@ -48,7 +51,7 @@ class ChoiceRule:
     re-rendered document; only ``acc_norm`` needs it.
     """
 
-    scoring: str  # "loglikelihood" | "ppl"
+    scoring: str  # "loglikelihood" | "ppl" | "oc_ppl"
     metric: str  # "acc" | "acc_norm"
     choice_info: Callable[[int], tuple[tuple[int, ...], str | None, int] | None] | None = field(
         default=None, compare=False
@@ -74,6 +77,15 @@ class ChoiceRule:
             ntok = np.asarray(n_tokens, dtype=np.float64)
             choice_ll = lls[1:]
             per_token = (lls[0] + choice_ll) / (ntok[0] + ntok[1:])
+        elif self.scoring == "oc_ppl":
+            if n_tokens is None or len(n_tokens) != len(lls):
+                return "no stored token counts (the oc_ppl rule divides by them)"
+            if len(lls) < 2:
+                return "fewer than two choices"
+            # OpenCompass predicts the lowest get_ppl = -LL / (n_tokens + 1); its negation ranks the same,
+            # first on ties (np.argmax and oc_argmin both take the first).
+            choice_ll = lls
+            per_token = -np.array([oc_ppl(ll, int(n)) for ll, n in zip(lls, n_tokens, strict=True)])
         else:
             if len(lls) < 2:
                 return "fewer than two choices"

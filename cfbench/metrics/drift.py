@@ -10,12 +10,14 @@ Pipeline, the same for every metric (so a new metric needs no code here):
    :func:`~cfbench.stats.task_rng`, so labels and run order never move a number);
 4. categories are means of task values and the overall value is the mean of category values, with a
    stratified bootstrap — :func:`~cfbench.stats.aggregate_deltas`, exactly as accuracy Δ AVG;
-5. judgement. A ``delta`` metric (signed) is significant when its CI excludes 0, as accuracy Δ is.
+5. judgement. A ``delta`` metric (signed) is significant when its bootstrap p against 0 is, as accuracy Δ is.
    A ``divergence`` is never negative, so its CI never contains 0 and "excludes 0" would mark every
    run: it is judged against the *noise floor*, the same statistic between the base and the base
    re-scored another way (another backend, dtype or scoring path). Significant iff the CI's lower
    bound is above the floor's CI upper bound (the floor's own sampling noise included; with no floor
-   CI, above the floor's value). Without a floor a divergence is shown unjudged ("no floor").
+   CI, above the floor's value). Without a floor a divergence is shown unjudged ("no floor"). Each of
+   these statements has its bootstrap p; the scopes of one signal of one run are one Holm family, and
+   the star uses the adjusted p (issue 19, multiplicity).
 
 The result is :class:`cfbench.signals.Signal` records (``kind="forgot"``), one per (metric, scope),
 which every report format renders generically.
@@ -24,7 +26,7 @@ which every report format renders generically.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,8 +46,11 @@ from cfbench.stats import (
     aggregate_deltas,
     align_items,
     bootstrap_means,
+    bootstrap_p,
+    bootstrap_p_above,
     ci_excludes_zero,
     data_key,
+    holm_adjust,
     percentile_ci,
     task_rng,
 )
@@ -239,31 +244,46 @@ def _floor_aggregates(
 
 # -- judgement --------------------------------------------------------------------------------------
 def _judge(metric: ItemMetric, ci: tuple[float, float] | None, floor: float | None,
-           floor_ci: tuple[float, float] | None) -> tuple[bool | None, str | None]:  # fmt: skip
-    """(significant, note): deltas against 0; divergences against the floor, or not judged without one."""
+           floor_ci: tuple[float, float] | None,
+           reps: np.ndarray | None = None) -> tuple[bool | None, str | None, float | None]:  # fmt: skip
+    """(significant, note, p): deltas against 0; divergences against the floor, or not judged without one.
+
+    ``p`` (from the bootstrap ``reps`` of the value, where given) is the test of the same statement as
+    the CI rule; :func:`_holm` then re-judges every scope of one signal on its Holm-adjusted p.
+    """
     if ci is None:
-        return None, "no CI (--n-boot 0): not judged"
+        return None, "no CI (--n-boot 0): not judged", None
     if metric.kind == "delta":
-        return ci_excludes_zero(ci), None
+        return ci_excludes_zero(ci), None, (bootstrap_p(reps) if reps is not None else None)
     if floor is None:
-        return None, "no floor: a divergence is never below 0, so it is not judged without --noise-floor"
+        return None, "no floor: a divergence is never below 0, so it is not judged without --noise-floor", None
     bar = floor_ci[1] if floor_ci is not None else floor
-    return ci[0] > bar, None
+    return ci[0] > bar, None, (bootstrap_p_above(reps, bar) if reps is not None else None)
 
 
 def _signal(metric: ItemMetric, scope: str, value: float, ci: tuple[float, float] | None, n: int,
-            floor: TaskValues | AggregateDelta | None, note: str | None = None) -> Signal:  # fmt: skip
+            floor: TaskValues | AggregateDelta | None, note: str | None = None,
+            reps: np.ndarray | None = None) -> Signal:  # fmt: skip
     if metric.kind == "delta":  # judged against 0: a floor would only confuse the reading
         floor = None
     f_value = None if floor is None else (floor.mean if isinstance(floor, TaskValues) else floor.other_mean)
     f_ci = None if floor is None else floor.ci
-    significant, why = _judge(metric, ci, f_value, f_ci)
+    significant, why, p = _judge(metric, ci, f_value, f_ci, None if reps is None else reps[:, 1] - reps[:, 0])
     notes = "; ".join(x for x in (note, why) if x) or None
     return Signal(
         name=metric.name, kind="forgot", label=metric.label, value=float(value), unit=metric.unit, n=int(n),
         ci=ci, floor=f_value, significant=significant, better=metric.better, scope=scope, note=notes,
-        floor_ci=f_ci,
+        floor_ci=f_ci, p=p,
     )  # fmt: skip
+
+
+def _holm(signals: list[Signal], alpha: float) -> list[Signal]:
+    """One family per signal of one run: its scopes (overall, categories, tasks). Stars use the adjusted p."""
+    tested = [i for i, s in enumerate(signals) if s.p is not None]
+    out = list(signals)
+    for i, a in zip(tested, holm_adjust([signals[i].p for i in tested]), strict=True):  # type: ignore[misc]
+        out[i] = replace(signals[i], p_adj=a, significant=a < alpha)
+    return out
 
 
 def drift_signals(
@@ -304,6 +324,7 @@ def drift_signals(
             per_task = pd_.tasks[m.name]
             if not per_task:
                 continue
+            mine: list[Signal] = []
             fl = floor_pair.tasks[m.name] if floor_pair is not None else {}
             cats, overall = _aggregates(per_task, categories, settings, reference, reasons)
             f_cats, f_all = _floor_aggregates(fl, per_task, categories, settings) if floor_pair else ({}, None)
@@ -315,11 +336,12 @@ def drift_signals(
                 note = f"partial: {agg.coverage.label}" if agg.coverage.partial else None
                 if lacking and f_agg is None:
                     note = "; ".join(x for x in (note, "the floor run lacks some of these tasks") if x)
-                out.append(_signal(m, scope, agg.other_mean, agg.ci, n, f_agg, note))
+                mine.append(_signal(m, scope, agg.other_mean, agg.ci, n, f_agg, note, agg.replicates))
             for task, v in per_task.items():
                 f_task = fl.get(task)
                 note = "the floor run has no paired items here" if lacking and f_task is None else None
-                out.append(_signal(m, task, v.mean, v.ci, v.n, f_task, note))
+                mine.append(_signal(m, task, v.mean, v.ci, v.n, f_task, note, v.replicates))
+            out += _holm(mine, 1 - settings.confidence)
         if not out:
             notes.append(f"drift {run}: no task with per-choice log-probs paired with {base}; no drift metrics")
         signals[run] = out

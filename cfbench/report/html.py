@@ -33,7 +33,7 @@ import pandas as pd
 from cfbench._version import __version__
 from cfbench.report.leaderboard import AVG, INFO_COLUMNS, PARTIAL_COLUMN, SCALE_NOTE, display_frame, is_drift_column
 from cfbench.report.plot import plot_report
-from cfbench.report.render import layout
+from cfbench.report.render import layout, summary_sentences
 from cfbench.store.diagnostics import DIAGNOSTIC_COLUMNS
 
 if TYPE_CHECKING:
@@ -494,6 +494,8 @@ def report_body(
             "`cfbench compare --format html` adds it; from Python pass <code>runs=run_meta(store, ...)</code>.</p>"
         )
     specs = layout(report)
+    parts.append("<h2>Summary</h2>")
+    parts.extend(f'<p class="summary">{esc(x)}</p>' for x in summary_sentences(report))
     parts.append(f'<p class="legend">{esc(specs[0].notes[-1])}</p>')  # the legend: scale, CI, markers
     n_tasks = n_signals = 0
     for i, spec in enumerate(specs):

@@ -5,10 +5,10 @@ cells, so the formats cannot drift apart. Markdown/HTML/CSV/JSON use only the st
 pandas; rich is imported lazily by ``to_rich`` alone.
 
 Display conventions follow the paper: scores ×100 with 2 decimals. Markers: ``*`` significant
-(McNemar exact p < α for 0/1 tasks, otherwise the bootstrap CI excludes 0), ``†`` partial coverage,
-``‡`` items dropped because the two runs were not evaluated on identical item sets. A task whose
-runs scored different items shows ``unpaired`` in its n column (and ``"unpaired": true`` in JSON/CSV):
-its Δ is of task means, with no CI, McNemar p or flips.
+(the Holm-adjusted p of the row's own test < α: McNemar exact for a 0/1 item mean, else the
+bootstrap p), ``†`` partial coverage, ``‡`` items dropped because the two runs were not evaluated on
+identical item sets. A task whose runs scored different items shows ``unpaired`` in its n column (and
+``"unpaired": true`` in JSON/CSV): its Δ is of task means, with no CI, McNemar p or flips.
 
 Learned/forgot signals (:class:`cfbench.signals.Signal`, attached with ``ComparisonReport.add_signals``)
 are rendered generically: a "Learned vs forgot" table (one row per tuned run, accuracy Δ AVG and flips,
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -85,6 +86,12 @@ def fmt_p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def fmt_test_p(p: float | None, test: str | None) -> str:
+    """A row's p with its test: bare for McNemar, ``ᵇ`` bootstrap, ``ᶜ`` cluster-level (legend)."""
+    marks = {"bootstrap": "ᵇ", "cluster": "ᶜ"}
+    return fmt_p(p) + (marks.get(test or "", "") if p is not None else "")
+
+
 def _tone(x: float | None) -> Literal["neg", "pos"] | None:
     if x is None or fmt_delta(x) == "0.00":
         return None
@@ -98,8 +105,9 @@ def _delta_cell(x: float | None, significant: bool, partial: bool = False) -> Ce
     return Cell(text, _tone(x), significant)
 
 
-def _partial_note(who: str, name: str, cov: Coverage) -> str:
-    return f"{who} {name}: {cov.label} (missing: {cov.missing_text()})"
+def _prior_mark(cell: Cell, flagged: bool) -> Cell:
+    """``‡`` on a Δ whose task measures the label prior in either run (a 0.00 there is not "no change")."""
+    return Cell(cell.text + "‡", cell.tone, cell.strong) if flagged else cell
 
 
 # -- layout -----------------------------------------------------------------------------------------
@@ -109,8 +117,16 @@ def _legend(report: ComparisonReport) -> str:
     return (
         f"Scores ×100. Δ = run − reference on the items both were evaluated on. {level} CI: paired "
         f"percentile bootstrap (B={s.n_boot}, seed {s.seed}; categories and AVG stratified by task). "
-        f"* significant at α={s.alpha:g} (McNemar exact test for 0/1 tasks, else CI excludes 0; "
-        f"aggregates: CI excludes 0). † partial coverage. {NA}: task-level scores only, no item statistics; "
+        f"* significant at α={s.alpha:g} by the Holm-adjusted p (families: the task rows of one comparison; "
+        f"its categories + AVG). p: McNemar exact for a 0/1 item mean; ᵇ bootstrap p (subject means, non-0/1 "
+        f"metrics, categories, AVG); ᶜ cluster-level test (tasks with cluster_by: items sharing a passage are "
+        f"resampled and tested by passage); a category or AVG made of one task takes that task's test. "
+        f"† partial coverage. "
+        f"‡ on a task's Δ: its accuracy measures the label prior (≥90% of predictions on one choice, or accuracy "
+        f"= majority-label share within its CI) in either run; ‡k/m on a category or AVG: k of its m tasks are. "
+        f"‡ on n: items dropped (not on both runs). "
+        f"MDE: smallest |Δ| its test detects with 80% power at α={s.alpha:g} for its n and observed discordance. "
+        f"{NA}: task-level scores only, no item statistics; "
         f"{UNPAIRED}: runs scored different items, Δ of task means without item statistics."
     )
 
@@ -127,8 +143,6 @@ def summary_table(report: ComparisonReport) -> TableSpec:
         for name in cats:
             cs = row.categories[name]
             cells.append(Cell(fmt_score(cs.score) + ("†" if cs.coverage.partial and cs.score is not None else "")))
-            if cs.coverage.partial:
-                spec.notes.append("† " + _partial_note(row.run, name, cs.coverage))
         avg_partial = row.avg.coverage.partial and row.avg.score is not None
         cells.append(Cell(fmt_score(row.avg.score) + ("†" if avg_partial else "")))
         if row.run == report.base:
@@ -149,8 +163,72 @@ def summary_table(report: ComparisonReport) -> TableSpec:
         sig = report.aggregate_significant(cmp.avg)
         cells += [_delta_cell(cmp.avg.delta, sig, cmp.avg.coverage.partial), Cell(fmt_ci(cmp.avg.ci))]
         spec.rows.append(cells)
+    spec.notes[:0] = coverage_lines(report)
+    spec.notes += label_prior_lines(report)
     spec.notes.append(_legend(report))
     return spec
+
+
+def coverage_lines(report: ComparisonReport) -> list[str]:
+    """Each distinct coverage footnote once: rows (runs' scores, comparisons' Δ) lacking the same tasks
+    of the same category share one line that names them all."""
+    entries = [(r.run, name, r.categories[name].coverage) for r in report.rows for name in report.categories]
+    entries += [(c.label, a.name, a.coverage) for c in report.comparisons for a in [*c.categories.values(), c.avg]]
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for who, name, cov in entries:
+        if cov.partial:
+            groups.setdefault((name, cov.label, cov.missing_text()), []).append(who)
+    return [f"† {', '.join(whos)} {name}: {label} (missing: {text})" for (name, label, text), whos in groups.items()]
+
+
+def summary_sentences(report: ComparisonReport) -> list[str]:
+    """One sentence per tuned run: what it lost and gained against the base, and how sure that is."""
+    out = []
+    for run in report.tuned:
+        cmp = report.vs_base(run)
+        avg = cmp.avg
+        if avg.delta is None:
+            out.append(f"{run}: no task is scored for both it and {report.base}, so nothing can be said.")
+            continue
+        sure = _sureness(report, avg)
+        cats = [a for a in cmp.categories.values() if a.delta is not None]
+        worst = min(cats, key=lambda a: a.delta)  # type: ignore[arg-type, return-value]
+        best = max(cats, key=lambda a: a.delta)  # type: ignore[arg-type, return-value]
+        rows = [t for t in cmp.tasks if t.group is None and t.category is not None]
+        lost = sum(t.forgotten or 0 for t in rows)
+        won = sum(t.gained or 0 for t in rows)
+        flips = f"; it forgot {lost} items and gained {won}" if any(t.forgotten is not None for t in rows) else ""
+        moves = f"largest drop {worst.name} {fmt_delta(worst.delta)} ({_sureness(report, worst)})"
+        if best is not worst and (best.delta or 0) > 0:
+            moves += f", largest gain {best.name} {fmt_delta(best.delta)} ({_sureness(report, best)})"
+        flagged = report.flagged(cmp, avg)
+        prior = f"; {flagged} of its tasks measure the label prior (‡)" if flagged else ""
+        part = f" over {avg.coverage.label}" if avg.coverage.partial else ""
+        out.append(
+            f"{run} vs {report.base}: AVG {fmt_delta(avg.delta)} points{part} {fmt_ci(avg.ci)} ({sure}); "
+            f"{moves}{flips}{prior}."
+        )
+    return out
+
+
+def _sureness(report: ComparisonReport, agg: AggregateDelta) -> str:
+    """``significant, Holm p 0.003`` / ``not significant, Holm p 0.41`` / ``untested (no item scores)``."""
+    if agg.p is None:
+        return "untested: no item-level scores"
+    word = "significant" if report.aggregate_significant(agg) else "not significant"
+    return f"{word}, Holm p {fmt_p(agg.p_adj)}" if agg.p_adj is not None else f"{word}, p {fmt_p(agg.p)}"
+
+
+def label_prior_lines(report: ComparisonReport) -> list[str]:
+    """One line per flagged task: which runs' accuracy there is the label prior, and what to read instead."""
+    by_task: dict[str, dict[str, list[str]]] = {}
+    for (run, task), flag in report.label_prior.items():
+        by_task.setdefault(task, {}).setdefault(flag.describe(), []).append(run)
+    return [
+        f"‡ {task}: " + "; ".join(f"{what} ({', '.join(runs)})" for what, runs in parts.items())
+        + ": accuracy measures the label prior here; read gold log-p / KL"
+        for task, parts in by_task.items()
+    ]
 
 
 def delta_table(report: ComparisonReport) -> TableSpec:
@@ -163,10 +241,10 @@ def delta_table(report: ComparisonReport) -> TableSpec:
         for agg in [*(cmp.categories[c] for c in cats), cmp.avg]:
             cell = _delta_cell(agg.delta, report.aggregate_significant(agg), agg.coverage.partial)
             if agg.delta is not None:
-                cell = Cell(f"{cell.text} {fmt_ci(agg.ci)}", cell.tone, cell.strong)
-            cells.append(cell)
-            if agg.coverage.partial:
-                spec.notes.append("† " + _partial_note(cmp.label, agg.name, agg.coverage))
+                k = report.flagged(cmp, agg)
+                flagged = f" ‡{k}/{len(agg.coverage.present)}" if k else ""
+                cell = Cell(f"{cell.text} {fmt_ci(agg.ci)}{flagged}", cell.tone, cell.strong)
+            cells.append(cell)  # its † notes are the summary table's coverage lines (each distinct one once)
         spec.rows.append(cells)
     return spec
 
@@ -177,10 +255,10 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
     cols = signal_columns(report) if cmp.kind == "base" else []
     spec = TableSpec(
         f"Per task: {cmp.label}",
-        ["Category", "Task", "n", cmp.ref, cmp.run, "Δ", f"{level} CI", "McNemar p", "Forgotten", "Gained",
+        ["Category", "Task", "n", cmp.ref, cmp.run, "Δ", f"{level} CI", "p", "p Holm", "MDE", "Forgotten", "Gained",
          *(h for _, h in cols)],
-        ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", *("r" for _ in cols)],
-        wrap=set(range(10, 10 + len(cols))),
+        ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", *("r" for _ in cols)],
+        wrap=set(range(12, 12 + len(cols))),
     )  # fmt: skip
 
     def signal_cells(task: str | None) -> list[Cell]:
@@ -199,7 +277,7 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
         if t.missing:
             absent = [r for r, s in ((cmp.ref, t.ref_score), (cmp.run, t.score)) if s is None]
             scores = [Cell(fmt_score(t.ref_score)), Cell(fmt_score(t.score)), Cell(MISSING)]
-            blank = [Cell("") for _ in range(4)]
+            blank = [Cell("") for _ in range(6)]
             spec.rows.append([Cell(shown_category), Cell(name), Cell(""), *scores, *blank, *signal_cells(None)])
             spec.notes.append(f"{t.task}: no scores for {', '.join(absent)}; left out of Δ")
             continue
@@ -218,16 +296,18 @@ def task_table(report: ComparisonReport, cmp: Comparison) -> TableSpec:
                 Cell(n_text),
                 Cell(fmt_score(t.ref_score)),
                 Cell(fmt_score(t.score)),
-                _delta_cell(t.delta, t.significant),
+                _prior_mark(_delta_cell(t.delta, t.significant), t.label_prior),
                 Cell(fmt_ci(t.ci)),
-                Cell(fmt_p(t.p_mcnemar) if t.p_mcnemar is not None or not t.item_level else MISSING),
+                Cell(fmt_test_p(t.p, t.test) if t.p is not None or not t.item_level else MISSING),
+                Cell(fmt_p(t.p_adj) if t.p_adj is not None or not t.item_level else MISSING),
+                Cell(fmt_score(t.mde) if t.mde is not None else (NA if not t.item_level else MISSING)),
                 Cell(str(t.forgotten) if t.forgotten is not None else flips_na),
                 Cell(str(t.gained) if t.gained is not None else flips_na),
                 *signal_cells(None if t.group else t.task),
             ]
         )
-    if any(t.item_level and t.p_mcnemar is None for t in cmp.tasks):
-        spec.notes.append(f"{MISSING} in McNemar p / flips: metric is not 0/1 (e.g. TruthfulQA mc2)")
+    if any(t.item_level and t.forgotten is None for t in cmp.tasks):
+        spec.notes.append(f"{MISSING} in flips: metric is not 0/1 (e.g. TruthfulQA mc2)")
     if any(t.category is None for t in cmp.tasks):
         spec.notes.append(f"{EXTRA_LABEL}: reported, not part of any category or AVG")
     if cols:
@@ -300,6 +380,8 @@ def _signal_legend(report: ComparisonReport) -> str:
         f"Signals in their own units, value [{level} CI]. * significant as its producer judges it: a signed "
         "change when its CI excludes 0, a divergence (never below 0) when its CI lies above the noise floor "
         "(the same statistic between the base and the base scored another way, compare --noise-floor); "
+        "drift signals judge that by its bootstrap p, Holm-adjusted over the signal's scopes of one run "
+        "(p, p_holm in json/csv); "
         "(no floor): a divergence without a floor is not judged; (no CI): --n-boot 0. Forgotten/Gained: 0/1 "
         "items flipped right→wrong / wrong→right, summed over the tasks in AVG."
     )
@@ -382,14 +464,19 @@ def signal_scope_table(report: ComparisonReport) -> TableSpec | None:
 
 
 def layout(report: ComparisonReport) -> list[TableSpec]:
-    """All tables of a report, in display order."""
+    """All tables of a report, in display order; a footnote already printed under an earlier table is not repeated."""
     signal_specs = [t for t in (signals_table(report), signal_scope_table(report)) if t is not None]
-    return [
+    specs = [
         summary_table(report),
         delta_table(report),
         *signal_specs,
         *(task_table(report, c) for c in report.comparisons),
     ]
+    seen: set[str] = set()
+    for spec in specs:
+        spec.notes = [n for n in _dedup(spec.notes) if n not in seen]
+        seen.update(spec.notes)
+    return specs
 
 
 def _dedup(notes: list[str]) -> list[str]:
@@ -406,7 +493,7 @@ def to_markdown(report: ComparisonReport) -> str:
 
     No bold for significance: ``*`` already marks it, and ``**-1.23***`` parses ambiguously.
     """
-    out: list[str] = []
+    out: list[str] = ["**Summary**\n", *(f"{_md_escape(x)}  " for x in summary_sentences(report)), ""]
     for spec in layout(report):
         out.append(f"### {_md_escape(spec.title)}\n")
         out.append("| " + " | ".join(_md_escape(c) for c in spec.columns) + " |")
@@ -421,21 +508,55 @@ def to_markdown(report: ComparisonReport) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def to_rich(report: ComparisonReport) -> Group:
-    """Terminal view: Δ red (worse) / green (better), bold when significant."""
-    from rich.console import Group
+#: Widest a terminal table may be; wider specs are split into column groups that repeat the key columns.
+TERMINAL_WIDTH = 120
+
+
+def _rich_table(spec: TableSpec, cols: list[int], title: str) -> Any:
     from rich.table import Table
     from rich.text import Text
 
     styles = {"neg": "red", "pos": "green", None: ""}
-    renderables: list[Any] = []
+    table = Table(title=title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
+    for i in cols:
+        a = spec.align[i]
+        table.add_column(spec.columns[i], justify="left" if a == "l" else "right", no_wrap=i not in spec.wrap)
+    for row in spec.rows:
+        cells = [row[i] for i in cols]
+        table.add_row(*(Text(c.text, style=(styles[c.tone] + (" bold" if c.strong else "")).strip()) for c in cells))
+    return table
+
+
+def _fit_columns(spec: TableSpec, limit: int = TERMINAL_WIDTH) -> list[Any]:
+    """The spec as one or more rich tables, each at most ``limit`` columns wide at its natural width.
+
+    Columns are added greedily after the key columns (the row labels: Category and Task, or the
+    first column), which every part repeats so each part reads alone.
+    """
+    from rich.console import Console
+
+    key = [0, 1] if spec.columns[:2] == ["Category", "Task"] else [0]
+    parts: list[list[int]] = [list(key)]
+    with open(os.devnull, "w", encoding="utf-8") as sink:
+        measure = Console(width=4 * limit, file=sink)
+        for i in range(len(key), len(spec.columns)):
+            trial = [*parts[-1], i]
+            if len(parts[-1]) > len(key) and measure.measure(_rich_table(spec, trial, spec.title)).maximum > limit:
+                parts.append([*key, i])
+            else:
+                parts[-1] = trial
+    titles = [spec.title] + [f"{spec.title} (cont.)"] * (len(parts) - 1)
+    return [_rich_table(spec, cols, title) for cols, title in zip(parts, titles, strict=True)]
+
+
+def to_rich(report: ComparisonReport) -> Group:
+    """Terminal view: Δ red (worse) / green (better), bold when significant; tables ≤ 120 columns."""
+    from rich.console import Group
+    from rich.text import Text
+
+    renderables: list[Any] = [Text(x) for x in summary_sentences(report)] + [Text("")]
     for spec in layout(report):
-        table = Table(title=spec.title, title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
-        for i, (col, a) in enumerate(zip(spec.columns, spec.align, strict=True)):
-            table.add_column(col, justify="left" if a == "l" else "right", no_wrap=i not in spec.wrap)
-        for row in spec.rows:
-            table.add_row(*(Text(c.text, style=(styles[c.tone] + (" bold" if c.strong else "")).strip()) for c in row))
-        renderables.append(table)
+        renderables.extend(_fit_columns(spec))
         renderables.extend(Text(n, style="dim") for n in _dedup(spec.notes))
         renderables.append(Text(""))
     return Group(*renderables)
@@ -461,9 +582,22 @@ def _agg_dict(report: ComparisonReport, agg: AggregateDelta) -> dict[str, Any]:
         "score": _finite(agg.other_mean),
         "delta": _finite(agg.delta),
         "ci": list(agg.ci) if agg.ci is not None else None,
+        "p": _finite(agg.p),
+        "test": agg.test,
+        "p_holm": _finite(agg.p_adj),
+        "mde": _finite(agg.mde),
         "significant": report.aggregate_significant(agg),
         "coverage": _coverage_dict(agg.coverage),
     }
+
+
+def _label_prior_dicts(report: ComparisonReport) -> list[dict[str, Any]]:
+    return [
+        {"run": run, "task": task, "n": f.n, "top_choice": f.top_choice, "top_count": f.top_count,
+         "accuracy": f.accuracy, "majority_share": f.majority_share, "ci": list(f.ci), "one_choice": f.one_choice,
+         "at_majority": f.at_majority, "text": f.describe()}
+        for (run, task), f in report.label_prior.items()
+    ]  # fmt: skip
 
 
 def _task_dict(t: TaskRow) -> dict[str, Any]:
@@ -476,6 +610,10 @@ def _task_dict(t: TaskRow) -> dict[str, Any]:
         "delta": _finite(t.delta),
         "ci": list(t.ci) if t.ci is not None else None,
         "p_mcnemar": _finite(t.p_mcnemar),
+        "p": _finite(t.p),
+        "test": t.test,
+        "p_holm": _finite(t.p_adj),
+        "mde": _finite(t.mde),
         "significant": t.significant,
         "forgotten": t.forgotten,
         "gained": t.gained,
@@ -484,6 +622,7 @@ def _task_dict(t: TaskRow) -> dict[str, Any]:
         "dropped_run": t.dropped_other,
         "item_level": t.item_level,
         "unpaired": t.unpaired,
+        "label_prior": t.label_prior,
     }
 
 
@@ -502,7 +641,13 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
             "confidence": s.confidence,
             "alpha": s.alpha,
             "ci_method": "paired percentile bootstrap, stratified by task for aggregates",
-            "test": "McNemar exact (two-sided binomial on discordant pairs), 0/1 metrics only",
+            "test": (
+                "per quantity: McNemar exact (two-sided binomial on discordant pairs) for a 0/1 item mean; "
+                "two-sided bootstrap p otherwise (subject means, non-0/1 metrics, categories, AVG); an aggregate "
+                "of one task takes that task's test"
+            ),
+            "multiplicity": "Holm within families: the task rows of one comparison; its categories + AVG; "
+            "significant = Holm-adjusted p < alpha",
         },
         "rows": [
             {
@@ -522,14 +667,20 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
                 "run": c.run,
                 "kind": c.kind,
                 "label": c.label,
-                "categories": {name: _agg_dict(report, a) for name, a in c.categories.items()},
-                "avg": _agg_dict(report, c.avg),
+                "categories": {
+                    name: {**_agg_dict(report, a), "flagged_tasks": report.flagged(c, a)}
+                    for name, a in c.categories.items()
+                },
+                "avg": {**_agg_dict(report, c.avg), "flagged_tasks": report.flagged(c, c.avg)},
                 "tasks": [_task_dict(t) for t in c.tasks],
                 "notes": list(c.notes),
             }
             for c in report.comparisons
         ],
         "signals": {run: [_signal_dict(x) for x in sigs] for run, sigs in report.signals.items()},
+        "summary": summary_sentences(report),
+        "label_prior": _label_prior_dicts(report),
+        "label_prior_lines": label_prior_lines(report),
     }
 
 
@@ -555,6 +706,10 @@ FRAME_COLUMNS = [
     "ci_low",
     "ci_high",
     "p_mcnemar",
+    "p",
+    "test",
+    "p_holm",
+    "mde",
     "significant",
     "forgotten",
     "gained",
@@ -566,6 +721,8 @@ FRAME_COLUMNS = [
     "partial",
     "item_level",
     "unpaired",
+    "label_prior",
+    "flagged_tasks",
     # section="signal" rows (learned/forgot signals attached to the report), in the signal's unit:
     "signal",
     "signal_kind",
@@ -631,6 +788,10 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "ci_low": t.ci[0] if t.ci else None,
                     "ci_high": t.ci[1] if t.ci else None,
                     "p_mcnemar": t.p_mcnemar,
+                    "p": t.p,
+                    "test": t.test,
+                    "p_holm": t.p_adj,
+                    "mde": t.mde,
                     "significant": t.significant,
                     "forgotten": t.forgotten,
                     "gained": t.gained,
@@ -639,6 +800,7 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "dropped_run": t.dropped_other,
                     "item_level": t.item_level,
                     "unpaired": t.unpaired,
+                    "label_prior": t.label_prior,
                 }
             )
         for agg in [*cmp.categories.values(), cmp.avg]:
@@ -652,10 +814,15 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "delta": agg.delta,
                     "ci_low": agg.ci[0] if agg.ci else None,
                     "ci_high": agg.ci[1] if agg.ci else None,
+                    "p": agg.p,
+                    "test": agg.test,
+                    "p_holm": agg.p_adj,
+                    "mde": agg.mde,
                     "significant": report.aggregate_significant(agg),
                     "coverage_present": len(agg.coverage.present),
                     "coverage_total": agg.coverage.total,
                     "partial": agg.coverage.partial,
+                    "flagged_tasks": report.flagged(cmp, agg),
                 }
             )
     return recs
@@ -666,11 +833,13 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
     recs = _score_records(report) + _delta_records(report)
     recs += _signal_records(report)
     frame = pd.DataFrame.from_records(recs, columns=FRAME_COLUMNS)
-    for col in ("forgotten", "gained", "n", "dropped_ref", "dropped_run", "coverage_present", "coverage_total"):
+    for col in ("forgotten", "gained", "n", "dropped_ref", "dropped_run", "coverage_present", "coverage_total",
+                "flagged_tasks"):  # fmt: skip
         frame[col] = frame[col].astype("Int64")
-    for col in ("significant", "partial", "item_level", "unpaired"):
+    for col in ("significant", "partial", "item_level", "unpaired", "label_prior"):
         frame[col] = frame[col].astype("boolean")
-    for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar", "value", "floor",
+    for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar", "p", "p_holm", "mde", "value",
+                "floor",
                 "floor_ci_low", "floor_ci_high"):  # fmt: skip
         frame[col] = frame[col].astype("float64")
     return frame
@@ -699,6 +868,7 @@ def _signal_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "signal": s.name, "signal_kind": s.kind, "scope": s.scope, "value": s.value, "unit": s.unit,
                     "floor": s.floor, "floor_ci_low": s.floor_ci[0] if s.floor_ci else None,
                     "floor_ci_high": s.floor_ci[1] if s.floor_ci else None, "better": s.better, "note": s.note,
+                    "p": s.p, "p_holm": s.p_adj,
                 }
             )  # fmt: skip
     return recs

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -33,6 +33,7 @@ from cfbench.stats import (
     DEFAULT_N_BOOT,
     AggregateDelta,
     Coverage,
+    LabelPrior,
     TaskDelta,
     TaskPoint,
     aggregate_deltas,
@@ -41,6 +42,8 @@ from cfbench.stats import (
     ci_excludes_zero,
     coverage_of,
     data_key,
+    holm_adjust,
+    label_prior,
     paired_task_delta,
     task_rng,
 )
@@ -95,6 +98,15 @@ class TaskRow:
     significant: bool
     #: True when both runs have item scores but not for the same items: Δ is of task means only.
     unpaired: bool = False
+    #: p of the test of this row's Δ (``test``: "McNemar" or "bootstrap") and its Holm-adjusted value
+    #: within the comparison's task family; ``significant`` is ``p_adj < alpha``.
+    p: float | None = None
+    test: str | None = None
+    p_adj: float | None = None
+    #: Minimum detectable |Δ| at 80 % power for this row's n and discordance (its test's α).
+    mde: float | None = None
+    #: Either run's accuracy on this task is its label prior (:class:`cfbench.stats.LabelPrior`): Δ marked ‡.
+    label_prior: bool = False
 
     @property
     def missing(self) -> bool:
@@ -152,6 +164,13 @@ class ComparisonReport:
     settings: ReportSettings = field(default_factory=ReportSettings)
     #: Tuned run label → learned/forgot signals attached by producers (:meth:`add_signals`).
     signals: dict[str, list[Signal]] = field(default_factory=dict)
+    #: (run, task) → why that run's accuracy on that task measures the label prior (issue 19, item 5).
+    label_prior: dict[tuple[str, str], LabelPrior] = field(default_factory=dict)
+
+    def flagged(self, cmp: Comparison, agg: AggregateDelta) -> int:
+        """How many of an aggregate's present tasks are label-prior flagged in this comparison."""
+        rows = {t.task: t for t in cmp.tasks if t.group is None}
+        return sum(1 for t in agg.coverage.present if t in rows and rows[t].label_prior)
 
     def add_signals(self, run: str, signals: Sequence[Signal]) -> None:
         """Attach ``signals`` of tuned run ``run``; every format renders them, with no per-name code.
@@ -198,8 +217,11 @@ class ComparisonReport:
         return [c for c in self.comparisons if c.kind == "pair"]
 
     def aggregate_significant(self, agg: AggregateDelta) -> bool:
-        """Aggregates have no exact test; significance is the stratified bootstrap CI excluding 0."""
-        return ci_excludes_zero(agg.ci)
+        """The star the report gave the aggregate (:func:`_judge_aggregates`: its test, Holm-adjusted).
+
+        An aggregate built outside a report (no judgement attached) falls back to its CI excluding 0.
+        """
+        return agg.significant if agg.significant is not None else ci_excludes_zero(agg.ci)
 
 
 def detect_pairs(labels: Sequence[str]) -> list[tuple[str, str]]:
@@ -293,6 +315,18 @@ class _Data:
         #: Tasks scored as the unweighted mean of their subsets' means (OpenCompass's mmlu), not of items.
         self.subset_mean = frozenset(subset_mean)
 
+    def label_priors(self, confidence: float) -> dict[tuple[str, str], LabelPrior]:
+        """Label-prior flags of every (run, task) whose items carry ``gold`` (and ``pred`` for the one-choice rule)."""
+        out: dict[tuple[str, str], LabelPrior] = {}
+        for key, frame in self.items.items():
+            if "gold" not in frame or frame["gold"].isna().any():
+                continue
+            pred = frame["pred"] if "pred" in frame and not frame["pred"].isna().any() else None
+            flag = label_prior(pred, frame["gold"].to_numpy(), frame["score"].to_numpy(), confidence)
+            if flag is not None:
+                out[key] = flag
+        return out
+
     def has(self, run: str, task: str) -> bool:
         return (run, task) in self.items or (run, task) in self.values
 
@@ -346,13 +380,66 @@ def _group_order(mapping: Mapping[str, str]) -> list[str]:
     return list(dict.fromkeys(mapping.values()))
 
 
-def _item_row(task: str, category: str | None, group: str | None, d: TaskDelta, alpha: float) -> TaskRow:
-    """Significance: McNemar's exact p where it exists (0/1 metrics), else the bootstrap CI."""
-    significant = d.p_mcnemar < alpha if d.p_mcnemar is not None else ci_excludes_zero(d.ci)
+def _item_row(task: str, category: str | None, group: str | None, d: TaskDelta) -> TaskRow:
+    """A row with the test of its own Δ (``d.p``); the star is set once the family is known (:func:`_judge_tasks`)."""
     return TaskRow(
         task, category, group, d.ref_mean, d.other_mean, d.delta, d.ci, d.p_mcnemar, d.forgotten, d.gained,
-        d.n, d.dropped_ref, d.dropped_other, item_level=True, significant=significant,
+        d.n, d.dropped_ref, d.dropped_other, item_level=True, significant=False, p=d.p, test=d.test, mde=d.mde,
     )  # fmt: skip
+
+
+def _judge_tasks(rows: list[TaskRow], alpha: float) -> list[TaskRow]:
+    """Holm over one family: every tested task and sub-group row of one comparison.
+
+    One comparison runs a dozen task tests; at raw α the chance of at least one false star under the
+    global null is ~1 − 0.95^13 ≈ 0.49. Holm bounds it by α whatever the dependence between tasks.
+    """
+    tested = [i for i, r in enumerate(rows) if r.p is not None]
+    adj = holm_adjust([rows[i].p for i in tested])  # type: ignore[misc]
+    out = list(rows)
+    for i, a in zip(tested, adj, strict=True):
+        out[i] = replace(rows[i], p_adj=a, significant=a < alpha)
+    return out
+
+
+def _only_mover(agg: AggregateDelta, top: Mapping[str, TaskRow]) -> TaskRow | None:
+    """The one task whose Δ the aggregate's Δ is a fixed multiple of, or None.
+
+    That is the case when the aggregate has one task, or when every other task of it is unchanged on
+    every paired item (Δ 0 with CI [0, 0]: no replicate moves). The aggregate is then that task's Δ
+    rescaled, so it is the same hypothesis and takes that task's test.
+    """
+    if not agg.coverage.present or any(t not in top for t in agg.coverage.present):
+        return None
+    rows = [top[t] for t in agg.coverage.present]
+    moving = [r for r in rows if not (r.delta == 0 and r.ci == (0.0, 0.0))]
+    if len(rows) == 1:
+        return rows[0]
+    return moving[0] if len(moving) == 1 else None
+
+
+def _judge_aggregates(
+    cats: dict[str, AggregateDelta], avg: AggregateDelta, rows: list[TaskRow], alpha: float
+) -> tuple[dict[str, AggregateDelta], AggregateDelta]:
+    """One rule per quantity: an aggregate that *is* one task's Δ (:func:`_only_mover`) takes that task's
+    test and star; the others (bootstrap p) are one Holm family, categories and AVG together."""
+    top = {r.task: r for r in rows if r.group is None}
+    aggs = [*cats.values(), avg]
+    judged: dict[str, AggregateDelta] = {}
+    family: list[AggregateDelta] = []
+    for agg in aggs:
+        if agg.delta is None:
+            judged[agg.name] = replace(agg, significant=False)
+        elif (t := _only_mover(agg, top)) is not None:
+            mde = t.mde if len(agg.coverage.present) == 1 else agg.mde
+            judged[agg.name] = replace(agg, p=t.p, test=t.test, p_adj=t.p_adj, significant=t.significant, mde=mde)
+        elif agg.p is None:
+            judged[agg.name] = replace(agg, significant=False)
+        else:
+            family.append(agg)
+    for agg, a in zip(family, holm_adjust([a.p for a in family]), strict=True):  # type: ignore[misc]
+        judged[agg.name] = replace(agg, p_adj=a, significant=a < alpha)
+    return {n: judged[n] for n in cats}, judged[avg.name]
 
 
 def _value_row(
@@ -377,12 +464,13 @@ def _compare(
     settings: ReportSettings,
     reference: Mapping[str, Sequence[str]] | None = None,
     reasons: Mapping[str, str] | None = None,
+    flags: Collection[tuple[str, str]] = frozenset(),
 ) -> Comparison:
     rows: list[TaskRow] = []
     notes: list[str] = []
     points: dict[str, TaskPoint] = {}
     task_category = [(t, c) for c, m in categories.items() for t in m] + [(t, None) for t in extras]
-    boot = {"n_boot": settings.n_boot, "confidence": settings.confidence}
+    boot = {"n_boot": settings.n_boot, "confidence": settings.confidence, "alpha": settings.alpha}
 
     for task, category in task_category:
         groups = _group_order(subgroups.get(task, {}))
@@ -406,7 +494,7 @@ def _compare(
             key = data_key(paired)  # seeds from the data, never from labels
             naive = task in data.subset_mean  # OpenCompass's mmlu: mean of subject means
             d = paired_task_delta(paired, rng=task_rng(settings.seed, key, task), subset_mean=naive, **boot)
-            rows.append(_item_row(task, category, None, d, settings.alpha))
+            rows.append(_item_row(task, category, None, d))
             points[task] = TaskPoint(d.ref_mean, d.other_mean, d.replicates)
             if task in subgroups:
                 mapping = subgroups[task]
@@ -416,7 +504,7 @@ def _compare(
                     if mask.any():
                         rng = task_rng(settings.seed, key, task, group)
                         g = paired_task_delta(paired.select(mask), rng=rng, subset_mean=naive, **boot)
-                        rows.append(_item_row(task, category, group, g, settings.alpha))
+                        rows.append(_item_row(task, category, group, g))
         elif data.has(ref, task) and data.has(run, task):
             row = _value_row(task, category, None, data.score(ref, task), data.score(run, task))
             rows.append(row)
@@ -431,6 +519,9 @@ def _compare(
     cats, avg = aggregate_deltas(
         categories, points, confidence=settings.confidence, reference=reference, reasons=reasons
     )
+    rows = _judge_tasks(rows, settings.alpha)
+    rows = [replace(r, label_prior=True) if {(ref, r.task), (run, r.task)} & flags else r for r in rows]
+    cats, avg = _judge_aggregates(cats, avg, rows, settings.alpha)
     return Comparison(ref, run, kind, rows, cats, avg, notes)
 
 
@@ -500,8 +591,9 @@ def build_report(
     ref_cats = {k: tuple(v) for k, v in (reference_categories or {}).items()}
     why = dict(missing_reasons or {})
     rows = [_run_row(data, run, cats, extras, ref_cats, why) for run in (base, *tuned)]
+    flags = frozenset(priors := data.label_priors(confidence))
     comparisons = [
-        _compare(data, base, run, "base", cats, extras, subgroups, settings, ref_cats, why) for run in tuned
+        _compare(data, base, run, "base", cats, extras, subgroups, settings, ref_cats, why, flags) for run in tuned
     ]
     for without, with_ in detect_pairs(tuned) if pairs is None else pairs:
         for label in (without, with_):
@@ -509,5 +601,7 @@ def build_report(
                 raise CfbenchError(
                     f"pair run '{label}' is not among the tuned runs {list(tuned)}; pass it as a tuned run"
                 )
-        comparisons.append(_compare(data, without, with_, "pair", cats, extras, subgroups, settings, ref_cats, why))
-    return ComparisonReport(base, tuned, cats, extras, rows, comparisons, settings)
+        comparisons.append(
+            _compare(data, without, with_, "pair", cats, extras, subgroups, settings, ref_cats, why, flags)
+        )
+    return ComparisonReport(base, tuned, cats, extras, rows, comparisons, settings, label_prior=priors)

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from cfbench.errors import CfbenchError
+from cfbench.tasks.opencompass import OC_MAX_SEQ_LEN
 from cfbench.tasks.templates import check_spec
 
 SCORING_RULES = ("loglikelihood", "ppl", "oc_ppl")
@@ -82,13 +83,21 @@ class TaskConfig:
     subset_groups: dict[str, str] = field(default_factory=dict)
     mc2_choices: str | None = None
     mc2_labels: str | None = None
+    #: A document field whose equal values mark items that share a passage (RACE ``article``, BoolQ
+    #: ``passage``): compare then resamples those clusters and tests Δ at cluster level.
+    cluster_by: str | None = None
     source_file: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def config_hash(self) -> str:
         """12-hex content hash of everything that changes numbers."""
-        payload = {k: v for k, v in self.raw.items() if k not in ("title", "prompt_note")}
+        # cluster_by changes how Δ is tested, never an item's score: not part of the hash (cached items stay valid)
+        payload: dict[str, Any] = {
+            k: v for k, v in self.raw.items() if k not in ("title", "prompt_note", "cluster_by")
+        }
+        if self.scoring == "oc_ppl":  # rendering rules of OpenCompass's PPL path (issue 19): cached items predate them
+            payload["oc_rules"] = {"max_seq_len": OC_MAX_SEQ_LEN, "k0_fixk_ice": "\n"}
         blob = json.dumps({"v": SEMANTICS_VERSION, "cfg": payload}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -159,6 +168,9 @@ def parse_task_config(raw: Any, path: Path) -> TaskConfig:
         raise _fail(path, f"fewshot_sampler must be one of {FEWSHOT_SAMPLERS}")
     if ("mc2" in metrics) != ("mc2_choices" in raw and "mc2_labels" in raw):
         raise _fail(path, "metric mc2 needs both mc2_choices and mc2_labels (and vice versa)")
+    cluster_by = raw.get("cluster_by")
+    if cluster_by is not None and (not isinstance(cluster_by, str) or not cluster_by.strip()):
+        raise _fail(path, f"cluster_by must name one document field (e.g. cluster_by: article), got {cluster_by!r}")
     nfs = raw.get("num_fewshot", 0)
     if not isinstance(nfs, int) or nfs < 0:
         raise _fail(path, "num_fewshot must be a non-negative integer")

@@ -27,9 +27,11 @@ for SmolLM2), a tokenizer adding anything but one leading BOS, or one whose empt
 not that BOS, is refused with one error line: the rule would not be OpenCompass's.
 
 Long prompts follow ``PPLInferencer`` too: while a label's text has more than ``max_seq_len`` ids
-(cfbench: the backend's ``max_length``), its last in-context example is dropped, and the labels after
-it keep the shorter prompt (:meth:`Task.render`). A text that does not fit even with no examples is
-refused: OpenCompass would cut its end off on the right, the answer first, and score the labels alike.
+(OpenCompass's default 2048, :data:`OC_MAX_SEQ_LEN`, or the backend's ``max_length`` if smaller), its
+last in-context example is dropped, and the labels after it keep the shorter prompt
+(:meth:`Task.render`). A text that does not fit even with no examples is refused: OpenCompass's
+``HuggingFaceBaseModel`` would cut it on the left (its tokenizer truncates from the left), dropping
+the start of the question, which cfbench does not reproduce.
 
 What is *not* mirrored, by design: OpenCompass's batched path pads (left-padding in
 ``HuggingFaceBaseModel``) and then scores the first real token from a pad position, so its numbers
@@ -50,6 +52,9 @@ from cfbench.requests import LoglikRequest
 
 #: How much of a text is tokenised to find its first token (a first pre-token is never this long).
 _HEAD_WINDOW = 256
+#: OpenCompass's default ``max_seq_len`` (the paper-era HuggingFaceCausalLM configs): ``PPLInferencer``
+#: drops in-context examples while a label's text has more ids than this, whatever the model's context.
+OC_MAX_SEQ_LEN = 2048
 
 
 def oc_ppl(logprob: float, n_tokens: int) -> float:
@@ -84,9 +89,11 @@ class OCPPLRequests:
     single leading BOS equal to the backends' empty-context token, so every text is scored exactly.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int | None = None) -> None:
+    def __init__(self, tokenizer: Any, max_length: int | None = None, max_seq_len: int | None = OC_MAX_SEQ_LEN) -> None:
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        # Examples are dropped at OpenCompass's max_seq_len, or earlier if the backend holds fewer ids.
+        limits = [x for x in (max_length, max_seq_len) if x is not None]
+        self.max_length = min(limits) if limits else None
         probe = "Question: is this probe tokenised the same way?"
         with_special = list(tokenizer(probe)["input_ids"])
         plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])

@@ -160,6 +160,10 @@ class Task:
                 ch = self._choices(ex)
                 shots.append(self._text(ex) + self.cfg.target_delimiter + ch[self._target(ex, ch)])
             prefix += self.cfg.fewshot_delimiter.join(shots) + self.cfg.fewshot_delimiter
+        elif self.cfg.scoring == "oc_ppl" and self.cfg.fewshot_split:
+            # OpenCompass's FixKRetriever with no example still yields its ice_eos_token "\n"
+            # ("\n".join([]) + "\n"), one newline more than an empty prefix (oc_mmlu at --num-fewshot 0).
+            prefix += "\n"
         return prefix + self._text(doc)
 
     def instances(
@@ -209,6 +213,23 @@ class Task:
                 out.append((i, doc))
         return out
 
+    def cluster_ids(self) -> dict[int, str] | None:
+        """doc_id → the value of the task's ``cluster_by`` field (items sharing a passage), None without one.
+
+        A ``cluster_by`` that names no field of the documents is a config error: one line naming the
+        field, the task and the fields there are.
+        """
+        field_name = self.cfg.cluster_by
+        if field_name is None:
+            return None
+        docs = self.docs()
+        if docs and field_name not in docs[0]:
+            raise CfbenchError(
+                f"task {self.name}: cluster_by {field_name!r} is not a field of its documents (fields: "
+                f"{', '.join(sorted(map(str, docs[0])))}); fix cluster_by in {self.cfg.source_file or 'its YAML'}"
+            )
+        return {i: str(doc.get(field_name)) for i, doc in enumerate(docs)}
+
     def render(
         self, doc: Row, doc_id: int, num_fewshot: int = 0, oc_requests: OCPPLRequests | None = None
     ) -> Instance:
@@ -246,9 +267,10 @@ class Task:
                 ctx = self.context(doc, doc_id, k)
             if not oc.fits(ctx + delim + c):
                 raise CfbenchError(
-                    f"{self.name}: a choice's text has more than max_length={oc.max_length} tokens even without "
-                    "in-context examples; OpenCompass would cut its end (the answer) off: raise the backend's "
-                    "max_length"
+                    f"{self.name}: a choice's text has more than {oc.max_length} tokens (OpenCompass's max_seq_len "
+                    "2048, or the backend's max_length if smaller) even without "
+                    "in-context examples; OpenCompass would truncate it from the left, which cfbench does not "
+                    "reproduce: score this task with the lmeval suite (--suite lmeval)"
                 )
             texts.append(ctx + delim + c)
         return texts
