@@ -63,7 +63,7 @@ from cfbench.train.data import (
 )
 from cfbench.train.distributed import DistContext
 from cfbench.train.indomain import HeldoutSplit, split_data
-from cfbench.train.lora import apply_lora, lora_settings, merge_for_save
+from cfbench.train.lora import apply_lora, base_reference, check_save_mode, lora_settings, merge_for_save, save_adapter
 from cfbench.train.trainer import (
     EXPLODED_FACTOR,
     EXPLODED_FLOOR,
@@ -263,6 +263,7 @@ class FinetuneRequest:
     sam_only_norm: bool = False
     sam_backup_dtype: str = "fp32"
     sam_look_alpha: float | None = None
+    save: str = "merged"
 
     @property
     def run_label(self) -> str:
@@ -342,6 +343,7 @@ def check_request(req: FinetuneRequest) -> None:
         req.weight_decay, req.rehearsal_ratio, req.max_steps, req.lr_schedule, req.heldout, req.sam_every,
         req.sam_only_norm, req.sam_backup_dtype, req.sam_look_alpha,
     )  # fmt: skip
+    check_save_mode(req.save, req.lora_r)
     if req.sam_look_alpha is not None and distributed.launched_world_size() > 1:
         raise CfbenchError("--sam-look-alpha under torchrun (sharded FSDP) is not supported: use --sam-every alone")
 
@@ -394,6 +396,8 @@ def load_inputs(req: FinetuneRequest) -> Inputs:
     task_examples, split = split_data(task_data, req.heldout, req.seed)
     reh_data = load_data(req.rehearsal) if req.rehearsal is not None else None
     lora = lora_settings(req.lora_r, req.lora_alpha, req.lora_targets)
+    if lora is not None and req.save == "adapter":  # another output, so another fingerprint
+        lora["merged_on_save"] = False
     hyper = _hyperparameters(req, reh_data, lora, split)
     fingerprint = _fingerprint(hyper, resolved.content_hash, task_data, reh_data)
     return Inputs(resolved, task_data, task_examples, split, reh_data, lora, hyper, fingerprint)
@@ -644,10 +648,16 @@ def _record_outcome(manifest: dict[str, Any], outcome: Outcome, optimizer: str, 
     manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
 
 
-def _save_run(run: Run, tokenizer: Any, out: Path, manifest: dict[str, Any]) -> None:
-    """The trained weights as one normal HF folder: gathered from the shards, or LoRA merged in."""
+def _save_run(run: Run, tokenizer: Any, out: Path, manifest: dict[str, Any], save: str, base: str | Path) -> None:
+    """The trained weights as one normal HF folder: gathered from the shards, or LoRA merged in; with
+    ``save="adapter"`` the LoRA adapter itself (naming its base), which every command scores as base + adapter."""
     if run.ctx is not None:
         distributed.save_consolidated(run.model, tokenizer, out, manifest, run.ctx)
+    elif run.lora is not None and save == "adapter":
+        with atomic_dir(out) as tmp:
+            save_adapter(run.model, tmp, base_reference(base))
+            tokenizer.save_pretrained(tmp)
+            write_json(tmp / MANIFEST, manifest)
     elif run.lora is not None:
         _save(merge_for_save(run.model), tokenizer, out, manifest)
     else:
@@ -687,7 +697,7 @@ def finish_run(
         manifest["saved_weights"] = f"after step {step} (the last good update)"
     else:
         manifest["status"] = "completed"
-    _save_run(run, train_set.tokenizer, out, manifest)
+    _save_run(run, train_set.tokenizer, out, manifest, req.save, req.base)
     if failure is not None:
         raise CfbenchError(
             f"training stopped: the {failure.what} became {failure.value} at step {step + 1}; the last good weights "
@@ -746,6 +756,7 @@ def finetune(
     sam_only_norm: bool = False,
     sam_backup_dtype: str = "fp32",
     sam_look_alpha: float | None = None,
+    save: str = "merged",
 ) -> FinetuneResult:
     """Fine-tune ``base`` on ``data`` and write an HF checkpoint folder with a manifest to ``out``.
 
@@ -756,7 +767,8 @@ def finetune(
     linear or constant) over the planned steps. ``max_steps`` caps the run (and the schedule).
     ``rehearsal``: general data mixed in as ``rehearsal_ratio`` of the training set.
     ``lora_r``: train rank-r LoRA adapters (peft) instead of all weights; they are merged into the
-    weights on save, so the output is a normal checkpoint. Under ``torchrun`` (``WORLD_SIZE`` > 1)
+    weights on save, so the output is a normal checkpoint (``save="adapter"``: the adapter itself).
+    Under ``torchrun`` (``WORLD_SIZE`` > 1)
     the run is data-parallel with FSDP2 full sharding (:mod:`cfbench.train.distributed`).
     ``heldout``: documents of ``data`` held out of training for the in-domain gain
     (:mod:`cfbench.train.indomain`; None: min(64, 10% of the distinct examples), 0: none); the
@@ -776,6 +788,7 @@ def finetune(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
         activation_checkpointing=activation_checkpointing, heldout=heldout, sam_every=sam_every,
         sam_only_norm=sam_only_norm, sam_backup_dtype=sam_backup_dtype, sam_look_alpha=sam_look_alpha,
+        save=save,
     ))  # fmt: skip
 
 
