@@ -70,6 +70,10 @@ Save = Annotated[
         "scored as base + adapter).",
     ),
 ]
+SaveEvery = Annotated[
+    int | None,
+    typer.Option("--save-every", help="Also write OUT/step-N/ every N steps (score them with cfbench sweep BASE OUT)."),
+]
 Heldout = Annotated[
     int | None,
     typer.Option(
@@ -136,6 +140,7 @@ def finetune_cmd(
     sam_backup_dtype: SamBackup = BackupDtype.fp32,
     sam_look_alpha: SamLookAlpha = None,
     save: Save = "merged",
+    save_every: SaveEvery = None,
 ) -> None:
     """Fine-tune BASE on --data with AdamW, SAM or ASAM; writes an HF folder plus cfbench_manifest.json."""
     from cfbench.train.finetune import finetune
@@ -146,7 +151,7 @@ def finetune_cmd(
         **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                   rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
         **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
-        **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha), save=save,
+        **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha), save=save, save_every=save_every,
     )  # fmt: skip
     if not _main_rank():
         return

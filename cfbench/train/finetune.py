@@ -37,8 +37,9 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -264,6 +265,7 @@ class FinetuneRequest:
     sam_backup_dtype: str = "fp32"
     sam_look_alpha: float | None = None
     save: str = "merged"
+    save_every: int | None = None
 
     @property
     def run_label(self) -> str:
@@ -344,6 +346,10 @@ def check_request(req: FinetuneRequest) -> None:
         req.sam_only_norm, req.sam_backup_dtype, req.sam_look_alpha,
     )  # fmt: skip
     check_save_mode(req.save, req.lora_r)
+    if req.save_every is not None and req.save_every < 1:
+        raise CfbenchError(f"--save-every must be >= 1 (steps between step-N/ snapshots), got {req.save_every}")
+    if req.save_every is not None and distributed.launched_world_size() > 1:
+        raise CfbenchError("--save-every under torchrun is not supported: run in one process or drop --save-every")
     if req.sam_look_alpha is not None and distributed.launched_world_size() > 1:
         raise CfbenchError("--sam-look-alpha under torchrun (sharded FSDP) is not supported: use --sam-every alone")
 
@@ -383,6 +389,8 @@ def _hyperparameters(
         hyper["sam_backup_dtype"] = req.sam_backup_dtype
     if req.sam_look_alpha is not None:
         hyper["sam_look_alpha"] = req.sam_look_alpha
+    if req.save_every is not None:  # same weights, but a finished run without snapshots is not this run
+        hyper["save_every"] = req.save_every
     return hyper
 
 
@@ -588,17 +596,22 @@ def start_manifest(
     }
 
 
-def train_loop(req: FinetuneRequest, run: Run, train_set: TrainSet, plan: Plan, curve: list[dict[str, Any]]) -> Outcome:
+def train_loop(
+    req: FinetuneRequest, run: Run, train_set: TrainSet, plan: Plan, curve: list[dict[str, Any]],
+    on_step: Callable[[int], bool] | None = None,
+) -> Outcome:  # fmt: skip
     """Stage 4: shuffled epochs of global batches until the plan is done or a step goes bad.
 
     A NaN/inf stops the loop before the bad update (the weights stay the last good ones); exploded or
-    collapsed weights after an update stop it too. Each good step is appended to ``curve``.
+    collapsed weights after an update stop it too. Each good step is appended to ``curve``, then
+    ``on_step(step)`` runs (snapshots, the forgetting monitor); it returns True to stop training.
     """
     encoded, trainer = train_set.encoded, run.trainer
     rng = random.Random(req.seed)
     step = 0
     failure: NonFiniteError | None = None
     diverged: str | None = None
+    stopped = False
     vocab = int(getattr(run.model.config, "vocab_size", None) or len(train_set.tokenizer))
     weight_limit = max(EXPLODED_FLOOR, EXPLODED_FACTOR * max_abs_weight(trainer.params))
     t_loop = time.perf_counter()
@@ -624,9 +637,10 @@ def train_loop(req: FinetuneRequest, run: Run, train_set: TrainSet, plan: Plan, 
                 curve.append({"step": step, "epoch": epoch + 1, "lr": lr_now, "tokens": n_target, **stats})
                 bar.update(task_id, advance=1, loss=f"{stats['loss']:.4f}")
                 diverged = divergence(stats, max_abs_weight(trainer.params), weight_limit, vocab)
-                if diverged is not None:
+                stopped = on_step is not None and diverged is None and on_step(step)
+                if diverged is not None or stopped:
                     break
-            if failure is not None or diverged is not None or step >= plan.planned:
+            if failure is not None or diverged is not None or step >= plan.planned or stopped:
                 break
     # The optimizer steps alone (no loading, hashing or saving): what a cost ratio between runs compares.
     return Outcome(step, failure, diverged, round(time.perf_counter() - t_loop, 3))
@@ -650,18 +664,57 @@ def _record_outcome(manifest: dict[str, Any], outcome: Outcome, optimizer: str, 
 
 def _save_run(run: Run, tokenizer: Any, out: Path, manifest: dict[str, Any], save: str, base: str | Path) -> None:
     """The trained weights as one normal HF folder: gathered from the shards, or LoRA merged in; with
-    ``save="adapter"`` the LoRA adapter itself (naming its base), which every command scores as base + adapter."""
+    ``save="adapter"`` the LoRA adapter itself (naming its base), which every command scores as base + adapter.
+    The ``step-N/`` snapshots of ``--save-every`` are kept inside ``out``."""
     if run.ctx is not None:
         distributed.save_consolidated(run.model, tokenizer, out, manifest, run.ctx)
-    elif run.lora is not None and save == "adapter":
-        with atomic_dir(out) as tmp:
+        return
+    carry = sorted(p.name for p in out.glob("step-*")) if out.is_dir() else []
+    with atomic_dir(out, carry=carry) as tmp:
+        if run.lora is not None and save == "adapter":
             save_adapter(run.model, tmp, base_reference(base))
-            tokenizer.save_pretrained(tmp)
-            write_json(tmp / MANIFEST, manifest)
-    elif run.lora is not None:
-        _save(merge_for_save(run.model), tokenizer, out, manifest)
-    else:
-        _save(run.model, tokenizer, out, manifest)
+        else:
+            (merge_for_save(run.model) if run.lora is not None else run.model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / MANIFEST, manifest)
+
+
+def save_snapshot(req: FinetuneRequest, run: Run, tokenizer: Any, manifest: dict[str, Any], step: int) -> Path:
+    """``out/step-N/``: the weights after ``step`` (what ``cfbench sweep`` scores), training undisturbed.
+
+    A LoRA run saved merged folds a copy of the model, never the one being trained; the manifest
+    is the run's so far (its held-out split gives the sweep a learned signal per step).
+    """
+    import copy
+
+    out = Path(req.out) / f"step-{step}"
+    snap = {**manifest, "steps": step, "status": "snapshot", "saved_weights": f"after step {step}",
+            "loss_curve": list(manifest["loss_curve"])}  # fmt: skip
+    with atomic_dir(out) as tmp:
+        if run.lora is not None and req.save == "adapter":
+            save_adapter(run.model, tmp, base_reference(req.base))
+        elif run.lora is not None:
+            merge_for_save(copy.deepcopy(run.model)).save_pretrained(tmp)
+        else:
+            run.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / MANIFEST, snap)
+    return out
+
+
+def step_hooks(
+    req: FinetuneRequest, run: Run, tokenizer: Any, manifest: dict[str, Any]
+) -> Callable[[int], bool] | None:
+    """What runs after each good step: ``--save-every`` snapshots. Returns True to stop training."""
+    if req.save_every is None:
+        return None
+
+    def hook(step: int) -> bool:
+        if step % int(req.save_every or 1) == 0:
+            save_snapshot(req, run, tokenizer, manifest, step)
+        return False
+
+    return hook
 
 
 def finish_run(
@@ -719,7 +772,11 @@ def run_finetune(req: FinetuneRequest) -> FinetuneResult:
     run = build_run(req, inputs)
     plan = plan_steps(req, len(train_set.encoded), run.trainer.base_optimizer)
     manifest = start_manifest(req, inputs, train_set, run, plan, t_start)
-    outcome = train_loop(req, run, train_set, plan, manifest["loss_curve"])
+    if req.save_every is not None and req.overwrite and out.is_dir():  # a replaced run's snapshots are not this run's
+        for old in out.glob("step-*"):
+            shutil.rmtree(old, ignore_errors=True)
+    hooks = step_hooks(req, run, train_set.tokenizer, manifest)
+    outcome = train_loop(req, run, train_set, plan, manifest["loss_curve"], hooks)
     return finish_run(req, run, train_set, manifest, outcome, out, t_start)
 
 
@@ -757,6 +814,7 @@ def finetune(
     sam_backup_dtype: str = "fp32",
     sam_look_alpha: float | None = None,
     save: str = "merged",
+    save_every: int | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``base`` on ``data`` and write an HF checkpoint folder with a manifest to ``out``.
 
@@ -779,6 +837,7 @@ def finetune(
     of a float32 copy of the weights (half the buffer, restore within ~1 float32 ulp);
     ``sam_look_alpha`` α (with ``sam_every`` > 1) = LookSAM: the in-between steps add back the last
     SAM gradient's part orthogonal to the current gradient, scaled by α·‖g‖/‖g_v‖.
+    ``save_every`` N: also write ``out/step-N/``, ``out/step-2N/``, ... during training (``cfbench sweep``).
     """
     return run_finetune(FinetuneRequest(
         base, data, out, optimizer=optimizer, rho=rho, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -788,12 +847,6 @@ def finetune(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
         activation_checkpointing=activation_checkpointing, heldout=heldout, sam_every=sam_every,
         sam_only_norm=sam_only_norm, sam_backup_dtype=sam_backup_dtype, sam_look_alpha=sam_look_alpha,
-        save=save,
+        save=save, save_every=save_every,
     ))  # fmt: skip
 
-
-def _save(model: torch.nn.Module, tokenizer: Any, out: Path, manifest: dict[str, Any]) -> None:
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / MANIFEST, manifest)
