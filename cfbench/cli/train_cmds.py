@@ -74,6 +74,17 @@ SaveEvery = Annotated[
     int | None,
     typer.Option("--save-every", help="Also write OUT/step-N/ every N steps (score them with cfbench sweep BASE OUT)."),
 ]
+MonitorEvery = Annotated[
+    int | None,
+    typer.Option(
+        "--monitor-every",
+        help="Score a small forgetting probe (64 offline-suite items + 32 passages) every N steps into the loss curve.",
+    ),
+]
+MonitorStop = Annotated[
+    list[str] | None,
+    typer.Option("--monitor-stop", help="With --monitor-every: SIGNAL=VALUE budget that stops training, e.g. kl=0.2."),
+]
 Heldout = Annotated[
     int | None,
     typer.Option(
@@ -141,6 +152,8 @@ def finetune_cmd(
     sam_look_alpha: SamLookAlpha = None,
     save: Save = "merged",
     save_every: SaveEvery = None,
+    monitor_every: MonitorEvery = None,
+    monitor_stop: MonitorStop = None,
 ) -> None:
     """Fine-tune BASE on --data with AdamW, SAM or ASAM; writes an HF folder plus cfbench_manifest.json."""
     from cfbench.train.finetune import finetune
@@ -152,6 +165,7 @@ def finetune_cmd(
                   rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
         **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
         **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha), save=save, save_every=save_every,
+        monitor_every=monitor_every, monitor_stop=monitor_stop,
     )  # fmt: skip
     if not _main_rank():
         return

@@ -38,8 +38,9 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +50,7 @@ import torch
 
 import cfbench.train.distributed as distributed
 from cfbench.errors import CfbenchError
+from cfbench.integrations.probe import ForgettingMonitor, Probe, parse_budgets
 from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
 from cfbench.train._io import MANIFEST, atomic_dir, check_output_dir, environment, write_json
 from cfbench.train.data import (
@@ -266,6 +268,9 @@ class FinetuneRequest:
     sam_look_alpha: float | None = None
     save: str = "merged"
     save_every: int | None = None
+    monitor_every: int | None = None
+    monitor_stop: Mapping[str, float] | Sequence[str] | None = None
+    monitor_probe: Probe | None = None  # library only: a smaller probe (tests); default Probe.default()
 
     @property
     def run_label(self) -> str:
@@ -348,8 +353,13 @@ def check_request(req: FinetuneRequest) -> None:
     check_save_mode(req.save, req.lora_r)
     if req.save_every is not None and req.save_every < 1:
         raise CfbenchError(f"--save-every must be >= 1 (steps between step-N/ snapshots), got {req.save_every}")
-    if req.save_every is not None and distributed.launched_world_size() > 1:
-        raise CfbenchError("--save-every under torchrun is not supported: run in one process or drop --save-every")
+    if req.monitor_every is not None and req.monitor_every < 1:
+        raise CfbenchError(f"--monitor-every must be >= 1 (steps between forgetting probes), got {req.monitor_every}")
+    if req.monitor_stop and req.monitor_every is None:
+        raise CfbenchError("--monitor-stop needs --monitor-every N (how often the probe runs)")
+    monitor_budgets(req.monitor_stop)
+    if (req.save_every or req.monitor_every) and distributed.launched_world_size() > 1:
+        raise CfbenchError("--save-every/--monitor-every under torchrun are not supported: run in one process")
     if req.sam_look_alpha is not None and distributed.launched_world_size() > 1:
         raise CfbenchError("--sam-look-alpha under torchrun (sharded FSDP) is not supported: use --sam-every alone")
 
@@ -391,6 +401,8 @@ def _hyperparameters(
         hyper["sam_look_alpha"] = req.sam_look_alpha
     if req.save_every is not None:  # same weights, but a finished run without snapshots is not this run
         hyper["save_every"] = req.save_every
+    if req.monitor_stop:  # a forgetting budget may end the run early: another run
+        hyper["monitor"] = {"every": req.monitor_every, "stop": monitor_budgets(req.monitor_stop)}
     return hyper
 
 
@@ -702,17 +714,60 @@ def save_snapshot(req: FinetuneRequest, run: Run, tokenizer: Any, manifest: dict
     return out
 
 
+def monitor_budgets(stop: Mapping[str, float] | Sequence[str] | None) -> dict[str, float]:
+    """``--monitor-stop kl=0.2`` (repeatable) or a mapping, checked like the callback's ``stop_at``."""
+    if stop is None or isinstance(stop, Mapping):
+        return parse_budgets(stop)
+    pairs: dict[str, float] = {}
+    for spec in stop:
+        name, sep, value = str(spec).partition("=")
+        try:
+            pairs[name.strip()] = float(value) if sep else float("nan")
+        except ValueError:
+            pairs[name.strip()] = float("nan")
+        if not sep or pairs[name.strip()] != pairs[name.strip()]:
+            raise CfbenchError(f"--monitor-stop {spec!r} is not SIGNAL=VALUE: write e.g. --monitor-stop kl=0.2")
+    return parse_budgets(pairs)
+
+
+def _monitor_hook(req: FinetuneRequest, run: Run, tokenizer: Any, manifest: dict[str, Any]) -> Callable[[int], bool]:
+    """``--monitor-every``: :class:`ForgettingMonitor` (the ``ForgettingCallback``'s code) on the model in memory.
+
+    The base probe is scored now, before the first step; each check adds ``forgetting/*`` to the
+    step's loss-curve entry, and a budget exceeded stops the run (the weights so far are saved).
+    """
+    monitor = ForgettingMonitor(req.monitor_probe, monitor_budgets(req.monitor_stop))
+    monitor.start(run.model, tokenizer)
+    every = int(req.monitor_every or 1)
+
+    def check(step: int) -> bool:
+        if step % every:
+            return False
+        values = monitor.check(run.model, step)
+        manifest["loss_curve"][-1].update(values)
+        if monitor.stopped is not None:
+            manifest["forgetting_stop"] = monitor.stopped
+            print(f"[cfbench] forgetting budget exceeded: {monitor.stopped}; stopping training", file=sys.stderr)
+            return True
+        return False
+
+    return check
+
+
 def step_hooks(
     req: FinetuneRequest, run: Run, tokenizer: Any, manifest: dict[str, Any]
 ) -> Callable[[int], bool] | None:
-    """What runs after each good step: ``--save-every`` snapshots. Returns True to stop training."""
-    if req.save_every is None:
+    """What runs after each good step: ``--save-every`` snapshots, then the ``--monitor-every`` probe.
+    Returns True to stop training."""
+    if req.save_every is None and req.monitor_every is None:
         return None
+    monitor = _monitor_hook(req, run, tokenizer, manifest) if req.monitor_every is not None else None
 
     def hook(step: int) -> bool:
-        if step % int(req.save_every or 1) == 0:
+        stop = monitor(step) if monitor is not None else False
+        if req.save_every is not None and step % req.save_every == 0:
             save_snapshot(req, run, tokenizer, manifest, step)
-        return False
+        return stop
 
     return hook
 
@@ -815,6 +870,9 @@ def finetune(
     sam_look_alpha: float | None = None,
     save: str = "merged",
     save_every: int | None = None,
+    monitor_every: int | None = None,
+    monitor_stop: Mapping[str, float] | Sequence[str] | None = None,
+    monitor_probe: Probe | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``base`` on ``data`` and write an HF checkpoint folder with a manifest to ``out``.
 
@@ -837,6 +895,9 @@ def finetune(
     of a float32 copy of the weights (half the buffer, restore within ~1 float32 ulp);
     ``sam_look_alpha`` α (with ``sam_every`` > 1) = LookSAM: the in-between steps add back the last
     SAM gradient's part orthogonal to the current gradient, scaled by α·‖g‖/‖g_v‖.
+    ``monitor_every`` N: score a forgetting probe every N steps (:class:`cfbench.integrations.probe.Probe`,
+    the ``ForgettingCallback``'s code) into the loss curve; ``monitor_stop`` (``{"kl": 0.2}`` or
+    ``["kl=0.2"]``) stops training when a signal passes its budget.
     ``save_every`` N: also write ``out/step-N/``, ``out/step-2N/``, ... during training (``cfbench sweep``).
     """
     return run_finetune(FinetuneRequest(
@@ -847,6 +908,7 @@ def finetune(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
         activation_checkpointing=activation_checkpointing, heldout=heldout, sam_every=sam_every,
         sam_only_norm=sam_only_norm, sam_backup_dtype=sam_backup_dtype, sam_look_alpha=sam_look_alpha,
-        save=save, save_every=save_every,
+        save=save, save_every=save_every, monitor_every=monitor_every, monitor_stop=monitor_stop,
+        monitor_probe=monitor_probe,
     ))  # fmt: skip
 
