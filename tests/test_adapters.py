@@ -242,3 +242,11 @@ def test_vllm_on_cpu_refuses_an_adapter_before_the_engine_starts(run: dict[str, 
     assert vb._apply_lora(run["base"], kwargs, on_cpu=True) is None and kwargs == {}
     request = vb._apply_lora(view, kwargs, on_cpu=False)
     assert request.lora_name == "run/checkpoint-10" and kwargs["enable_lora"] and kwargs["max_lora_rank"] == 8
+
+
+def test_landscape_and_diff_refuse_an_adapter_with_the_fix(run: dict[str, Path], tmp_path: Path) -> None:
+    """They read weights themselves: an adapter view holds only the factors, which must not pass as weights."""
+    from cfbench.analysis.run import diff_checkpoints
+
+    with pytest.raises(CfbenchError, match="landscape/diff need full weights: cfbench merge BASE"):
+        diff_checkpoints(str(run["base"]), [str(run["adapter"])], results=tmp_path / "r")
