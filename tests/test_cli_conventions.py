@@ -59,7 +59,7 @@ def _commands(group: typer.Typer) -> dict[str, object]:
 def test_every_store_command_takes_results_and_every_result_printer_takes_format() -> None:
     cmds = _commands(app)
     opts = {path: {o for p in cmd.params for o in p.opts} for path, cmd in cmds.items()}  # type: ignore[attr-defined]
-    store = {"eval", "compare", "regress", "ppl", "finetune", "pair", "demo", "leaderboard", "runs", "import",
+    store = {"eval", "compare", "sweep", "regress", "ppl", "finetune", "pair", "demo", "leaderboard", "runs", "import",
              "landscape", "diff", "store compact", "store check"}  # fmt: skip
     assert {p for p, o in opts.items() if "--results" in o} == store
     helps = {
@@ -73,7 +73,7 @@ def test_every_store_command_takes_results_and_every_result_printer_takes_format
         fmt = next(p for p in cmds[path].params if "--format" in p.opts)  # type: ignore[attr-defined]
         return [m.value for m in fmt.type_descriptor.annotation]
 
-    for path in ("tasks", "eval", "ppl", "regress", "runs", "landscape", "diff", "demo"):
+    for path in ("tasks", "eval", "sweep", "ppl", "regress", "runs", "landscape", "diff", "demo"):
         assert choices(path) == ["table", "json", "csv"], path
     for path in ("compare", "leaderboard"):  # more human views on top of the same three
         assert {"table", "json", "csv"} <= set(choices(path)), path

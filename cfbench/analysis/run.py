@@ -41,13 +41,23 @@ def labels_for(labels: str | Sequence[str] | None, specs: Sequence[str], what: s
     return names
 
 
+def full_weights(ck: ResolvedCheckpoint) -> ResolvedCheckpoint:
+    """Landscapes and weight diffs read the weights themselves: a LoRA adapter is refused with the fix."""
+    if ck.kind == "adapter":
+        raise CfbenchError(
+            f"{ck.spec} is a LoRA adapter; landscape/diff need full weights: "
+            f"cfbench merge BASE {ck.spec} --alpha 1 --out DIR, then pass DIR"
+        )
+    return ck
+
+
 def load_model(spec: str, device: str | None, attn: str | None = None) -> tuple[ResolvedCheckpoint, Any, Any]:
     """Model (float32, on ``device`` or cuda when available) and tokenizer; ``attn="eager"`` where double
     backward is needed (fused CPU SDPA has none)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ck = resolve_checkpoint(spec)
+    ck = full_weights(resolve_checkpoint(spec))
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(
         ck.path, dtype=torch.float32, **({"attn_implementation": attn} if attn else {})
@@ -319,7 +329,7 @@ def _diff_one(
 ) -> DiffRun:
     """Weight diff of one tuned checkpoint, stored (tables weight_diff and diagnostics)."""
     base_spec, bck, bstate, barch = base
-    tck = resolve_checkpoint(spec)
+    tck = full_weights(resolve_checkpoint(spec))
     tstate, tarch = load_state(tck.path)
     check_same_architecture(barch, tarch, base_spec, spec)
     rows = weight_diff(bstate, tstate)
@@ -348,7 +358,7 @@ def diff_checkpoints(
     and the total displacement, stored; ``plot`` writes the per-layer ‖ΔW‖/‖W‖ figure."""
     names = labels_for(labels, tuned, "tuned checkpoint")
     store = ResultStore(results)
-    bck = resolve_checkpoint(base)
+    bck = full_weights(resolve_checkpoint(base))
     bstate, barch = load_state(bck.path)
     runs = []
     for label, spec in zip(names, tuned, strict=True):

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from cfbench.backends import rolling
 from cfbench.errors import CfbenchError
+from cfbench.models.adapter import adapter_marker
 from cfbench.models.tokenize import encode_pairs
 from cfbench.requests import (
     GenerateRequest,
@@ -104,6 +105,43 @@ def _config_json_max_length(model_path: Path) -> int | None:
         if cfg.get(attr) is not None:
             return int(cfg[attr])
     return None
+
+
+def load_causal_lm(model_path: str | Path, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained``, or for a LoRA adapter view its base with the adapter on.
+
+    The adapter is injected into the base's layers in memory (``PeftModel``), never merged to
+    disk; the returned module is the base's own class (so its attention and head code run as
+    usual). An adapter that does not change the logits is refused rather than scored as the base.
+    """
+    from transformers import AutoModelForCausalLM
+
+    marker = adapter_marker(model_path)
+    if marker is None:
+        return AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise CfbenchError(f"{model_path} is a LoRA adapter, which needs peft: pip install 'cfbench[lora]'") from exc
+    base = AutoModelForCausalLM.from_pretrained(marker["base_path"], **kwargs)
+    peft_model = PeftModel.from_pretrained(base, str(model_path), is_trainable=False)
+    peft_model.eval()
+    _refuse_inert_adapter(peft_model, marker)
+    return peft_model.get_base_model()
+
+
+def _refuse_inert_adapter(peft_model: Any, marker: dict[str, Any]) -> None:
+    """One forward with and without the adapter: identical logits mean it is not applied (lm-eval #2432)."""
+    ids = torch.arange(1, 9, device=peft_model.device).unsqueeze(0) % max(2, peft_model.config.vocab_size)
+    with torch.no_grad():
+        on = peft_model(input_ids=ids).logits
+        with peft_model.disable_adapter():
+            off = peft_model(input_ids=ids).logits
+    if torch.equal(on, off):
+        raise CfbenchError(
+            f"adapter {marker.get('adapter')} leaves the logits of base {marker.get('base_spec')} unchanged, so its "
+            "scores would be the base's: pass a trained adapter (or the right --base)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -528,6 +566,7 @@ class HFBackend:
             max_length = resolve_max_length(config, tokenizer)
         device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         return {
+            **({"peft": importlib.metadata.version("peft")} if adapter_marker(model_path) else {}),
             "backend": cls.name,
             "dtype": dtype,
             "max_length": int(max_length),
@@ -551,7 +590,7 @@ class HFBackend:
         scoring_path: str = "tree",
         **_: Any,
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self._settings = self.key_settings(
             model_path,
@@ -567,11 +606,8 @@ class HFBackend:
         self.batch_tokens = int(batch_tokens) if batch_tokens else (2048 if self.device.type == "cpu" else 8192)
         self.dense_limit = int(dense_limit)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-        self.model: Any = AutoModelForCausalLM.from_pretrained(
-            str(model_path),
-            dtype=_DTYPES[dtype],
-            attn_implementation=ATTN_NAME,
-            trust_remote_code=trust_remote_code,
+        self.model: Any = load_causal_lm(
+            model_path, dtype=_DTYPES[dtype], attn_implementation=ATTN_NAME, trust_remote_code=trust_remote_code
         ).to(self.device)
         self.model.eval()
         self.max_length = int(self._settings["max_length"])

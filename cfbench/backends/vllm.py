@@ -46,6 +46,7 @@ from typing import Any
 from cfbench.backends import rolling
 from cfbench.backends.token_prompts import PromptPlan, plan_prompts
 from cfbench.errors import CfbenchError
+from cfbench.models.adapter import adapter_marker, vllm_lora_rank
 from cfbench.requests import LoglikRequest, LoglikResult, ProgressFn, RollingRequest, RollingResult
 
 # Fail at import (the registry turns this into "pip install 'cfbench[vllm]'") without paying for
@@ -70,6 +71,43 @@ _NUMBER_NEUTRAL = {
     "block_size",
     "distributed_executor_backend",
 }
+
+
+def lora_engine_settings(model_path: str | Path) -> tuple[dict[str, Any], tuple[str, int, str] | None]:
+    """For a LoRA adapter view: the ``LLM`` arguments (base weights, ``enable_lora``, ``max_lora_rank``
+    read from adapter_config.json, not lm-eval's fixed 16) and the ``LoRARequest(name, id, path)``
+    arguments; ``({}, None)`` for an ordinary checkpoint."""
+    marker = adapter_marker(model_path)
+    if marker is None:
+        return {}, None
+    kwargs = {
+        "model": str(marker["base_path"]),
+        "tokenizer": str(model_path),
+        "enable_lora": True,
+        "max_lora_rank": vllm_lora_rank(int(marker["r"])),
+        "max_loras": 1,
+    }
+    return kwargs, (str(marker.get("name") or Path(model_path).name), 1, str(model_path))
+
+
+def _apply_lora(model_path: str | Path, kwargs: dict[str, Any], on_cpu: bool) -> Any:
+    """Point ``kwargs`` at the base and enable LoRA for an adapter view; its ``LoRARequest`` (else None).
+
+    vLLM's CPU LoRA kernels size the logits step for sampled tokens only and crash the engine on
+    prompt log-probs (what scoring needs), so an adapter on a CPU build is refused before the engine starts.
+    """
+    lora_kwargs, lora = lora_engine_settings(model_path)
+    if lora is None:
+        return None
+    if on_cpu:
+        raise CfbenchError(
+            f"{model_path} is a LoRA adapter and this vLLM runs on CPU, where its LoRA kernels cannot return prompt "
+            "log-probs: score it with --backend hf (base + adapter) or on a GPU"
+        )
+    from vllm.lora.request import LoRARequest
+
+    kwargs.update(lora_kwargs)
+    return LoRARequest(*lora)
 
 
 def _cpu_list(cpus: set[int]) -> str:
@@ -254,6 +292,7 @@ class VLLMBackend:
         if max_model_len is not None:
             kwargs["max_model_len"] = int(max_model_len)
         kwargs.update(extra_llm_kwargs)
+        self._lora: Any = _apply_lora(model_path, kwargs, self.on_cpu)
         self._llm: Any = LLM(**kwargs)
         self._SamplingParams = SamplingParams
         self.dtype = dtype
@@ -312,7 +351,8 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
 
         batch = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-        return list(self._llm.generate(batch, self._params(read_cache), use_tqdm=False))
+        lora = {"lora_request": self._lora} if self._lora is not None else {}
+        return list(self._llm.generate(batch, self._params(read_cache), use_tqdm=False, **lora))
 
     def loglikelihood(
         self, requests: Sequence[LoglikRequest], progress: ProgressFn | None = None

@@ -61,6 +61,7 @@ COMMAND_MODULES: list[str] = [
     "cfbench.cli.tasks_cmd",
     "cfbench.cli.eval_cmd",
     "cfbench.cli.compare_cmd",
+    "cfbench.cli.sweep_cmd",
     "cfbench.cli.ppl_cmd",
     "cfbench.cli.train_cmds",
     "cfbench.cli.demo_cmd",

@@ -62,6 +62,29 @@ LoraAlpha = Annotated[float | None, typer.Option("--lora-alpha", help="LoRA scal
 LoraTargets = Annotated[
     str | None, typer.Option("--lora-targets", help="Comma-separated module names (default: all llama projections).")
 ]
+Save = Annotated[
+    str,
+    typer.Option(
+        "--save",
+        help="With --lora-r: merged (a full checkpoint, default) or adapter (the LoRA adapter itself, "
+        "scored as base + adapter).",
+    ),
+]
+SaveEvery = Annotated[
+    int | None,
+    typer.Option("--save-every", help="Also write OUT/step-N/ every N steps (score them with cfbench sweep BASE OUT)."),
+]
+MonitorEvery = Annotated[
+    int | None,
+    typer.Option(
+        "--monitor-every",
+        help="Score a small forgetting probe (64 offline-suite items + 32 passages) every N steps into the loss curve.",
+    ),
+]
+MonitorStop = Annotated[
+    list[str] | None,
+    typer.Option("--monitor-stop", help="With --monitor-every: SIGNAL=VALUE budget that stops training, e.g. kl=0.2."),
+]
 Heldout = Annotated[
     int | None,
     typer.Option(
@@ -127,6 +150,10 @@ def finetune_cmd(
     sam_only_norm: SamOnlyNorm = False,
     sam_backup_dtype: SamBackup = BackupDtype.fp32,
     sam_look_alpha: SamLookAlpha = None,
+    save: Save = "merged",
+    save_every: SaveEvery = None,
+    monitor_every: MonitorEvery = None,
+    monitor_stop: MonitorStop = None,
 ) -> None:
     """Fine-tune BASE on --data with AdamW, SAM or ASAM; writes an HF folder plus cfbench_manifest.json."""
     from cfbench.train.finetune import finetune
@@ -137,7 +164,8 @@ def finetune_cmd(
         **_common(rho, epochs, lr, batch_size, micro_batch, max_length, warmup, weight_decay, rehearsal,
                   rehearsal_ratio, seed, bf16, max_steps, lr_schedule, overwrite, device),
         **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
-        **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha),
+        **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha), save=save, save_every=save_every,
+        monitor_every=monitor_every, monitor_stop=monitor_stop,
     )  # fmt: skip
     if not _main_rank():
         return
@@ -196,6 +224,7 @@ def pair_cmd(
     suite: Annotated[str, typer.Option("--suite", help="With --compare: the suite to score.")] = "paper",
     limit: Annotated[int | None, typer.Option("--limit", help="With --compare: documents per task.")] = None,
     results: Results = Path("results"),
+    save: Save = "merged",
 ) -> None:
     """The paper's compute-matched pair: OUT/wo_sam (AdamW, 2x epochs) and OUT/w_sam (SAM, epochs)."""
     _quiet(quiet)
@@ -205,6 +234,7 @@ def pair_cmd(
         **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
         **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha),
         "heldout": heldout,
+        "save": save,
     }  # fmt: skip
     seed_list, done, summary = _run_pairs(base, data, out, seeds, sam_optimizer.value, not quiet, kwargs)
     if not _main_rank():

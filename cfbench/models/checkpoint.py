@@ -25,9 +25,11 @@ from typing import Any
 
 from cfbench.errors import CfbenchError
 from cfbench.fsutil import remove_stale_tmp, tmp_prefix
+from cfbench.models import adapter as peft_adapter
+from cfbench.models.adapter import is_adapter_folder
 from cfbench.models.hashing import HashCache, default_cache_dir, folder_content_hash
 
-KINDS = ("hf-folder", "gguf", "hub", "state-dict", "builtin")
+KINDS = ("hf-folder", "gguf", "hub", "state-dict", "builtin", "adapter")
 STATE_DICT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 # The file ``cfbench finetune`` / ``merge`` write into a checkpoint folder (method, base, hyperparameters).
 # It names part of a checkpoint, so it lives here: the engine reads it and train writes it.
@@ -54,7 +56,8 @@ BUILTIN_MODELS: dict[str, Builtin] = {
 }
 
 ACCEPTED_FORMS = (
-    "a local Hugging Face folder (with config.json), a .gguf file, a hub id 'org/name[@revision]', "
+    "a local Hugging Face folder (with config.json), a PEFT LoRA adapter folder (adapter_config.json), "
+    "a .gguf file, a hub id 'org/name[@revision]', "
     f"a state-dict file ({', '.join(STATE_DICT_SUFFIXES)}) together with --base, "
     f"or a built-in name ({', '.join(BUILTIN_MODELS)})"
 )
@@ -94,6 +97,8 @@ def resolve_checkpoint(spec: str, *, base: str | None = None, cache_dir: Path | 
         return _resolve_builtin(spec, cache_dir, hashes)
     path = Path(spec).expanduser()
     if path.is_dir():
+        if is_adapter_folder(path):
+            return _resolve_adapter(spec, path, base, cache_dir, hashes)
         return _resolve_folder(spec, path, hashes)
     if path.is_file():
         if path.suffix == ".gguf":
@@ -156,20 +161,61 @@ def _short(digest: str) -> str:
 
 def _resolve_folder(spec: str, path: Path, hashes: HashCache) -> ResolvedCheckpoint:
     if not (path / "config.json").is_file():
-        if (path / "adapter_config.json").is_file():
-            raise CfbenchError(
-                f"{spec} is a PEFT adapter, not a full model: merge it into its base "
-                "(peft: model.merge_and_unload().save_pretrained(DIR)) and pass DIR"
-            )
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             raise CfbenchError(f"{spec} has no config.json but holds a GGUF file: pass {ggufs[0]} instead")
         raise CfbenchError(f"{spec} is a folder without config.json: give {ACCEPTED_FORMS}")
     check_hf_folder(path, spec)
+    name = _checkpoint_name(path)
+    return ResolvedCheckpoint(name, spec, path.resolve(), "hf-folder", folder_content_hash(path, hashes))
+
+
+def _checkpoint_name(path: Path) -> str:
+    """The folder's name; a Trainer ``checkpoint-N`` keeps its run folder (``run/checkpoint-500``)."""
     name = path.resolve().name
     if re.fullmatch(r"checkpoint-\d+", name):
         name = f"{path.resolve().parent.name}/{name}"
-    return ResolvedCheckpoint(name, spec, path.resolve(), "hf-folder", folder_content_hash(path, hashes))
+    return name
+
+
+def _resolve_adapter(
+    spec: str, path: Path, base: str | None, cache_dir: Path, hashes: HashCache
+) -> ResolvedCheckpoint:
+    """A LoRA adapter: check it against its base, then build (once) the view folder the backends load.
+
+    The base comes from ``--base`` or the adapter config. Every check runs before anything is
+    written: another vocab / hidden size / target module set, or an adapter equal to its base.
+    """
+    cfg = peft_adapter.read_adapter_config(path)
+    weights = peft_adapter.adapter_weights(path)
+    base_spec = peft_adapter.adapter_base_spec(path, cfg, base)
+    if Path(base_spec).expanduser().resolve() == path.resolve():
+        raise CfbenchError(f"adapter {spec} names itself as its base: pass the base model with --base")
+    base_ck = resolve_checkpoint(base_spec, cache_dir=cache_dir)
+    if base_ck.kind == "adapter":
+        raise CfbenchError(f"the base of adapter {spec} is itself an adapter ({base_spec}): pass the full base model")
+    tensors = peft_adapter.load_adapter_tensors(weights)
+    base_shapes, meta_model = _base_expected(base_ck.path)
+    peft_adapter.check_targets(spec, base_spec, cfg, (n for n, _ in meta_model.named_modules()))
+    peft_adapter.check_adapter_fits(spec, base_spec, tensors, base_shapes)
+    peft_adapter.check_tokenizer(spec, base_spec, path, base_ck.path)
+    peft_adapter.check_not_identity(spec, tensors)
+    identity = peft_adapter.adapter_identity(base_ck.content_hash, cfg, weights, hashes)
+    hashes.save()
+    name = _checkpoint_name(path)
+    ranks = [int(cfg.get("r") or 8), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())]
+    marker = {
+        "format": 1,
+        "name": name,
+        "adapter": str(path.resolve()),
+        "base_spec": base_spec,
+        "base_path": str(base_ck.path),
+        "base_hash": base_ck.content_hash,
+        "r": max(ranks),
+    }
+    final = cache_dir / "adapters" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{_short(identity)}"
+    folder = _atomic_build(final, lambda tmp: peft_adapter.build_adapter_view(path, base_ck.path, marker, tmp))
+    return ResolvedCheckpoint(name, spec, folder, "adapter", identity, base=base_spec)
 
 
 def check_hf_folder(path: Path, spec: str) -> None:

@@ -13,7 +13,7 @@ import platform
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,13 @@ def check_output_dir(out: Path, overwrite: bool, flag: str = "--overwrite") -> N
 
 
 @contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a temp folder next to ``out``; on success it replaces ``out``, on error it is deleted."""
+def atomic_dir(out: Path, carry: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield a temp folder next to ``out``; on success it replaces ``out``, on error it is deleted.
+
+    ``carry``: children of the old ``out`` moved into the new one just before the swap (the
+    ``step-N/`` snapshots ``finetune --save-every`` wrote while training), so replacing the final
+    weights keeps them; on error they stay where they were.
+    """
     out = Path(out)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +48,9 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     tmp.chmod(0o755)
     try:
         yield tmp
+        for name in carry:
+            if (out / name).exists() and not (tmp / name).exists():
+                os.rename(out / name, tmp / name)
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"

@@ -37,8 +37,10 @@ import hashlib
 import json
 import math
 import random
+import shutil
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +50,7 @@ import torch
 
 import cfbench.train.distributed as distributed
 from cfbench.errors import CfbenchError
+from cfbench.integrations.probe import ForgettingMonitor, Probe, parse_budgets
 from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
 from cfbench.train._io import MANIFEST, atomic_dir, check_output_dir, environment, write_json
 from cfbench.train.data import (
@@ -63,7 +66,7 @@ from cfbench.train.data import (
 )
 from cfbench.train.distributed import DistContext
 from cfbench.train.indomain import HeldoutSplit, split_data
-from cfbench.train.lora import apply_lora, lora_settings, merge_for_save
+from cfbench.train.lora import apply_lora, base_reference, check_save_mode, lora_settings, merge_for_save, save_adapter
 from cfbench.train.trainer import (
     EXPLODED_FACTOR,
     EXPLODED_FLOOR,
@@ -263,6 +266,11 @@ class FinetuneRequest:
     sam_only_norm: bool = False
     sam_backup_dtype: str = "fp32"
     sam_look_alpha: float | None = None
+    save: str = "merged"
+    save_every: int | None = None
+    monitor_every: int | None = None
+    monitor_stop: Mapping[str, float] | Sequence[str] | None = None
+    monitor_probe: Probe | None = None  # library only: a smaller probe (tests); default Probe.default()
 
     @property
     def run_label(self) -> str:
@@ -342,6 +350,16 @@ def check_request(req: FinetuneRequest) -> None:
         req.weight_decay, req.rehearsal_ratio, req.max_steps, req.lr_schedule, req.heldout, req.sam_every,
         req.sam_only_norm, req.sam_backup_dtype, req.sam_look_alpha,
     )  # fmt: skip
+    check_save_mode(req.save, req.lora_r)
+    if req.save_every is not None and req.save_every < 1:
+        raise CfbenchError(f"--save-every must be >= 1 (steps between step-N/ snapshots), got {req.save_every}")
+    if req.monitor_every is not None and req.monitor_every < 1:
+        raise CfbenchError(f"--monitor-every must be >= 1 (steps between forgetting probes), got {req.monitor_every}")
+    if req.monitor_stop and req.monitor_every is None:
+        raise CfbenchError("--monitor-stop needs --monitor-every N (how often the probe runs)")
+    monitor_budgets(req.monitor_stop)
+    if (req.save_every or req.monitor_every) and distributed.launched_world_size() > 1:
+        raise CfbenchError("--save-every/--monitor-every under torchrun are not supported: run in one process")
     if req.sam_look_alpha is not None and distributed.launched_world_size() > 1:
         raise CfbenchError("--sam-look-alpha under torchrun (sharded FSDP) is not supported: use --sam-every alone")
 
@@ -381,6 +399,10 @@ def _hyperparameters(
         hyper["sam_backup_dtype"] = req.sam_backup_dtype
     if req.sam_look_alpha is not None:
         hyper["sam_look_alpha"] = req.sam_look_alpha
+    if req.save_every is not None:  # same weights, but a finished run without snapshots is not this run
+        hyper["save_every"] = req.save_every
+    if req.monitor_stop:  # a forgetting budget may end the run early: another run
+        hyper["monitor"] = {"every": req.monitor_every, "stop": monitor_budgets(req.monitor_stop)}
     return hyper
 
 
@@ -394,6 +416,8 @@ def load_inputs(req: FinetuneRequest) -> Inputs:
     task_examples, split = split_data(task_data, req.heldout, req.seed)
     reh_data = load_data(req.rehearsal) if req.rehearsal is not None else None
     lora = lora_settings(req.lora_r, req.lora_alpha, req.lora_targets)
+    if lora is not None and req.save == "adapter":  # another output, so another fingerprint
+        lora["merged_on_save"] = False
     hyper = _hyperparameters(req, reh_data, lora, split)
     fingerprint = _fingerprint(hyper, resolved.content_hash, task_data, reh_data)
     return Inputs(resolved, task_data, task_examples, split, reh_data, lora, hyper, fingerprint)
@@ -584,17 +608,22 @@ def start_manifest(
     }
 
 
-def train_loop(req: FinetuneRequest, run: Run, train_set: TrainSet, plan: Plan, curve: list[dict[str, Any]]) -> Outcome:
+def train_loop(
+    req: FinetuneRequest, run: Run, train_set: TrainSet, plan: Plan, curve: list[dict[str, Any]],
+    on_step: Callable[[int], bool] | None = None,
+) -> Outcome:  # fmt: skip
     """Stage 4: shuffled epochs of global batches until the plan is done or a step goes bad.
 
     A NaN/inf stops the loop before the bad update (the weights stay the last good ones); exploded or
-    collapsed weights after an update stop it too. Each good step is appended to ``curve``.
+    collapsed weights after an update stop it too. Each good step is appended to ``curve``, then
+    ``on_step(step)`` runs (snapshots, the forgetting monitor); it returns True to stop training.
     """
     encoded, trainer = train_set.encoded, run.trainer
     rng = random.Random(req.seed)
     step = 0
     failure: NonFiniteError | None = None
     diverged: str | None = None
+    stopped = False
     vocab = int(getattr(run.model.config, "vocab_size", None) or len(train_set.tokenizer))
     weight_limit = max(EXPLODED_FLOOR, EXPLODED_FACTOR * max_abs_weight(trainer.params))
     t_loop = time.perf_counter()
@@ -620,9 +649,10 @@ def train_loop(req: FinetuneRequest, run: Run, train_set: TrainSet, plan: Plan, 
                 curve.append({"step": step, "epoch": epoch + 1, "lr": lr_now, "tokens": n_target, **stats})
                 bar.update(task_id, advance=1, loss=f"{stats['loss']:.4f}")
                 diverged = divergence(stats, max_abs_weight(trainer.params), weight_limit, vocab)
-                if diverged is not None:
+                stopped = on_step is not None and diverged is None and on_step(step)
+                if diverged is not None or stopped:
                     break
-            if failure is not None or diverged is not None or step >= plan.planned:
+            if failure is not None or diverged is not None or step >= plan.planned or stopped:
                 break
     # The optimizer steps alone (no loading, hashing or saving): what a cost ratio between runs compares.
     return Outcome(step, failure, diverged, round(time.perf_counter() - t_loop, 3))
@@ -644,14 +674,102 @@ def _record_outcome(manifest: dict[str, Any], outcome: Outcome, optimizer: str, 
     manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
 
 
-def _save_run(run: Run, tokenizer: Any, out: Path, manifest: dict[str, Any]) -> None:
-    """The trained weights as one normal HF folder: gathered from the shards, or LoRA merged in."""
+def _save_run(run: Run, tokenizer: Any, out: Path, manifest: dict[str, Any], save: str, base: str | Path) -> None:
+    """The trained weights as one normal HF folder: gathered from the shards, or LoRA merged in; with
+    ``save="adapter"`` the LoRA adapter itself (naming its base), which every command scores as base + adapter.
+    The ``step-N/`` snapshots of ``--save-every`` are kept inside ``out``."""
     if run.ctx is not None:
         distributed.save_consolidated(run.model, tokenizer, out, manifest, run.ctx)
-    elif run.lora is not None:
-        _save(merge_for_save(run.model), tokenizer, out, manifest)
-    else:
-        _save(run.model, tokenizer, out, manifest)
+        return
+    carry = sorted(p.name for p in out.glob("step-*")) if out.is_dir() else []
+    with atomic_dir(out, carry=carry) as tmp:
+        if run.lora is not None and save == "adapter":
+            save_adapter(run.model, tmp, base_reference(base))
+        else:
+            (merge_for_save(run.model) if run.lora is not None else run.model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / MANIFEST, manifest)
+
+
+def save_snapshot(req: FinetuneRequest, run: Run, tokenizer: Any, manifest: dict[str, Any], step: int) -> Path:
+    """``out/step-N/``: the weights after ``step`` (what ``cfbench sweep`` scores), training undisturbed.
+
+    A LoRA run saved merged folds a copy of the model, never the one being trained; the manifest
+    is the run's so far (its held-out split gives the sweep a learned signal per step).
+    """
+    import copy
+
+    out = Path(req.out) / f"step-{step}"
+    snap = {**manifest, "steps": step, "status": "snapshot", "saved_weights": f"after step {step}",
+            "loss_curve": list(manifest["loss_curve"])}  # fmt: skip
+    with atomic_dir(out) as tmp:
+        if run.lora is not None and req.save == "adapter":
+            save_adapter(run.model, tmp, base_reference(req.base))
+        elif run.lora is not None:
+            merge_for_save(copy.deepcopy(run.model)).save_pretrained(tmp)
+        else:
+            run.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / MANIFEST, snap)
+    return out
+
+
+def monitor_budgets(stop: Mapping[str, float] | Sequence[str] | None) -> dict[str, float]:
+    """``--monitor-stop kl=0.2`` (repeatable) or a mapping, checked like the callback's ``stop_at``."""
+    if stop is None or isinstance(stop, Mapping):
+        return parse_budgets(stop)
+    pairs: dict[str, float] = {}
+    for spec in stop:
+        name, sep, value = str(spec).partition("=")
+        try:
+            pairs[name.strip()] = float(value) if sep else float("nan")
+        except ValueError:
+            pairs[name.strip()] = float("nan")
+        if not sep or pairs[name.strip()] != pairs[name.strip()]:
+            raise CfbenchError(f"--monitor-stop {spec!r} is not SIGNAL=VALUE: write e.g. --monitor-stop kl=0.2")
+    return parse_budgets(pairs)
+
+
+def _monitor_hook(req: FinetuneRequest, run: Run, tokenizer: Any, manifest: dict[str, Any]) -> Callable[[int], bool]:
+    """``--monitor-every``: :class:`ForgettingMonitor` (the ``ForgettingCallback``'s code) on the model in memory.
+
+    The base probe is scored now, before the first step; each check adds ``forgetting/*`` to the
+    step's loss-curve entry, and a budget exceeded stops the run (the weights so far are saved).
+    """
+    monitor = ForgettingMonitor(req.monitor_probe, monitor_budgets(req.monitor_stop))
+    monitor.start(run.model, tokenizer)
+    every = int(req.monitor_every or 1)
+
+    def check(step: int) -> bool:
+        if step % every:
+            return False
+        values = monitor.check(run.model, step)
+        manifest["loss_curve"][-1].update(values)
+        if monitor.stopped is not None:
+            manifest["forgetting_stop"] = monitor.stopped
+            print(f"[cfbench] forgetting budget exceeded: {monitor.stopped}; stopping training", file=sys.stderr)
+            return True
+        return False
+
+    return check
+
+
+def step_hooks(
+    req: FinetuneRequest, run: Run, tokenizer: Any, manifest: dict[str, Any]
+) -> Callable[[int], bool] | None:
+    """What runs after each good step: ``--save-every`` snapshots, then the ``--monitor-every`` probe.
+    Returns True to stop training."""
+    if req.save_every is None and req.monitor_every is None:
+        return None
+    monitor = _monitor_hook(req, run, tokenizer, manifest) if req.monitor_every is not None else None
+
+    def hook(step: int) -> bool:
+        stop = monitor(step) if monitor is not None else False
+        if req.save_every is not None and step % req.save_every == 0:
+            save_snapshot(req, run, tokenizer, manifest, step)
+        return stop
+
+    return hook
 
 
 def finish_run(
@@ -687,7 +805,7 @@ def finish_run(
         manifest["saved_weights"] = f"after step {step} (the last good update)"
     else:
         manifest["status"] = "completed"
-    _save_run(run, train_set.tokenizer, out, manifest)
+    _save_run(run, train_set.tokenizer, out, manifest, req.save, req.base)
     if failure is not None:
         raise CfbenchError(
             f"training stopped: the {failure.what} became {failure.value} at step {step + 1}; the last good weights "
@@ -709,7 +827,11 @@ def run_finetune(req: FinetuneRequest) -> FinetuneResult:
     run = build_run(req, inputs)
     plan = plan_steps(req, len(train_set.encoded), run.trainer.base_optimizer)
     manifest = start_manifest(req, inputs, train_set, run, plan, t_start)
-    outcome = train_loop(req, run, train_set, plan, manifest["loss_curve"])
+    if req.save_every is not None and req.overwrite and out.is_dir():  # a replaced run's snapshots are not this run's
+        for old in out.glob("step-*"):
+            shutil.rmtree(old, ignore_errors=True)
+    hooks = step_hooks(req, run, train_set.tokenizer, manifest)
+    outcome = train_loop(req, run, train_set, plan, manifest["loss_curve"], hooks)
     return finish_run(req, run, train_set, manifest, outcome, out, t_start)
 
 
@@ -746,6 +868,11 @@ def finetune(
     sam_only_norm: bool = False,
     sam_backup_dtype: str = "fp32",
     sam_look_alpha: float | None = None,
+    save: str = "merged",
+    save_every: int | None = None,
+    monitor_every: int | None = None,
+    monitor_stop: Mapping[str, float] | Sequence[str] | None = None,
+    monitor_probe: Probe | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``base`` on ``data`` and write an HF checkpoint folder with a manifest to ``out``.
 
@@ -756,7 +883,8 @@ def finetune(
     linear or constant) over the planned steps. ``max_steps`` caps the run (and the schedule).
     ``rehearsal``: general data mixed in as ``rehearsal_ratio`` of the training set.
     ``lora_r``: train rank-r LoRA adapters (peft) instead of all weights; they are merged into the
-    weights on save, so the output is a normal checkpoint. Under ``torchrun`` (``WORLD_SIZE`` > 1)
+    weights on save, so the output is a normal checkpoint (``save="adapter"``: the adapter itself).
+    Under ``torchrun`` (``WORLD_SIZE`` > 1)
     the run is data-parallel with FSDP2 full sharding (:mod:`cfbench.train.distributed`).
     ``heldout``: documents of ``data`` held out of training for the in-domain gain
     (:mod:`cfbench.train.indomain`; None: min(64, 10% of the distinct examples), 0: none); the
@@ -767,6 +895,10 @@ def finetune(
     of a float32 copy of the weights (half the buffer, restore within ~1 float32 ulp);
     ``sam_look_alpha`` α (with ``sam_every`` > 1) = LookSAM: the in-between steps add back the last
     SAM gradient's part orthogonal to the current gradient, scaled by α·‖g‖/‖g_v‖.
+    ``monitor_every`` N: score a forgetting probe every N steps (:class:`cfbench.integrations.probe.Probe`,
+    the ``ForgettingCallback``'s code) into the loss curve; ``monitor_stop`` (``{"kl": 0.2}`` or
+    ``["kl=0.2"]``) stops training when a signal passes its budget.
+    ``save_every`` N: also write ``out/step-N/``, ``out/step-2N/``, ... during training (``cfbench sweep``).
     """
     return run_finetune(FinetuneRequest(
         base, data, out, optimizer=optimizer, rho=rho, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -776,11 +908,7 @@ def finetune(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
         activation_checkpointing=activation_checkpointing, heldout=heldout, sam_every=sam_every,
         sam_only_norm=sam_only_norm, sam_backup_dtype=sam_backup_dtype, sam_look_alpha=sam_look_alpha,
+        save=save, save_every=save_every, monitor_every=monitor_every, monitor_stop=monitor_stop,
+        monitor_probe=monitor_probe,
     ))  # fmt: skip
 
-
-def _save(model: torch.nn.Module, tokenizer: Any, out: Path, manifest: dict[str, Any]) -> None:
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / MANIFEST, manifest)

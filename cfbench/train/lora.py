@@ -16,6 +16,9 @@ from typing import Any
 import torch
 
 from cfbench.errors import CfbenchError
+from cfbench.models.adapter import adapter_marker
+
+SAVE_MODES = ("merged", "adapter")
 
 # The attention and MLP projections of llama-like models (SmolLM2, Llama, Mistral, Qwen).
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -77,3 +80,46 @@ def merge_for_save(model: torch.nn.Module) -> torch.nn.Module:
     """The base model with the adapters folded into its weights (W + (alpha/r)·B·A), adapters removed."""
     merged = model.merge_and_unload()  # type: ignore[operator]
     return merged
+
+
+def check_save_mode(save: str, lora_r: int | None) -> None:
+    """``--save adapter`` keeps the LoRA adapter itself (a few MB); it needs ``--lora-r``."""
+    if save not in SAVE_MODES:
+        raise CfbenchError(f"--save {save!r}: choose merged (a full checkpoint) or adapter (the LoRA adapter only)")
+    if save == "adapter" and lora_r is None:
+        raise CfbenchError("--save adapter needs --lora-r (a full fine-tune has no adapter): add e.g. --lora-r 16")
+
+
+def base_reference(base: Any) -> str:
+    """How an adapter names its base: an absolute path for a local one, else the spec (built-in name, hub id)."""
+    from pathlib import Path
+
+    path = Path(str(base)).expanduser()
+    return str(path.resolve()) if path.exists() else str(base)
+
+
+def save_adapter(model: torch.nn.Module, out: Any, base_ref: str) -> None:
+    """Write the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) naming ``base_ref``
+    as its base, so ``cfbench eval OUT`` finds the base without ``--base``."""
+    import json
+
+    model.save_pretrained(out)  # type: ignore[operator]
+    cfg_file = out / "adapter_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["base_model_name_or_path"] = base_ref
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def merged_adapter_state_dict(view: Any, keys: Any) -> dict[str, torch.Tensor]:
+    """The weights of base + adapter folded together (W + (alpha/r)·B·A), in memory only, limited to
+    ``keys`` (the base's saved tensors: a tied head is not a tensor of its own on disk)."""
+    from transformers import AutoModelForCausalLM
+
+    marker = adapter_marker(view)
+    if marker is None:
+        raise CfbenchError(f"{view} is not a resolved LoRA adapter: report this as a cfbench bug")
+    peft = _peft()
+    base = AutoModelForCausalLM.from_pretrained(marker["base_path"], dtype="auto")
+    merged = peft.PeftModel.from_pretrained(base, str(view)).merge_and_unload()
+    state = merged.state_dict()
+    return {k: state[k].detach().contiguous() for k in keys if k in state}

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 
 from cfbench.errors import CfbenchError
+from cfbench.models.adapter import ADAPTER_CONFIG, ADAPTER_MARKER
 from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
 from cfbench.models.hashing import tokenizer_hash
 from cfbench.train._io import MANIFEST, atomic_dir, check_output_dir, environment, write_json
+from cfbench.train.lora import merged_adapter_state_dict
 
 _WEIGHT_INDEX = "model.safetensors.index.json"
 
@@ -152,8 +154,11 @@ def merge_sweep(
 
 def _check_mergeable(base_ck: ResolvedCheckpoint, tuned_ck: ResolvedCheckpoint) -> None:
     """Refuse, before loading any tensor, two checkpoints whose weights do not line up."""
+    if base_ck.kind == "adapter":
+        raise CfbenchError(f"base {base_ck.spec} is a LoRA adapter: pass the full base model it adapts")
     for name, ck in (("base", base_ck), ("tuned", tuned_ck)):
-        _weight_files(ck.path)  # clear error before loading anything
+        if ck.kind != "adapter":  # an adapter's weights are its base's plus the factors, folded in memory
+            _weight_files(ck.path)  # clear error before loading anything
         if not (ck.path / "config.json").is_file():
             raise CfbenchError(f"{name} {ck.path} has no config.json: pass an HF checkpoint folder")
     base_cfg = json.loads((base_ck.path / "config.json").read_text())
@@ -236,7 +241,11 @@ def _write_merged(
     with atomic_dir(out) as tmp:
         save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for f in sorted(tuned_ck.path.iterdir()):
-            skip = f.name.endswith(".safetensors") or f.name in (_WEIGHT_INDEX, MANIFEST) or f.name.startswith(".")
+            skip = (
+                f.name.endswith(".safetensors")
+                or f.name in (_WEIGHT_INDEX, MANIFEST, ADAPTER_CONFIG, ADAPTER_MARKER)
+                or f.name.startswith(".")
+            )
             if f.is_file() and not skip:
                 shutil.copy2(f, tmp / f.name)
         if tuned_manifest is not None:
@@ -259,7 +268,11 @@ def _merge_many(
     base_ck = resolve_checkpoint(str(base))
     tuned_ck = resolve_checkpoint(str(tuned))
     _check_mergeable(base_ck, tuned_ck)
-    base_sd, tuned_sd = load_safetensors_folder(base_ck.path), load_safetensors_folder(tuned_ck.path)
+    base_sd = load_safetensors_folder(base_ck.path)
+    if tuned_ck.kind == "adapter":
+        tuned_sd = merged_adapter_state_dict(tuned_ck.path, list(base_sd))
+    else:
+        tuned_sd = load_safetensors_folder(tuned_ck.path)
     tuned_manifest = _read_manifest(tuned_ck.path)
     results = []
     for alpha, out in targets:

