@@ -1,0 +1,112 @@
+"""Issue 22: faults, bad input and hostile files, each class pinned at its mechanism.
+
+Every test here fails on the code before the fix (main at 07a3ec0); the report names how.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from cfbench.cli import store_cmds
+from cfbench.cli.output import to_csv as rows_to_csv
+from cfbench.csvsafe import safe_cell
+from cfbench.errors import CfbenchError
+from cfbench.importers import import_opencompass
+from cfbench.report import build_report
+from cfbench.report.render import to_csv as report_to_csv
+from cfbench.report.render import to_json as report_to_json
+from cfbench.store import ResultStore
+
+HOSTILE = [
+    '=HYPERLINK("http://127.0.0.1:9/x?"&A1;"click")',
+    "+cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+    "\t=1+1",
+    "\r=1+1",
+]
+
+
+def _cells(text: str) -> list[str]:
+    return [c for row in csv.reader(io.StringIO(text, newline="")) for c in row]
+
+
+def _no_live_formula(text: str) -> None:
+    """No cell of the CSV ``text`` starts with a character a spreadsheet evaluates (numbers aside)."""
+    for cell in _cells(text):
+        if cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+            float(cell)  # a number written as text is the only allowed exception
+
+
+# ---------------------------------------------------------------- 1. CSV formula injection
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_safe_cell_quotes_every_formula_trigger(value: str) -> None:
+    assert safe_cell(value) == "'" + value
+
+
+@pytest.mark.parametrize("value", [-0.25, 3, None, "-0.25", "+1.5e-3", "plain name", "a=b", "", "'quoted"])
+def test_safe_cell_leaves_numbers_and_plain_text(value: object) -> None:
+    assert safe_cell(value) == value
+
+
+def test_row_csv_neutralises_cells_and_headers() -> None:
+    rows = [{"name": v, "score": -0.5, "tags": [v, "x"]} for v in HOSTILE] + [{"=col": "@x"}]
+    text = rows_to_csv(rows)
+    _no_live_formula(text)
+    back = list(csv.DictReader(io.StringIO(text)))
+    assert [r["name"] for r in back[: len(HOSTILE)]] == ["'" + v for v in HOSTILE]
+    assert back[0]["score"] == "-0.5"  # numbers keep their sign
+    assert "'=col" in back[0]
+
+
+def test_a_carriage_return_inside_a_cell_cannot_start_a_row() -> None:
+    """A bare CR is a row break to a spreadsheet: "ok\r=1+1" must stay one quoted cell, not a new row."""
+    text = rows_to_csv([{"name": "ok\r=1+1", "n": 1}])
+    assert list(csv.reader(io.StringIO(text, newline=""))) == [["name", "n"], ["ok\r=1+1", "1"]]
+    assert text.endswith("\n") and "\r\n" not in text
+    frame = pd.DataFrame({"name": ["ok\r=1+1", "b"], "v": [0.5, -0.5]})
+    from cfbench.csvsafe import frame_to_csv
+
+    text = frame_to_csv(frame)
+    assert list(csv.reader(io.StringIO(text, newline=""))) == [["name", "v"], ["ok\r=1+1", "0.5"], ["b", "-0.5"]]
+
+
+def test_compare_csv_neutralises_run_labels_and_json_keeps_them() -> None:
+    tasks = ["boolq", "copa"]
+    runs = {"base": [0.6, 0.7], HOSTILE[0]: [0.5, 0.6], HOSTILE[3]: [0.55, 0.65]}
+    scores = pd.DataFrame([{"run": r, "task": t, "value": v} for r, vs in runs.items() for t, v in zip(tasks, vs, strict=True)])
+    report = build_report("base", [HOSTILE[0], HOSTILE[3]], {"R": tasks}, task_scores=scores)
+    text = report_to_csv(report)
+    _no_live_formula(text)
+    assert "'" + HOSTILE[0] in _cells(text)
+    assert HOSTILE[0] in json.loads(report_to_json(report))["tuned"]  # JSON keeps the value as it was
+
+
+def test_leaderboard_csv_of_a_hostile_opencompass_import(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.csv"
+    model = HOSTILE[0]
+    with summary.open("w", newline="") as f:
+        csv.writer(f).writerows([["dataset", "version", "metric", "mode", model], ["BoolQ", "314797", "accuracy",
+                                 "ppl", "61.25"], ["ARC-c", "d52a21", "accuracy", "ppl", "30.51"]])  # fmt: skip
+    store = ResultStore(tmp_path / "r")
+    import_opencompass(summary, store)
+    app = typer.Typer()
+    store_cmds.register(app)
+    runner = CliRunner()
+    for cmd in (["leaderboard", "--paper", "none"], ["runs"]):
+        res = runner.invoke(app, [*cmd, "--results", str(tmp_path / "r"), "--format", "csv"])
+        assert res.exit_code == 0, res.output
+        _no_live_formula(res.stdout)
+        assert "'" + model in _cells(res.stdout), cmd
+    res = runner.invoke(app, ["leaderboard", "--paper", "none", "--results", str(tmp_path / "r"), "--format", "json"])
+    assert model in [r["name"] for r in json.loads(res.stdout)]
