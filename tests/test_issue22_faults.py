@@ -84,7 +84,8 @@ def test_a_carriage_return_inside_a_cell_cannot_start_a_row() -> None:
 def test_compare_csv_neutralises_run_labels_and_json_keeps_them() -> None:
     tasks = ["boolq", "copa"]
     runs = {"base": [0.6, 0.7], HOSTILE[0]: [0.5, 0.6], HOSTILE[3]: [0.55, 0.65]}
-    scores = pd.DataFrame([{"run": r, "task": t, "value": v} for r, vs in runs.items() for t, v in zip(tasks, vs, strict=True)])
+    scores = pd.DataFrame([{"run": r, "task": t, "value": v}
+                           for r, vs in runs.items() for t, v in zip(tasks, vs, strict=True)])  # fmt: skip
     report = build_report("base", [HOSTILE[0], HOSTILE[3]], {"R": tasks}, task_scores=scores)
     text = report_to_csv(report)
     _no_live_formula(text)
@@ -110,3 +111,69 @@ def test_leaderboard_csv_of_a_hostile_opencompass_import(tmp_path: Path) -> None
         assert "'" + model in _cells(res.stdout), cmd
     res = runner.invoke(app, ["leaderboard", "--paper", "none", "--results", str(tmp_path / "r"), "--format", "json"])
     assert model in [r["name"] for r in json.loads(res.stdout)]
+
+
+# ---------------------------------------------------------------- 2. task data paths stay inside --data-dir
+
+COPA_YAML = Path(__file__).resolve().parents[1] / "cfbench" / "task_configs" / "copa.yaml"
+ESCAPING = ["../secret/secret.jsonl", "SuperGLUE/../../secret/secret.jsonl", "/etc/passwd", "..", "", "C:\\x\\y.jsonl"]
+
+
+def _copa_raw(local: object) -> dict[str, object]:
+    import yaml
+
+    raw = yaml.safe_load(COPA_YAML.read_text())
+    raw["data"] = {"local": {"validation": local}}
+    return raw
+
+
+@pytest.mark.parametrize("bad", ESCAPING)
+@pytest.mark.parametrize("key", ["path", "labels_path"])
+def test_task_yaml_with_an_escaping_data_path_is_refused(tmp_path: Path, bad: str, key: str) -> None:
+    from cfbench.tasks.config import parse_task_config
+
+    entry = {"path": "SuperGLUE/COPA/val.jsonl", key: bad}
+    with pytest.raises(CfbenchError, match="must be relative and stay inside the data folder") as err:
+        parse_task_config(_copa_raw([entry]), tmp_path / "copa.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_bundled_path_escaping_is_refused(tmp_path: Path) -> None:
+    from cfbench.tasks.config import parse_task_config
+
+    raw = _copa_raw([])
+    raw["data"] = {"bundled": {"path": "../../../etc"}}
+    with pytest.raises(CfbenchError, match=r"data\.bundled\.path"):
+        parse_task_config(raw, tmp_path / "copa.yaml")
+
+
+def test_data_dir_source_never_reads_outside_its_root(tmp_path: Path) -> None:
+    """The source itself refuses, whatever built the config: a ``{subset}`` substituted into a path, a
+    config object made in code. The file outside is never opened."""
+    import dataclasses
+
+    from cfbench.data.local_dir import DataDirSource
+    from cfbench.tasks.config import LocalFile, parse_task_config
+
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "secret.jsonl").write_text('{"premise": "s", "choice1": "a", "choice2": "b", "label": 0}\n')
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = parse_task_config(_copa_raw([{"path": "SuperGLUE/COPA/val.jsonl"}]), tmp_path / "copa.yaml")
+    variants = [
+        LocalFile("../secret/secret.jsonl", "jsonl", None, None),
+        LocalFile(str(tmp_path / "secret" / "secret.jsonl"), "jsonl", None, None),
+        LocalFile("{subset}.jsonl", "jsonl", None, None),  # subset "../secret/secret"
+        LocalFile("SuperGLUE/COPA/val.jsonl", "jsonl", None, "../secret/secret.jsonl"),
+    ]
+    (data / "SuperGLUE" / "COPA").mkdir(parents=True)
+    (data / "SuperGLUE" / "COPA" / "val.jsonl").write_text('{"premise": "p", "choice1": "a", "choice2": "b"}\n')
+    for entry in variants:
+        bad = dataclasses.replace(cfg, subsets=("../secret/secret",), data=dataclasses.replace(
+            cfg.data, local={"validation": [entry]}))  # fmt: skip
+        with pytest.raises(CfbenchError, match=r"leaves .*data.* stay inside the data folder"):
+            hit = DataDirSource(data).locate(bad, "validation")
+            if hit is not None:
+                hit.load()
+    ok = DataDirSource(data).locate(cfg, "validation")
+    assert ok is not None and "SuperGLUE/COPA/val.jsonl" in ok.where
