@@ -54,5 +54,35 @@ probe_data_path_escape() {  # class 2
   done
 }
 
-PROBES=(probe_csv_injection probe_data_path_escape)
+probe_positive_logprob() {  # class 5: an OpenAI-compatible server that returns +5.0 per token
+  m=$(tiny)
+  mkdir -p "$W/data5/copa"
+  echo '{"premise": "p", "choice1": "a", "choice2": "bb", "question": "cause", "label": 0}' > "$W/data5/copa/validation.jsonl"
+  out=$($PY - "$m" "$W" 2>&1 <<'PYEOF'
+import json, sys, threading, subprocess
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+        self.wfile.write(json.dumps({"data": [{"id": "fake", "max_model_len": 512}]}).encode())
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        lps = [None] + [5.0] * (len(req["prompt"]) - 1)
+        body = {"choices": [{"logprobs": {"token_logprobs": lps, "top_logprobs": [None] + [{"x": 5.0}] * (len(lps) - 1)}}]}
+        self.send_response(200); self.send_header("content-type", "application/json"); self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+    def log_message(self, *a): pass
+httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+threading.Thread(target=httpd.serve_forever, daemon=True).start()
+m, w = sys.argv[1:]
+r = subprocess.run([sys.executable, "-m", "cfbench", "eval", m, "--tasks", "copa", "--backend", "openai", "--model-args",
+                    f"base_url=http://127.0.0.1:{httpd.server_address[1]}/v1", "--data-dir", f"{w}/data5",
+                    "--results", f"{w}/r5"], capture_output=True, text=True)
+print(r.stdout[-300:], r.stderr[-400:]); sys.exit(r.returncode)
+PYEOF
+); rc=$?
+  one_line $rc "above 0" "$out"; verdict $? "5 a server's log-prob of +5.0 per token is refused, nothing stored"; echo "$out" | tail -2 | sed "s/^/       /"
+}
+
+PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

@@ -177,3 +177,88 @@ def test_data_dir_source_never_reads_outside_its_root(tmp_path: Path) -> None:
                 hit.load()
     ok = DataDirSource(data).locate(cfg, "validation")
     assert ok is not None and "SuperGLUE/COPA/val.jsonl" in ok.where
+
+
+# ---------------------------------------------------------------- 5. impossible log-probs are refused
+
+
+def test_impossible_logprob_rule() -> None:
+    from cfbench.requests import impossible_logprob
+
+    assert impossible_logprob(-3.2, 4) is None and impossible_logprob(0.0, 0) is None
+    assert impossible_logprob(2e-4, 1) is None  # a low-precision log-softmax may round a hair above 0
+    for bad in (5.0, 95.0, 0.01, float("inf")):
+        assert impossible_logprob(bad, 3) is not None
+    assert impossible_logprob(float("nan"), 3) == "not finite"
+
+
+def _copa_task(tmp_path: Path):  # -> Task
+    from cfbench.data import default_sources
+    from cfbench.tasks.registry import get_task
+
+    data = tmp_path / "data" / "copa"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "validation.jsonl").write_text(
+        '{"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 0}\n')
+    return get_task("copa", sources=default_sources(tmp_path / "data"))
+
+
+@pytest.mark.parametrize("bad", [5.0, 0.5, float("nan"), float("-inf")])
+def test_task_score_refuses_a_log_prob_above_zero_or_not_finite(tmp_path: Path, bad: float) -> None:
+    from cfbench.requests import LoglikResult
+
+    task = _copa_task(tmp_path)
+    (inst,) = task.instances(limit=1)
+    good = [LoglikResult(-1.0, False, 1) for _ in inst.requests]
+    task.score(inst, good)
+    results = [*good[:-1], LoglikResult(bad, False, 1)]
+    with pytest.raises(CfbenchError, match="log-prob"):
+        task.score(inst, results)
+
+
+class _PlusFiveServer:
+    """An OpenAI-compatible /v1/completions whose every token log-prob is +5.0 (the probe's server)."""
+
+    @staticmethod
+    def start() -> tuple[str, object]:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps({"data": [{"id": "fake", "max_model_len": 512}]})
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def do_POST(self) -> None:
+                req = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                lps = [None] + [5.0 for _ in req["prompt"][1:]]
+                body = json.dumps({"choices": [{"logprobs": {"token_logprobs": lps,
+                                                             "top_logprobs": [None] + [{"x": 5.0}] * (len(lps) - 1)}}]})
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1", httpd
+
+
+def test_openai_server_returning_positive_log_probs_stores_nothing(tiny_model: Path, tmp_path: Path) -> None:
+    from cfbench.engine import evaluate
+
+    _copa_task(tmp_path)
+    url, httpd = _PlusFiveServer.start()
+    try:
+        with pytest.raises(CfbenchError, match="above 0"):
+            evaluate(str(tiny_model), tasks=["copa"], suite=None, backend="openai", backend_options={"base_url": url},
+                     data_dir=tmp_path / "data", results=tmp_path / "r", progress=False)  # fmt: skip
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not (tmp_path / "r").exists() or ResultStore(tmp_path / "r").runs().empty

@@ -28,6 +28,7 @@ from cfbench.errors import CfbenchError
 from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
 from cfbench.models.hashing import require_finite_weights
 from cfbench.progress import Progress
+from cfbench.requests import impossible_logprob
 from cfbench.store import ResultStore
 
 TABLE = "ppl_docs"
@@ -168,9 +169,10 @@ def _score_missing(
                 ids = todo[lo : lo + BATCH_DOCS]
                 got = model.loglikelihood_rolling([RollingRequest(docs[i]) for i in ids], bar.advance)
                 for i, res in zip(ids, got, strict=True):
-                    if not math.isfinite(res.logprob):
+                    why = impossible_logprob(res.logprob, res.n_tokens)
+                    if why is not None:
                         raise CfbenchError(
-                            f"{ckpt.name} gave log p = {res.logprob} on document {i} of {inp.source.name}: "
+                            f"{ckpt.name} gave log p = {res.logprob} on document {i} of {inp.source.name} ({why}): "
                             "the model's numbers are broken (check its weights and dtype; try dtype=float32)"
                         )
                     done[i] = (float(res.logprob), int(res.n_tokens))
