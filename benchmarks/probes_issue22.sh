@@ -84,5 +84,16 @@ PYEOF
   one_line $rc "above 0" "$out"; verdict $? "5 a server's log-prob of +5.0 per token is refused, nothing stored"; echo "$out" | tail -2 | sed "s/^/       /"
 }
 
-PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob)
+probe_n_boot() {  # class 3: two imported lm-eval runs, then the gate and compare at degenerate counts
+  lm=$(ls tests/fixtures/imports/lmeval/org__tiny-sft/results_*.json | head -1)
+  cf import "$lm" --name a --results "$W/r3" >/dev/null 2>&1; cf import "$lm" --name b --results "$W/r3" >/dev/null 2>&1
+  for nb in 1 -5 0; do
+    out=$(cf regress --baseline run:a --candidate run:b --suite offline --max-drop AVG=1 --n-boot $nb --results "$W/r3" 2>&1); rc=$?
+    one_line $rc "n-boot" "$out"; verdict $? "3 regress --n-boot $nb is refused before scoring, naming the fix"; echo "$out" | tail -1 | sed "s/^/       /"
+  done
+  out=$(cf compare run:a run:b --suite offline --n-boot 1 --results "$W/r3" 2>&1); rc=$?
+  one_line $rc "at least 40" "$out"; verdict $? "3 compare --n-boot 1 is refused (no starred one-replicate CIs)"
+}
+
+PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

@@ -262,3 +262,68 @@ def test_openai_server_returning_positive_log_probs_stores_nothing(tiny_model: P
         httpd.shutdown()
         httpd.server_close()
     assert not (tmp_path / "r").exists() or ResultStore(tmp_path / "r").runs().empty
+
+
+# ---------------------------------------------------------------- 3. bootstrap replicate counts
+
+
+@pytest.mark.parametrize(("n_boot", "confidence"), [(-5, 0.95), (1, 0.95), (2, 0.95), (39, 0.95), (150, 0.99),
+                                                    (2.5, 0.95), ("100", 0.95), (True, 0.95)])  # fmt: skip
+def test_too_few_or_bad_bootstrap_counts_are_refused(n_boot: object, confidence: float) -> None:
+    from cfbench.comparison.boot import check_n_boot
+
+    with pytest.raises(CfbenchError, match="--n-boot") as err:
+        check_n_boot(n_boot, confidence)
+    assert "2000" in str(err.value)
+
+
+@pytest.mark.parametrize(("n_boot", "confidence"), [(0, 0.95), (40, 0.95), (2000, 0.95), (200, 0.99), (0, 0.99)])
+def test_enough_bootstrap_replicates_or_none_pass(n_boot: int, confidence: float) -> None:
+    from cfbench.comparison.boot import check_n_boot
+
+    assert check_n_boot(n_boot, confidence) == n_boot
+
+
+@pytest.mark.parametrize("n_boot", [-5, 1, 10])
+def test_compare_refuses_the_count_before_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_boot: int) -> None:
+    from cfbench.comparison import compare
+
+    def must_not_score(*a: object, **k: object) -> None:
+        raise AssertionError("scored before the bootstrap count was checked")
+
+    monkeypatch.setattr("cfbench.comparison.pipeline.resolve_runs", must_not_score)
+    with pytest.raises(CfbenchError, match="bootstrap replicates"):
+        compare("smollm2-135m", ["smollm2-135m-instruct"], results=tmp_path, n_boot=n_boot)
+
+
+@pytest.mark.parametrize(("n_boot", "needle"), [(0, "--n-boot 0 computes none"), (1, "at least 40"),
+                                                (-5, "at least 40"), (100, "at least 200")])  # fmt: skip
+def test_regress_refuses_a_gate_without_a_usable_ci_before_scoring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_boot: int, needle: str
+) -> None:
+    from cfbench.comparison import regress
+
+    def must_not_score(*a: object, **k: object) -> None:
+        raise AssertionError("scored before the bootstrap count was checked")
+
+    import sys
+
+    monkeypatch.setattr(sys.modules["cfbench.comparison.gate"], "compare", must_not_score)
+    significance = 0.01 if n_boot == 100 else 0.05
+    with pytest.raises(CfbenchError, match=needle):
+        regress("a", "b", max_drop=["AVG=1"], n_boot=n_boot, significance=significance, results=tmp_path)
+
+
+def test_gate_without_ci_on_an_item_level_baseline_names_n_boot_not_task_level() -> None:
+    import numpy as np
+
+    from cfbench.comparison import Budget, gate
+
+    base = np.r_[np.ones(80), np.zeros(20)]
+    tuned = base.copy()
+    tuned[:30] = 0
+    items = pd.concat([pd.DataFrame({"run": r, "task": "boolq", "doc_id": np.arange(100), "subset": None, "score": s})
+                       for r, s in (("base", base), ("tuned", tuned))], ignore_index=True)  # fmt: skip
+    report = build_report("base", ["tuned"], {"R": ["boolq"]}, items=items, n_boot=0)
+    (line,) = gate(report, [Budget("R", 1.0)], 0.05)
+    assert line.failed and "--n-boot 0" in line.reason and "task-level" not in line.reason

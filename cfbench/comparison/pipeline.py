@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from cfbench.comparison.attach import PplDrift, attach_drift, attach_indomain, attach_ppl_drift
+from cfbench.comparison.boot import check_n_boot
 from cfbench.comparison.gather import gather, reference_coverage, refuse_other_rules, subgroups
 from cfbench.comparison.runs import RunRef, floor_record, resolve_runs
 from cfbench.errors import CfbenchError
@@ -55,6 +56,7 @@ def compare(
     the scoring over workers (see :func:`resolve_runs`); None scores in this process. ``ppl`` adds
     held-out perplexity drift (checked before anything is scored).
     """
+    check_n_boot(n_boot, confidence)  # before anything is scored
     if ppl is not None:
         ppl.check()
     if not tuned:
