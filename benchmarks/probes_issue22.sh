@@ -95,5 +95,18 @@ probe_n_boot() {  # class 3: two imported lm-eval runs, then the gate and compar
   one_line $rc "at least 40" "$out"; verdict $? "3 compare --n-boot 1 is refused (no starred one-replicate CIs)"
 }
 
-PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot)
+probe_arguments() {  # class 6: each must be one error line before the checkpoint is touched, nothing stored
+  m=$(tiny)
+  out=$(cf eval "$m" --tasks arc_challenge --num-fewshot -1 --limit 1 --results "$W/r6a" 2>&1); rc=$?
+  one_line $rc "num-fewshot" "$out" && [ ! -e "$W/r6a" ]; verdict $? "6 eval --num-fewshot -1 is refused, nothing stored"
+  out=$(cf eval "$m" --tasks "" --limit 1 --results "$W/r6b" 2>&1); rc=$?
+  one_line $rc "names no task" "$out" && [ ! -e "$W/r6b" ]; verdict $? "6 eval --tasks '' is refused (not the whole suite)"
+  out=$(cf compare "$m" "$m" --labels , --limit 1 --results "$W/r6c" 2>&1); rc=$?
+  one_line $rc "is empty" "$out"; verdict $? "6 compare --labels , is refused (no empty row names)"
+  out=$(cf eval "$m" --tasks copa --model-args bogus_key=1 --limit 1 --results "$W/r6d" 2>&1); rc=$?
+  one_line $rc "batch_size, batch_tokens" "$out" && [ ! -e "$W/r6d" ]; verdict $? "6 eval --model-args bogus_key=1 is refused, listing the hf backend's keys"
+  echo "$out" | tail -1 | sed "s/^/       /"
+}
+
+PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from cfbench.cli import store_cmds
 from cfbench.cli.output import to_csv as rows_to_csv
-from cfbench.csvsafe import safe_cell
 from cfbench.errors import CfbenchError
 from cfbench.importers import import_opencompass
 from cfbench.report import build_report
@@ -51,11 +50,15 @@ def _no_live_formula(text: str) -> None:
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_safe_cell_quotes_every_formula_trigger(value: str) -> None:
+    from cfbench.csvsafe import safe_cell
+
     assert safe_cell(value) == "'" + value
 
 
 @pytest.mark.parametrize("value", [-0.25, 3, None, "-0.25", "+1.5e-3", "plain name", "a=b", "", "'quoted"])
 def test_safe_cell_leaves_numbers_and_plain_text(value: object) -> None:
+    from cfbench.csvsafe import safe_cell
+
     assert safe_cell(value) == value
 
 
@@ -327,3 +330,103 @@ def test_gate_without_ci_on_an_item_level_baseline_names_n_boot_not_task_level()
     report = build_report("base", ["tuned"], {"R": ["boolq"]}, items=items, n_boot=0)
     (line,) = gate(report, [Budget("R", 1.0)], 0.05)
     assert line.failed and "--n-boot 0" in line.reason and "task-level" not in line.reason
+
+
+# ---------------------------------------------------------------- 6. argument values that ran something else
+
+
+def _plan(**kw: object) -> None:
+    """``plan_evaluation`` of a checkpoint that does not exist: an argument error must come first."""
+    from cfbench.engine import plan_evaluation
+
+    plan_evaluation("/nonexistent/checkpoint", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("k", [-1, -297, 1.5, True])
+def test_negative_or_non_integer_num_fewshot_is_refused_before_the_checkpoint(tmp_path: Path, k: object) -> None:
+    with pytest.raises(CfbenchError, match="--num-fewshot must be 0 or more"):
+        _plan(tasks=["copa"], num_fewshot=k, results=tmp_path)
+
+
+def test_task_instances_refuse_a_negative_shot_count(tmp_path: Path) -> None:
+    task = _copa_task(tmp_path)
+    with pytest.raises(CfbenchError, match="--num-fewshot must be 0 or more"):
+        task.instances(limit=1, num_fewshot=-1)
+
+
+@pytest.mark.parametrize("tasks", [[""], [",", " "], "", " , "])
+def test_tasks_naming_no_task_is_refused_not_the_whole_suite(tmp_path: Path, tasks: object) -> None:
+    from cfbench.tasks.registry import resolve_task_names
+
+    with pytest.raises(CfbenchError, match="names no task"):
+        _plan(tasks=tasks, results=tmp_path)
+    with pytest.raises(CfbenchError, match="names no task"):
+        resolve_task_names("paper", tasks)  # type: ignore[arg-type]
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "cfbench", *args], capture_output=True, text=True, timeout=300)
+    lines = [x for x in res.stderr.splitlines() if x.strip() and not x.startswith("[cfbench]")]
+    assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr
+    return res.returncode, lines[0]
+
+
+def test_cli_eval_with_empty_tasks_is_one_line(tmp_path: Path) -> None:
+    rc, line = _cli("eval", "/nonexistent/ckpt", "--tasks", "", "--results", str(tmp_path / "r"))
+    assert rc == 2 and "names no task" in line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("labels", [["", ""], ["base", " "], [" ", "tuned"]])
+def test_blank_labels_are_refused_before_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 labels: list[str]) -> None:  # fmt: skip
+    from cfbench.comparison import compare
+
+    def must_not_score(*a: object, **k: object) -> None:
+        raise AssertionError("scored before the labels were checked")
+
+    monkeypatch.setattr("cfbench.comparison.pipeline.resolve_runs", must_not_score)
+    with pytest.raises(CfbenchError, match="is empty; give every run a name"):
+        compare("a", ["b"], labels=labels, results=tmp_path)
+
+
+def test_cli_compare_labels_comma_is_one_line(tmp_path: Path) -> None:
+    rc, line = _cli("compare", "a", "b", "--labels", ",", "--results", str(tmp_path / "r"))
+    assert rc == 2 and "is empty" in line
+
+
+@pytest.mark.parametrize(("backend", "opts", "listed"), [
+    ("hf", {"bogus_key": 1}, "batch_size, batch_tokens, dense_limit"),
+    ("hf", {"batchsize": 16, "dtype": "float32"}, "trust_remote_code"),
+    ("openai", {"base_url": "http://x/v1", "concurency": 8}, "api_key, base_url"),
+])  # fmt: skip
+def test_unknown_model_args_are_refused_with_the_backend_s_keys(backend: str, opts: dict, listed: str) -> None:
+    from cfbench.backends import check_backend_options
+
+    with pytest.raises(CfbenchError, match=f"not an option of the {backend} backend") as err:
+        check_backend_options(backend, opts)
+    assert listed in str(err.value) and sorted(set(opts) - {"dtype", "base_url"})[0] in str(err.value)
+
+
+def test_known_model_args_pass() -> None:
+    from cfbench.backends import check_backend_options
+
+    check_backend_options("hf", {"dtype": "float32", "batch_size": 8, "max_length": 2048, "device": "cpu"})
+    check_backend_options("openai", {"dtype": "bfloat16", "base_url": "http://x/v1", "concurrency": 2, "model": "m"})
+
+
+def test_unknown_model_args_stop_eval_compare_and_ppl_before_the_checkpoint(tmp_path: Path) -> None:
+    from cfbench.comparison import compare
+    from cfbench.probes.ppl import measure_ppl
+
+    opts = {"dtype": "float32", "bogus_key": 1}
+    with pytest.raises(CfbenchError, match="bogus_key: not an option of the hf backend"):
+        _plan(tasks=["copa"], backend_options=opts, results=tmp_path)
+    with pytest.raises(CfbenchError, match="bogus_key: not an option of the hf backend"):
+        compare("/nonexistent/a", ["/nonexistent/b"], results=tmp_path,
+                eval_kwargs={"backend": "hf", "backend_options": opts})  # fmt: skip
+    with pytest.raises(CfbenchError, match="bogus_key: not an option of the hf backend"):
+        measure_ppl("/nonexistent/a", data="lambada", backend_options=opts, results=tmp_path)

@@ -13,10 +13,11 @@ from typing import Any
 
 import pandas as pd
 
+from cfbench.backends import check_backend_options
 from cfbench.comparison.attach import PplDrift, attach_drift, attach_indomain, attach_ppl_drift
 from cfbench.comparison.boot import check_n_boot
 from cfbench.comparison.gather import gather, reference_coverage, refuse_other_rules, subgroups
-from cfbench.comparison.runs import RunRef, floor_record, resolve_runs
+from cfbench.comparison.runs import RunRef, check_labels, floor_record, resolve_runs
 from cfbench.errors import CfbenchError
 from cfbench.report.table import ComparisonReport, build_report
 from cfbench.store import ResultStore
@@ -57,6 +58,9 @@ def compare(
     held-out perplexity drift (checked before anything is scored).
     """
     check_n_boot(n_boot, confidence)  # before anything is scored
+    check_labels(labels, 1 + len(tuned))
+    if eval_kwargs and "backend_options" in eval_kwargs:
+        check_backend_options(eval_kwargs.get("backend", "hf"), dict(eval_kwargs["backend_options"] or {}))
     if ppl is not None:
         ppl.check()
     if not tuned:

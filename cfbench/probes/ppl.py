@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cfbench.backends import RollingRequest, backend_class, make_backend
+from cfbench.backends import RollingRequest, backend_class, check_backend_options, make_backend
 from cfbench.data.text import TextSource, doc_hash, load_text_source
 from cfbench.engine import backend_key, digest, progress_mode
 from cfbench.errors import CfbenchError
@@ -116,6 +116,7 @@ def _validate_inputs(
     """
     if limit is not None and limit <= 0:
         raise CfbenchError(f"--limit must be a positive number of documents, got {limit}")
+    check_backend_options(backend, dict(backend_options or {}))
     source = load_text_source(data)
     docs = source.docs[:limit]
     ckpt = resolve_checkpoint(checkpoint.removeprefix("ckpt:"), base=base)

@@ -175,6 +175,8 @@ class Task:
                 "render it with oc_requests=load_oc_requests(model_path) (cfbench eval does this)"
             )
         k = self.cfg.num_fewshot if num_fewshot is None else num_fewshot
+        if k < 0:  # pool[:k] would take all but |k| examples
+            raise CfbenchError(f"{self.name}: --num-fewshot must be 0 or more in-context examples, got {k}")
         if k and not self.cfg.fewshot_split:
             raise CfbenchError(f"{self.name} has no fewshot_split; use --num-fewshot 0")
         selected = self.selected_docs(limit)
