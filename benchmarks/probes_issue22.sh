@@ -108,5 +108,13 @@ probe_arguments() {  # class 6: each must be one error line before the checkpoin
   echo "$out" | tail -1 | sed "s/^/       /"
 }
 
-PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments)
+probe_dangling_part() {  # class 13
+  lm=$(ls tests/fixtures/imports/lmeval/org__tiny-sft/results_*.json | head -1)
+  cf import "$lm" --name a --results "$W/r13" >/dev/null 2>&1
+  ln -s "$W/nowhere.parquet" "$W/r13/runs/part-dangling.parquet"
+  out=$(cf runs --results "$W/r13" 2>&1); rc=$?
+  one_line $rc "store check" "$out"; verdict $? "13 cfbench runs with a dangling part symlink is one line naming it"; echo "$out" | tail -1 | sed "s/^/       /"
+}
+
+PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments probe_dangling_part)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

@@ -430,3 +430,34 @@ def test_unknown_model_args_stop_eval_compare_and_ppl_before_the_checkpoint(tmp_
                 eval_kwargs={"backend": "hf", "backend_options": opts})  # fmt: skip
     with pytest.raises(CfbenchError, match="bogus_key: not an option of the hf backend"):
         measure_ppl("/nonexistent/a", data="lambada", backend_options=opts, results=tmp_path)
+
+
+# ---------------------------------------------------------------- 13. a dangling symlink among the store's parts
+
+
+@pytest.mark.parametrize("table", ["runs", "task_scores"])
+def test_dangling_symlink_part_is_named_with_the_repair_not_a_traceback(tmp_path: Path, table: str) -> None:
+    from cfbench.store import RunRecord, TaskScore
+    from cfbench.store.check import check_store, move_aside
+
+    store = ResultStore(tmp_path)
+    store.append_run(RunRecord(name="a", checkpoint_name="a"), [TaskScore(task="copa", metric="acc", value=0.5)])
+    link = tmp_path / table / "part-zzzz-dangling.parquet"
+    link.symlink_to(tmp_path / "gone.parquet")
+    first = (lambda s: s.runs()) if table == "runs" else (lambda s: s.task_scores())
+    for read in (first, lambda s: s.compact()):
+        with pytest.raises(CfbenchError) as err:
+            read(ResultStore(tmp_path))
+        assert str(link) in str(err.value) and "does not exist" in str(err.value) and "store check" in str(err.value)
+    (bad,) = check_store(tmp_path)
+    move_aside(tmp_path, [bad])
+    assert ResultStore(tmp_path).runs()["name"].tolist() == ["a"]
+
+
+def test_cfbench_runs_with_a_dangling_part_is_one_line(tmp_path: Path) -> None:
+    from cfbench.store import RunRecord
+
+    ResultStore(tmp_path).append_run(RunRecord(name="a", checkpoint_name="a"), [])
+    (tmp_path / "runs" / "part-dangling.parquet").symlink_to(tmp_path / "nowhere")
+    rc, line = _cli("runs", "--results", str(tmp_path))
+    assert rc == 2 and "part-dangling.parquet" in line and "store check" in line
