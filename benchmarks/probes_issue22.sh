@@ -116,5 +116,22 @@ probe_dangling_part() {  # class 13
   one_line $rc "store check" "$out"; verdict $? "13 cfbench runs with a dangling part symlink is one line naming it"; echo "$out" | tail -1 | sed "s/^/       /"
 }
 
-PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments probe_dangling_part)
+probe_landscape_grid_span() {  # class 10 and 16 (--span nan)
+  m=$(tiny)
+  for args in "--grid 4" "--grid 3 --span nan"; do
+    out=$(cf landscape "$m" $args --batches 1 --batch-size 2 --length 16 --data builtin:arithmetic --results "$W/r10" 2>&1); rc=$?
+    flag=$(grep -o -- '--[a-z]*' <<<"$args" | tail -1)
+    one_line $rc "$flag" "$out" && [ ! -e "$W/r10" ]; verdict $? "10/16 landscape $args is refused before any point is computed"; echo "$out" | tail -1 | sed "s/^/       /"
+  done
+}
+
+probe_rho_inf() {  # class 16
+  m=$(tiny)
+  echo '{"instruction": "a", "input": "", "output": "b"}' > "$W/alpaca16.json"
+  out=$(cf finetune "$m" --data "$W/alpaca16.json" --out "$W/ft16" --optimizer sam --rho inf 2>&1); rc=$?
+  one_line $rc "--rho must be" "$out" && [ ! -e "$W/ft16" ]; verdict $? "16 finetune --rho inf names --rho before training"; echo "$out" | tail -1 | sed "s/^/       /"
+}
+
+PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments probe_dangling_part
+        probe_landscape_grid_span probe_rho_inf)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

@@ -461,3 +461,50 @@ def test_cfbench_runs_with_a_dangling_part_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "runs" / "part-dangling.parquet").symlink_to(tmp_path / "nowhere")
     rc, line = _cli("runs", "--results", str(tmp_path))
     assert rc == 2 and "part-dangling.parquet" in line and "store check" in line
+
+
+# ---------------------------------------------------------------- 10 (+16 span). landscape grid and span
+
+
+@pytest.mark.parametrize(("grid", "span", "needle"), [
+    (4, 0.5, "must be an odd number"), (10, 0.5, "must be an odd number"), (2, 0.5, "must be an odd number"),
+    (1, 0.5, "must be an odd number"), (-3, 0.5, "must be an odd number"),
+    (5, float("nan"), "positive finite"), (5, float("inf"), "positive finite"), (5, -0.1, "positive finite"),
+])  # fmt: skip
+def test_landscape_refuses_even_grids_and_bad_spans_before_any_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grid: int, span: float, needle: str
+) -> None:
+    import cfbench.analysis.run as run
+
+    def must_not_load(*a: object, **k: object) -> None:
+        raise AssertionError("a model was loaded before the grid was checked")
+
+    monkeypatch.setattr(run, "load_model", must_not_load)
+    settings = run.LandscapeSettings(grid=grid, span=span)
+    with pytest.raises(CfbenchError, match=needle):
+        run.landscape(["smollm2-135m"], settings=settings, interpolate_from="smollm2-135m", results=tmp_path)
+
+
+def test_odd_grid_has_theta0_at_its_centre() -> None:
+    from cfbench.analysis.landscape import grid_axis
+
+    for grid in (3, 5, 11):
+        axis = grid_axis(grid, 0.5)
+        assert axis[grid // 2] == 0.0 and len(axis) == grid
+
+
+# ---------------------------------------------------------------- 16. hints name the right flag (values first)
+
+
+@pytest.mark.parametrize(("field", "value", "flag"), [
+    ("rho", float("inf"), "--rho"), ("rho", float("nan"), "--rho"), ("lr", float("inf"), "--lr"),
+    ("warmup", float("inf"), "--warmup"), ("weight_decay", float("inf"), "--weight-decay"),
+    ("weight_decay", float("nan"), "--weight-decay"),
+])  # fmt: skip
+def test_finetune_non_finite_hyperparameters_name_their_own_flag(field: str, value: float, flag: str) -> None:
+    from cfbench.train.finetune import FinetuneRequest, check_request
+
+    req = FinetuneRequest(base="smollm2-135m", data="x.jsonl", out="out", optimizer="sam", **{field: value})
+    with pytest.raises(CfbenchError) as err:
+        check_request(req)
+    assert str(err.value).startswith(f"{flag} must be") and "--lr (now" not in str(err.value)
