@@ -132,6 +132,19 @@ probe_rho_inf() {  # class 16
   one_line $rc "--rho must be" "$out" && [ ! -e "$W/ft16" ]; verdict $? "16 finetune --rho inf names --rho before training"; echo "$out" | tail -1 | sed "s/^/       /"
 }
 
+probe_merge_nan() {  # class 9
+  m=$(tiny)
+  [ -d "$W/tiny_nan" ] || $PY - "$m" "$W/tiny_nan" <<'PYEOF'
+import shutil, sys
+from safetensors.torch import load_file, save_file
+shutil.copytree(sys.argv[1], sys.argv[2]); f = sys.argv[2] + "/model.safetensors"
+sd = load_file(f); k = sorted(sd)[-1]; sd[k] = sd[k].clone(); sd[k].view(-1)[0] = float("nan")
+save_file(sd, f, metadata={"format": "pt"})
+PYEOF
+  out=$(cf merge "$m" "$W/tiny_nan" --alpha 0.5 --out "$W/merged9" 2>&1); rc=$?
+  one_line $rc "non-finite" "$out" && [ ! -e "$W/merged9" ]; verdict $? "9 merge with a NaN tuned checkpoint is refused, nothing written"; echo "$out" | tail -1 | sed "s/^/       /"
+}
+
 PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments probe_dangling_part
-        probe_landscape_grid_span probe_rho_inf)
+        probe_landscape_grid_span probe_rho_inf probe_merge_nan)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

@@ -508,3 +508,33 @@ def test_finetune_non_finite_hyperparameters_name_their_own_flag(field: str, val
     with pytest.raises(CfbenchError) as err:
         check_request(req)
     assert str(err.value).startswith(f"{flag} must be") and "--lr (now" not in str(err.value)
+
+
+# ---------------------------------------------------------------- 9. merge refuses NaN inputs
+
+
+def _nan_copy(src: Path, dst: Path, value: float = float("nan")) -> Path:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    sd = load_file(dst / "model.safetensors")
+    name = sorted(sd)[-1]
+    sd[name] = sd[name].clone()
+    sd[name].view(-1)[0] = value
+    save_file(sd, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize(("bad_side", "value"), [("tuned", float("nan")), ("base", float("nan")),
+                                                 ("tuned", float("inf"))])  # fmt: skip
+def test_merge_refuses_non_finite_inputs_and_writes_nothing(tiny_model: Path, tmp_path: Path, bad_side: str,
+                                                            value: float) -> None:  # fmt: skip
+    from cfbench.train.merge import merge
+
+    bad = _nan_copy(tiny_model, tmp_path / "bad", value)
+    base, tuned = (bad, tiny_model) if bad_side == "base" else (tiny_model, bad)
+    with pytest.raises(CfbenchError, match=f"checkpoint {bad_side} .*non-finite.*merge with it would be non-finite"):
+        merge(base, tuned, 0.5, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()

@@ -204,8 +204,11 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cfbench"
 
 
-def require_finite_weights(folder: Path, content_hash: str, name: str, cache_dir: Path | None = None) -> None:
-    """Refuse to score a checkpoint whose weights hold NaN / inf (a diverged fine-tune).
+def require_finite_weights(
+    folder: Path, content_hash: str, name: str, cache_dir: Path | None = None,
+    consequence: str = "its scores would be meaningless",
+) -> None:  # fmt: skip
+    """Refuse to score (or merge: ``consequence``) a checkpoint whose weights hold NaN / inf (a diverged fine-tune).
 
     Scanning the weights costs about a second per GB, so the verdict is remembered per content
     hash in ``<cache>/weights_checked.json``: a rerun only looks it up.
@@ -232,6 +235,6 @@ def require_finite_weights(folder: Path, content_hash: str, name: str, cache_dir
         os.replace(tmp, path)
     if bad:
         raise CfbenchError(
-            f"checkpoint {name} has non-finite or exploded weights (tensor {bad}), so its scores would be "
-            "meaningless: re-train it with a lower --lr, or evaluate an earlier checkpoint"
+            f"checkpoint {name} has non-finite or exploded weights (tensor {bad}), so {consequence}: "
+            "re-train it with a lower --lr, or use an earlier checkpoint"
         )
