@@ -145,6 +145,14 @@ PYEOF
   one_line $rc "non-finite" "$out" && [ ! -e "$W/merged9" ]; verdict $? "9 merge with a NaN tuned checkpoint is refused, nothing written"; echo "$out" | tail -1 | sed "s/^/       /"
 }
 
+probe_heldout_leak() {  # class 4
+  m=$(tiny)
+  $PY -c 'import json,sys; open(sys.argv[1],"w").writelines(json.dumps({"instruction": f"what is {i} plus {i}?", "input": "", "output": str(2*i)})+"\n" for i in range(80))' "$W/x4.jsonl"
+  out=$(cf finetune "$m" --data "$W/x4.jsonl" --rehearsal "$W/x4.jsonl" --heldout 8 --max-steps 1 --batch-size 8 --out "$W/ft4" 2>&1); rc=$?
+  n=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["rehearsal"].get("n_heldout_removed"))' "$W/ft4/cfbench_manifest.json" 2>&1)
+  [ "$rc" = 0 ] && [ "$n" = 8 ]; verdict $? "4 finetune --data X --rehearsal X --heldout 8 removes the 8 from rehearsal (manifest n_heldout_removed=$n)"
+}
+
 PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments probe_dangling_part
-        probe_landscape_grid_span probe_rho_inf probe_merge_nan)
+        probe_landscape_grid_span probe_rho_inf probe_merge_nan probe_heldout_leak)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

@@ -538,3 +538,49 @@ def test_merge_refuses_non_finite_inputs_and_writes_nothing(tiny_model: Path, tm
     with pytest.raises(CfbenchError, match=f"checkpoint {bad_side} .*non-finite.*merge with it would be non-finite"):
         merge(base, tuned, 0.5, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+# ---------------------------------------------------------------- 4. held-out documents never come back as rehearsal
+
+
+@pytest.mark.parametrize("rehearsal_kind", ["same_file", "json_copy_plus_others"])
+def test_heldout_documents_are_removed_from_rehearsal(tiny_model: Path, tmp_path: Path, rehearsal_kind: str) -> None:
+    from cfbench.train.finetune import FinetuneRequest, encode_train_set, load_inputs
+    from cfbench.train.indomain import example_hash
+
+    records = [{"instruction": f"what is {i} plus {i}?", "input": "", "output": f"{2 * i}"} for i in range(40)]
+    data = tmp_path / "task.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if rehearsal_kind == "same_file":
+        reh = data
+    else:  # the same documents in another format (a JSON array), among other documents
+        reh = tmp_path / "general.json"
+        others = [{"instruction": f"name colour {i}", "input": "", "output": "blue"} for i in range(20)]
+        reh.write_text(json.dumps(records + others))
+    req = FinetuneRequest(base=str(tiny_model), data=data, out=tmp_path / "out", rehearsal=reh, heldout=8,
+                          rehearsal_ratio=0.5)  # fmt: skip
+    inputs = load_inputs(req)
+    held = set(inputs.split.hashes)
+    assert inputs.reh_heldout_removed == 8 and inputs.hyper["rehearsal_heldout_removed"] == 8
+    assert not held & {example_hash(ex) for ex in inputs.reh_data.examples}
+    train = encode_train_set(req, inputs)
+    assert not held & {example_hash(ex) for ex in train.examples}  # not in the mixed training set either
+
+
+def test_rehearsal_of_only_heldout_documents_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    from cfbench.train.data import load_data
+    from cfbench.train.finetune import FinetuneRequest, load_inputs
+    from cfbench.train.indomain import split_data
+
+    records = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(20)]
+    data = tmp_path / "task.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    _, split = split_data(load_data(data), 4, 0)
+    held = [r for r in records if any(ex.messages[0][1].startswith(r["instruction"]) and
+                                      ex.messages[-1][1] == r["output"] for ex in split.examples)]  # fmt: skip
+    assert len(held) == 4
+    reh = tmp_path / "reh.jsonl"  # exactly the 4 documents that seed 0 holds out
+    reh.write_text("".join(json.dumps(r) + "\n" for r in held))
+    req = FinetuneRequest(base=str(tiny_model), data=data, out=tmp_path / "out", rehearsal=reh, heldout=4)
+    with pytest.raises(CfbenchError, match="is one of the held-out documents"):
+        load_inputs(req)

@@ -62,7 +62,7 @@ from cfbench.train.data import (
     mix_rehearsal,
 )
 from cfbench.train.distributed import DistContext
-from cfbench.train.indomain import HeldoutSplit, split_data
+from cfbench.train.indomain import HeldoutSplit, split_data, without_heldout
 from cfbench.train.lora import apply_lora, lora_settings, merge_for_save
 from cfbench.train.trainer import (
     EXPLODED_FACTOR,
@@ -307,6 +307,7 @@ class Inputs:
     lora: dict[str, Any] | None
     hyper: dict[str, Any]
     fingerprint: str
+    reh_heldout_removed: int = 0  # rehearsal examples dropped because they are held-out documents
 
 
 @dataclass
@@ -410,10 +411,13 @@ def load_inputs(req: FinetuneRequest) -> Inputs:
     task_data = load_data(req.data)
     task_examples, split = split_data(task_data, req.heldout, req.seed)
     reh_data = load_data(req.rehearsal) if req.rehearsal is not None else None
+    reh_data, reh_removed = without_heldout(reh_data, split) if reh_data is not None else (None, 0)
     lora = lora_settings(req.lora_r, req.lora_alpha, req.lora_targets)
     hyper = _hyperparameters(req, reh_data, lora, split)
+    if reh_removed:  # only then, so unaffected runs keep their fingerprint; a leaky earlier run is not reused
+        hyper["rehearsal_heldout_removed"] = reh_removed
     fingerprint = _fingerprint(hyper, resolved.content_hash, task_data, reh_data)
-    return Inputs(resolved, task_data, task_examples, split, reh_data, lora, hyper, fingerprint)
+    return Inputs(resolved, task_data, task_examples, split, reh_data, lora, hyper, fingerprint, reh_removed)
 
 
 def _encode_all(tokenizer: Any, examples: Sequence[Example], max_length: int) -> tuple[list[Encoded], int]:
@@ -527,7 +531,11 @@ def _base_entry(spec: str | Path, resolved: ResolvedCheckpoint) -> dict[str, Any
     }
 
 
-def _rehearsal_entry(reh_data: LoadedData | None, n_reh: int, ratio: float) -> dict[str, Any] | None:
+def _rehearsal_entry(
+    reh_data: LoadedData | None, n_reh: int, ratio: float, n_heldout: int = 0
+) -> dict[str, Any] | None:
+    """The manifest's ``rehearsal``: ``n_examples`` counts what was left after removing the
+    ``n_heldout_removed`` examples that are held-out documents of the task data."""
     if reh_data is None:
         return None
     return {
@@ -537,6 +545,7 @@ def _rehearsal_entry(reh_data: LoadedData | None, n_reh: int, ratio: float) -> d
         "n_examples": len(reh_data.examples),
         "n_mixed_in": n_reh,
         "ratio": ratio,
+        "n_heldout_removed": n_heldout,
     }
 
 
@@ -585,7 +594,9 @@ def start_manifest(
             "n_examples": len(task_data.examples),
         },
         "heldout": None if inputs.split is None else inputs.split.manifest(),
-        "rehearsal": _rehearsal_entry(inputs.reh_data, train_set.n_reh, req.rehearsal_ratio),
+        "rehearsal": _rehearsal_entry(
+            inputs.reh_data, train_set.n_reh, req.rehearsal_ratio, inputs.reh_heldout_removed
+        ),
         "train_set": _train_set_entry(train_set),
         "steps_per_epoch": plan.steps_per_epoch,
         "planned_steps": plan.planned,
