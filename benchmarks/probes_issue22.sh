@@ -153,6 +153,14 @@ probe_heldout_leak() {  # class 4
   [ "$rc" = 0 ] && [ "$n" = 8 ]; verdict $? "4 finetune --data X --rehearsal X --heldout 8 removes the 8 from rehearsal (manifest n_heldout_removed=$n)"
 }
 
+probe_ctrl_c() {  # class 15: SIGINT during an eval
+  m=$(tiny)
+  out=$(set -m; $PY -m cfbench eval "$m" --tasks copa,boolq,rte --results "$W/r15" > /dev/null 2> "$W/err15" & pid=$!
+        sleep 8; kill -INT $pid; wait $pid; echo "rc=$?"; cat "$W/err15")
+  grep -q "rc=130" <<<"$out" && grep -q "^interrupted: .*rerun the same command to resume" <<<"$out"
+  verdict $? "15 Ctrl-C during eval exits 130 saying what was kept and how to resume"; grep "^interrupted\|rc=" <<<"$out" | sed "s/^/       /"
+}
+
 PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments probe_dangling_part
-        probe_landscape_grid_span probe_rho_inf probe_merge_nan probe_heldout_leak)
+        probe_landscape_grid_span probe_rho_inf probe_merge_nan probe_heldout_leak probe_ctrl_c)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

@@ -584,3 +584,36 @@ def test_rehearsal_of_only_heldout_documents_is_refused(tiny_model: Path, tmp_pa
     req = FinetuneRequest(base=str(tiny_model), data=data, out=tmp_path / "out", rehearsal=reh, heldout=4)
     with pytest.raises(CfbenchError, match="is one of the held-out documents"):
         load_inputs(req)
+
+
+# ---------------------------------------------------------------- 15. Ctrl-C says what was kept and how to resume
+
+
+@pytest.mark.parametrize(("argv", "needles"), [
+    (["eval", "m", "--results", "R"], ["kept in the results store R", "rerun the same command to resume"]),
+    (["compare", "a", "b"], ["results store results", "not scored again"]),
+    (["pair", "b", "--data", "d", "--out", "O"], ["under O", "finished runs are reused"]),
+    (["finetune", "b", "--data", "d", "--out=O"], ["O was left as it was", "whole or not at all"]),
+    (["leaderboard"], ["nothing was written"]),
+])  # fmt: skip
+def test_interrupt_note_names_what_was_kept(argv: list[str], needles: list[str]) -> None:
+    from cfbench.cli.interrupt import interrupt_note
+
+    note = interrupt_note(argv)
+    assert note.startswith("interrupted: ") and all(n in note for n in needles), note
+
+
+def test_ctrl_c_exits_130_with_the_note(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, cfbench.engine as e\n"
+            "def stop(*a, **k):\n    raise KeyboardInterrupt\n"
+            "e.plan_evaluation = stop\n"
+            "from cfbench.cli import main\n"
+            f"sys.argv = ['cfbench', 'eval', 'x', '--tasks', 'copa', '--results', {str(tmp_path)!r}]\n"
+            "main()\n")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 130, res.stderr
+    assert f"is kept in the results store {tmp_path}; rerun the same command to resume" in res.stderr
+    assert "Traceback" not in res.stderr
