@@ -161,6 +161,17 @@ probe_ctrl_c() {  # class 15: SIGINT during an eval
   verdict $? "15 Ctrl-C during eval exits 130 saying what was kept and how to resume"; grep "^interrupted\|rc=" <<<"$out" | sed "s/^/       /"
 }
 
+probe_empty_outputs_and_nan_scores() {  # class 17
+  m=$(tiny)
+  $PY -c 'import json,sys; open(sys.argv[1],"w").writelines(json.dumps({"instruction": f"q{i}", "input": "", "output": ""})+"\n" for i in range(8))' "$W/empty17.jsonl"
+  out=$(cf finetune "$m" --data "$W/empty17.jsonl" --max-steps 1 --out "$W/ft17" 2>&1); rc=$?
+  one_line $rc "is empty" "$out" && [ ! -e "$W/ft17" ]; verdict $? "17 finetune on Alpaca data with every output empty is refused"
+  lm=$(ls tests/fixtures/imports/lmeval/org__tiny-sft/results_*.json | head -1); mkdir -p "$W/lm17"
+  $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); t=next(k for k,e in d["results"].items() if "acc,none" in e); d["results"][t]["acc,none"]=float("nan"); json.dump(d, open(sys.argv[2],"w"))' "$lm" "$W/lm17/$(basename "$lm")"
+  out=$(cf import "$W/lm17/$(basename "$lm")" --name nan17 --results "$W/r17" 2>&1); rc=$?
+  one_line $rc "not a number" "$out"; verdict $? "17 lm-eval results with a NaN acc are refused, not silently dropped"; echo "$out" | tail -1 | sed "s/^/       /"
+}
+
 PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments probe_dangling_part
-        probe_landscape_grid_span probe_rho_inf probe_merge_nan probe_heldout_leak probe_ctrl_c)
+        probe_landscape_grid_span probe_rho_inf probe_merge_nan probe_heldout_leak probe_ctrl_c probe_empty_outputs_and_nan_scores)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

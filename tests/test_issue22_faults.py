@@ -617,3 +617,41 @@ def test_ctrl_c_exits_130_with_the_note(tmp_path: Path) -> None:
     assert res.returncode == 130, res.stderr
     assert f"is kept in the results store {tmp_path}; rerun the same command to resume" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------- 17. data that trains on nothing, scores that vanish
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("alpaca.jsonl", "".join(json.dumps({"instruction": f"q{i}", "input": "", "output": ""}) + "\n" for i in range(5))),
+    ("blank.json", json.dumps([{"instruction": "q", "input": "", "output": "  \n"}] * 3)),
+    ("chat.jsonl", json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]})
+     + "\n"),
+])  # fmt: skip
+def test_data_whose_every_response_is_empty_is_refused(tmp_path: Path, name: str, text: str) -> None:
+    from cfbench.train.data import load_data
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(CfbenchError, match=r"every response .* is empty"):
+        load_data(path)
+    ok = tmp_path / "ok.jsonl"  # one non-empty response is enough to learn from
+    ok.write_text("".join(json.dumps({"instruction": "q", "input": "", "output": o}) + "\n" for o in ("", "a")))
+    load_data(ok)
+
+
+@pytest.mark.parametrize("bad", ["NaN", "N/A"])
+def test_lmeval_results_with_a_nan_score_are_refused_not_dropped(tmp_path: Path, bad: str) -> None:
+    from cfbench.importers import import_lmeval
+
+    src = Path(__file__).parent / "fixtures" / "imports" / "lmeval" / "org__tiny-sft"
+    (results_file,) = sorted(src.glob("results_*.json"))
+    doc = json.loads(results_file.read_text())
+    task = next(t for t, e in doc["results"].items() if "acc,none" in e)
+    doc["results"][task]["acc,none"] = float("nan") if bad == "NaN" else bad
+    one = tmp_path / "lm" / results_file.name
+    one.parent.mkdir()
+    one.write_text(json.dumps(doc))
+    with pytest.raises(CfbenchError, match=f"task {task}'s acc is .*not a number"):
+        import_lmeval(one, "x", ResultStore(tmp_path / "r"))
+    assert not (tmp_path / "r").exists() or ResultStore(tmp_path / "r").runs().empty
