@@ -172,6 +172,21 @@ probe_empty_outputs_and_nan_scores() {  # class 17
   one_line $rc "not a number" "$out"; verdict $? "17 lm-eval results with a NaN acc are refused, not silently dropped"; echo "$out" | tail -1 | sed "s/^/       /"
 }
 
+probe_swapped_weights() {  # class 8: NaN weights swapped in at the same size with the mtime restored
+  m=$(tiny); cp -r "$m" "$W/tiny8"
+  cf eval "$W/tiny8" --tasks copa --limit 2 --results "$W/r8" >/dev/null 2>&1
+  $PY - "$W/tiny8/model.safetensors" <<'PYEOF'
+import os, sys
+from safetensors.torch import load_file, save_file
+f = sys.argv[1]; st = os.stat(f); sd = load_file(f)
+for k in sd: sd[k] = sd[k].clone().fill_(float("nan")) if sd[k].is_floating_point() else sd[k]
+save_file(sd, f + ".new", metadata={"format": "pt"}); assert os.path.getsize(f + ".new") == st.st_size
+os.replace(f + ".new", f); os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+PYEOF
+  out=$(cf eval "$W/tiny8" --tasks copa --limit 2 --results "$W/r8" 2>&1); rc=$?
+  one_line $rc "non-finite" "$out"; verdict $? "8 NaN weights swapped in (same size, mtime restored) are refused, not served from cache"; echo "$out" | tail -1 | sed "s/^/       /"
+}
+
 PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments probe_dangling_part
-        probe_landscape_grid_span probe_rho_inf probe_merge_nan probe_heldout_leak probe_ctrl_c probe_empty_outputs_and_nan_scores)
+        probe_landscape_grid_span probe_rho_inf probe_merge_nan probe_heldout_leak probe_ctrl_c probe_empty_outputs_and_nan_scores probe_swapped_weights)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

@@ -655,3 +655,37 @@ def test_lmeval_results_with_a_nan_score_are_refused_not_dropped(tmp_path: Path,
     with pytest.raises(CfbenchError, match=f"task {task}'s acc is .*not a number"):
         import_lmeval(one, "x", ResultStore(tmp_path / "r"))
     assert not (tmp_path / "r").exists() or ResultStore(tmp_path / "r").runs().empty
+
+
+# ------------------------------------------------ 8. weights swapped in place are not taken as the old ones
+
+
+@pytest.mark.parametrize("how", ["in_place", "replaced_by_copy"])
+def test_hash_cache_sees_same_size_weights_with_restored_mtime(tmp_path: Path, how: str) -> None:
+    import os
+    import shutil
+    import time
+
+    from cfbench.models.hashing import HashCache
+
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"A" * 4096)
+    st = f.stat()
+    cache = HashCache(tmp_path / "hashes.json")
+    old = cache.file_sha256(f)
+    cache.save()
+    time.sleep(0.01)
+    if how == "in_place":
+        with open(f, "r+b") as fh:
+            fh.write(b"B" * 4096)
+    else:
+        other = tmp_path / "other"
+        other.write_bytes(b"B" * 4096)
+        shutil.copy(other, tmp_path / "swap")
+        os.replace(tmp_path / "swap", f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # the mtime as it was: size and mtime both match
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    assert HashCache(tmp_path / "hashes.json").file_sha256(f) != old  # a later run, from the saved cache
+    assert cache.file_sha256(f) != old  # and this process's own cache
+    cache.save()
+    assert HashCache(tmp_path / "hashes.json").file_sha256(f) == cache.file_sha256(f)  # and it is remembered
