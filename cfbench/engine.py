@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 import cfbench.scoring_version as scoring_version
-from cfbench.backends import Backend, LoglikRequest, LoglikResult, backend_class, make_backend
+from cfbench.backends import Backend, LoglikRequest, LoglikResult, backend_class, check_backend_options, make_backend
 from cfbench.data import default_sources
 from cfbench.errors import CfbenchError
 from cfbench.models.checkpoint import MANIFEST, ResolvedCheckpoint, resolve_checkpoint
@@ -74,6 +74,7 @@ def backend_key(backend: str, options: dict[str, Any], model_path: str | Path) -
     :data:`cfbench.scoring_version.SCORING_VERSION`, so a change of cfbench's scoring code that moves
     per-item outputs never reuses items cached by the old code.
     """
+    check_backend_options(backend, options)
     key = dict(backend_class(backend).key_settings(Path(model_path), dict(options)))
     key["backend"] = backend
     key["scoring_version"] = scoring_version.SCORING_VERSION  # read at call time (tests patch it)
@@ -262,8 +263,11 @@ def plan_evaluation(
     """
     task_limits = dict(task_limits or {})
     check_limits(limit, task_limits)
+    check_num_fewshot(num_fewshot)
+    tasks = check_task_names(tasks)
     checkpoint = checkpoint_spec(checkpoint)
     options = dict(backend_options or {})
+    check_backend_options(backend, options)  # before the checkpoint is resolved (maybe downloaded)
     suite_obj = load_suite(suite or "paper")
     names = list(tasks) if tasks else suite_obj.tasks
     strict = bool(tasks) if strict_data is None else strict_data
@@ -299,6 +303,27 @@ def check_limits(limit: int | None, task_limits: dict[str, int]) -> None:
     for t, n in [("--limit", limit), *((f"--task-limit {k}", v) for k, v in task_limits.items())]:
         if n is not None and n <= 0:
             raise CfbenchError(f"{t} must be a positive number of documents, got {n}")
+
+
+def check_num_fewshot(num_fewshot: int | None) -> None:
+    """Refuse a negative ``--num-fewshot``: Python's ``pool[:-1]`` would take all but one example of the
+    few-shot pool (a 297-shot prompt, left-truncated) and store the run as if it were asked for."""
+    if num_fewshot is not None and (isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int)
+                                    or num_fewshot < 0):  # fmt: skip
+        raise CfbenchError(f"--num-fewshot must be 0 or more in-context examples, got {num_fewshot!r}")
+
+
+def check_task_names(tasks: Sequence[str] | None) -> list[str] | None:
+    """``tasks`` without blank names; None stays None (the suite). Given but naming no task
+    (``--tasks ""`` or ``--tasks ,``) is refused: it used to fall back to the whole suite."""
+    if tasks is None:
+        return None
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    names = [p.strip() for t in tasks for p in t.split(",") if p.strip()]
+    if not names:
+        raise CfbenchError(f"--tasks {','.join(tasks)!r} names no task: pass e.g. --tasks copa,boolq, or leave "
+                           "--tasks out to run the suite")  # fmt: skip
+    return names
 
 
 def checkpoint_spec(checkpoint: str) -> str:

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 #: Temp folders without a recognisable pid (older cfbench) count as stale after this long.
 STALE_UNKNOWN_S = 3600.0
@@ -55,3 +55,16 @@ def remove_stale_tmp(parent: Path, prefix: str) -> list[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
     return removed
+
+
+def escapes(rel: str) -> bool:
+    """True when the relative path ``rel`` from a task YAML is absolute or climbs out of its folder.
+
+    A task YAML may come from anyone (``CFBENCH_TASK_DIR``, a shared suite); were its ``data.local``
+    paths taken as they are, ``../secret.jsonl`` or ``/etc/...`` would be read and scored (and its
+    text shown in prompts). Lexical, so a symlink the data dir's owner put there still works.
+    """
+    if not rel or PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or PureWindowsPath(rel).drive:
+        return True
+    norm = os.path.normpath(rel.replace("\\", "/"))
+    return norm == ".." or norm.startswith("../") or norm.startswith("/")

@@ -7,6 +7,7 @@ just to name a request. The backend protocol that answers them lives in :mod:`cf
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,3 +58,23 @@ class RollingResult:
 
 
 ProgressFn = Callable[[int], None]
+
+
+#: How far above 0 a summed log-prob may round, per token: a low-precision log-softmax (fp16/bf16, a
+#: server's float32 JSON) can put a near-certain token a hair above 0. Anything more is no log-prob.
+LOGPROB_TOLERANCE_PER_TOKEN = 1e-3
+
+
+def impossible_logprob(logprob: float, n_tokens: int) -> str | None:
+    """Why ``logprob`` (summed over ``n_tokens`` tokens) cannot be a log-probability, else None.
+
+    Every backend's answer is checked with this before it is scored or stored: a NaN/inf means broken
+    weights or numerics, and a value above 0 is a probability above 1 (a server that returns
+    something else in its ``logprobs`` field, or a wrong sign). Either would be argmaxed into a silent
+    wrong answer and cached for every rerun.
+    """
+    if not math.isfinite(logprob):
+        return "not finite"
+    if logprob > LOGPROB_TOLERANCE_PER_TOKEN * max(1, n_tokens):
+        return "above 0, i.e. a probability above 1"
+    return None

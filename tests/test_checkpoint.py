@@ -52,10 +52,11 @@ def test_hf_folder_and_hash_cache(base: Path, tmp_path: Path) -> None:
     (other / "optimizer.pt").write_bytes(b"not part of the model")
     assert resolve_checkpoint(str(other), cache_dir=cache).content_hash == r.content_hash
 
-    # Re-resolving trusts the (size, mtime) cache instead of re-reading the weights...
+    # Re-resolving trusts the (size, mtime, ctime, inode) cache instead of re-reading the weights (issue 22
+    # item 8 added ctime and inode to the freshness key)...
     entries = json.loads((cache / "hashes.json").read_text())
     weights = str((folder / "model.safetensors").resolve())
-    assert set(entries[weights]) == {"size", "mtime_ns", "sha256"}
+    assert set(entries[weights]) == {"size", "mtime_ns", "ctime_ns", "ino", "sha256"}
     entries[weights]["sha256"] = "0" * 64
     (cache / "hashes.json").write_text(json.dumps(entries))
     assert resolve_checkpoint(str(folder), cache_dir=cache).content_hash != r.content_hash

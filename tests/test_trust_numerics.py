@@ -49,7 +49,8 @@ def test_mc2_survives_exp_underflow(tqa) -> None:
     assert 0.0 < want < 1.0
     assert got == pytest.approx(want, rel=1e-9)
     # And it equals the value at ordinary log-likelihoods (mc2 is shift-invariant).
-    shifted = [LoglikResult(float(x) + 790.0, False, 3) for x in lls]
+    # (Only the mc2 answers are shifted: the others stay at -5, since a log-prob above 0 is refused, issue 22.)
+    shifted = [LoglikResult(float(x) + (790.0 if i >= off else 0.0), False, 3) for i, x in enumerate(lls)]
     assert tqa.score(inst, shifted).metrics["mc2"] == pytest.approx(want, rel=1e-9)
 
 

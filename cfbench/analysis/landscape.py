@@ -10,6 +10,7 @@ previous point, keeps rounding error from accumulating across the grid.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -86,10 +87,17 @@ class Surface:
 
 
 def grid_axis(grid: int, span: float) -> np.ndarray:
-    if grid < 3:
-        raise CfbenchError(f"--grid {grid} is too small: use 3 or more (odd, so the centre is θ₀)")
-    if span <= 0:
-        raise CfbenchError(f"--span {span} must be positive, e.g. 0.5")
+    """The α (and β) values: ``grid`` points over ``[-span, span]``, the middle one exactly 0.
+
+    An even grid has no middle point, so no point is θ₀ itself, yet SC/AG/MAG and the printed
+    "loss(θ₀)" read the point nearest the centre as θ₀: it is refused, as are non-finite spans (a
+    NaN span made a whole grid of NaN losses before anything complained).
+    """
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 3 or grid % 2 == 0:
+        raise CfbenchError(f"--grid {grid} must be an odd number, 3 or more, so that the centre point is θ₀: "
+                           f"use e.g. --grid {max(3, grid + 1) if isinstance(grid, int) else 11}")  # fmt: skip
+    if not math.isfinite(span) or span <= 0:
+        raise CfbenchError(f"--span {span} must be a positive finite number, e.g. 0.5")
     return np.linspace(-span, span, grid)
 
 

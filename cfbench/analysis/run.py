@@ -21,7 +21,7 @@ from typing import Any
 from cfbench.analysis.diff import check_same_architecture, load_state, total_displacement, weight_diff
 from cfbench.analysis.directions import DIRECTION_KINDS
 from cfbench.analysis.heldout import HeldOut, load_heldout
-from cfbench.analysis.landscape import Surface, interpolation_curve, loss_surface, perturbable
+from cfbench.analysis.landscape import Surface, grid_axis, interpolation_curve, loss_surface, perturbable
 from cfbench.analysis.plot import plot_diff, plot_landscapes
 from cfbench.analysis.sharpness import Sharpness, model_sharpness
 from cfbench.errors import CfbenchError
@@ -260,6 +260,7 @@ def landscape(
     s = settings or LandscapeSettings()
     if s.directions not in DIRECTION_KINDS:
         raise CfbenchError(f"unknown --directions {s.directions!r}: use gaussian or filter")
+    grid_axis(s.grid, s.span)  # an even grid or a NaN span is refused before any model loads
     names = labels_for(labels, checkpoints, "checkpoint")
     store = ResultStore(results)
     base_ck, base_state = _base_state(interpolate_from, s.device)

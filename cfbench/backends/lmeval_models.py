@@ -29,7 +29,7 @@ from tqdm import tqdm
 from cfbench.backends import make_backend
 from cfbench.errors import CfbenchError
 from cfbench.models import resolve_checkpoint
-from cfbench.requests import LoglikRequest, RollingRequest
+from cfbench.requests import LoglikRequest, RollingRequest, impossible_logprob
 
 # ----------------------------------------------------------------------------------------------
 # Models
@@ -66,6 +66,7 @@ class CfbenchLM(LM):
             results = self.backend.loglikelihood(reqs, progress=bar.update)
         out = []
         for req, res in zip(reqs, results, strict=True):
+            _refuse_impossible(self.backend_name, res.logprob, res.n_tokens)
             answer = (res.logprob, res.is_greedy)
             self.cache_hook.add_partial("loglikelihood", (req.context, req.continuation), answer)
             out.append(answer)
@@ -79,6 +80,7 @@ class CfbenchLM(LM):
         with tqdm(total=len(texts), disable=disable_tqdm, desc=f"cfbench-{self.backend_name}") as bar:
             results = self.backend.loglikelihood_rolling([RollingRequest(t) for t in texts], progress=bar.update)
         for text, res in zip(texts, results, strict=True):
+            _refuse_impossible(self.backend_name, res.logprob, res.n_tokens)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), res.logprob)
         return [res.logprob for res in results]
 
@@ -215,3 +217,11 @@ def task_requests(task: Any, limit: int | None = None) -> list[Instance]:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _refuse_impossible(backend: str, logprob: float, n_tokens: int) -> None:
+    """lm-eval would average a NaN or a positive log-prob into its table (and cache it): refuse it here."""
+    why = impossible_logprob(logprob, n_tokens)
+    if why is not None:
+        raise CfbenchError(f"cfbench-{backend} returned log-prob {logprob} over {n_tokens} token(s), {why}: check "
+                           "the checkpoint's weights and dtype, or the server behind the backend")  # fmt: skip

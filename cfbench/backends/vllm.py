@@ -192,6 +192,18 @@ class VLLMBackend:
     name = "vllm"
 
     @classmethod
+    def extra_options(cls) -> set[str] | None:
+        """What ``**extra_llm_kwargs`` may hold: vLLM's engine arguments (``max_length`` is the alias of
+        ``max_model_len``, and the generic options are accepted and ignored). None without vLLM."""
+        try:
+            import dataclasses
+
+            from vllm.engine.arg_utils import EngineArgs
+        except ImportError:
+            return None
+        return {f.name for f in dataclasses.fields(EngineArgs)} | {"max_length", *_IGNORED_OPTIONS}
+
+    @classmethod
     def key_settings(cls, model_path: str | Path, options: dict[str, Any]) -> dict[str, Any]:
         """What changes the numbers, known without starting an engine (the cache key's backend part).
 

@@ -22,6 +22,7 @@ import sys
 
 import typer
 
+from cfbench.cli.interrupt import interrupt_note
 from cfbench.errors import CfbenchError
 from cfbench.progress import quiet_library_bars
 
@@ -73,6 +74,10 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT), as typer and shells use it.
+INTERRUPTED = 130
+
+
 def main() -> None:
     """Entry point: user errors become one ``error:`` line and exit code 2."""
     try:
@@ -80,3 +85,19 @@ def main() -> None:
     except CfbenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED and _from_ctrl_c(exc):
+            typer.echo(interrupt_note(sys.argv[1:]), err=True)
+        raise
+
+
+def _from_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` (typer's exit 130) was caused by a KeyboardInterrupt, anywhere in its chain."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -133,7 +133,7 @@ def compare_cmd(
 
     for path, flag in ((out, "--out"), (plot, "--plot"), (diagnostics_plot, "--diagnostics-plot")):
         check_out_path(path, flag)
-    label_list = [x.strip() for x in labels.split(",")] if labels else None
+    label_list = [x.strip() for x in labels.split(",")] if labels is not None else None
     if pair and len(tuned) != 2:
         raise CfbenchError(f"--pair needs exactly two tuned runs (w/o, then w/), got {len(tuned)}")
     names = label_list[1:] if label_list else tuned

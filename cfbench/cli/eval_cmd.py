@@ -72,7 +72,7 @@ def eval_(
 
         evaluate = partial(evaluate_parallel, devices=pool)  # type: ignore[assignment]
     res = evaluate(
-        checkpoint, tasks=tasks.split(",") if tasks else None, suite=suite, limit=limit,
+        checkpoint, tasks=tasks.split(",") if tasks is not None else None, suite=suite, limit=limit,
         task_limits=parse_task_limits(task_limit), num_fewshot=num_fewshot, backend=backend,
         backend_options=parse_model_args(model_args, dtype), base=base, data_dir=data_dir, results=results,
         name=name, progress="auto",  # a bar on a terminal, plain periodic lines in CI logs

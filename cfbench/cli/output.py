@@ -24,6 +24,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cfbench.csvsafe import lf_rows, safe_cell
+
 
 class OutputFormat(str, Enum):
     table = "table"
@@ -61,16 +63,17 @@ def to_json(obj: Any, *, indent: int = 2, ensure_ascii: bool = True) -> str:
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """Rows as CSV with a header (``columns``, else the keys of the rows in first-seen order).
 
-    Missing and non-finite numbers are empty cells; lists are joined with ``;``.
+    Missing and non-finite numbers are empty cells; lists are joined with ``;``. Header and text cells
+    that a spreadsheet would evaluate get a leading ``'`` (:mod:`cfbench.csvsafe`).
     """
     cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\r\n")
+    writer.writerow({c: safe_cell(c) for c in cols})
     for row in rows:
         clean = finite(dict(row))
-        writer.writerow({k: (";".join(map(str, v)) if isinstance(v, list) else v) for k, v in clean.items()})
-    return buf.getvalue()
+        writer.writerow({k: safe_cell(";".join(map(str, v)) if isinstance(v, list) else v) for k, v in clean.items()})
+    return lf_rows(buf.getvalue())
 
 
 def emit(text: str, out: Path | None = None) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cfbench.comparison.boot import check_n_boot
 from cfbench.comparison.pipeline import compare
 from cfbench.errors import CfbenchError
 from cfbench.metrics import get_metric, registered_metrics
@@ -117,9 +118,8 @@ def gate(report: ComparisonReport, budgets: Sequence[Budget], significance: floa
         failed = over and significant
         p_text = f"{agg.test} p {agg.p:.3g}, Holm {agg.p_adj:.3g}" if tested and agg.p_adj is not None else ""
         if failed:
-            reason = f"dropped {-d:.2f} > {b.points:.2f} points" + (
-                f", significant ({p_text})" if tested else " (no CI: task-level baseline)"
-            )
+            no_ci = " (no CI: --n-boot 0)" if report.settings.n_boot == 0 else " (no CI: task-level baseline)"
+            reason = f"dropped {-d:.2f} > {b.points:.2f} points" + (f", significant ({p_text})" if tested else no_ci)
         elif over:
             ci_text = f"CI {ci[0]:.2f}..{ci[1]:.2f}; " if ci else ""
             reason = f"dropped {-d:.2f} > {b.points:.2f} points but not significant ({ci_text}{p_text})"
@@ -310,6 +310,12 @@ def regress(
     """
     if not 0 < significance < 1:
         raise CfbenchError(f"--significance {significance} must be in (0, 1), e.g. 0.05")
+    check_n_boot(n_boot, 1 - significance)
+    if n_boot == 0 and max_drop:
+        raise CfbenchError(
+            "--max-drop judges a drop by its bootstrap CI (significant = the CI lies below 0), and --n-boot 0 "
+            "computes none: pass --n-boot 2000 (or judge only --max-drift budgets, whose value decides without a CI)"
+        )
     if not max_drop and not max_drift:
         raise CfbenchError(
             "give at least one --max-drop CATEGORY=POINTS or --max-drift METRIC=VALUE budget, "

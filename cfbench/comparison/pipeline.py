@@ -13,7 +13,9 @@ from typing import Any
 
 import pandas as pd
 
+from cfbench.backends import check_backend_options
 from cfbench.comparison.attach import PplDrift, attach_drift, attach_indomain, attach_ppl_drift
+from cfbench.comparison.boot import check_n_boot
 from cfbench.comparison.gather import (
     add_clusters,
     cluster_maps,
@@ -22,7 +24,7 @@ from cfbench.comparison.gather import (
     refuse_other_rules,
     subgroups,
 )
-from cfbench.comparison.runs import RunRef, floor_record, resolve_runs
+from cfbench.comparison.runs import RunRef, check_labels, floor_record, resolve_runs
 from cfbench.errors import CfbenchError
 from cfbench.report.table import ComparisonReport, build_report
 from cfbench.store import ResultStore
@@ -62,6 +64,10 @@ def compare(
     the scoring over workers (see :func:`resolve_runs`); None scores in this process. ``ppl`` adds
     held-out perplexity drift (checked before anything is scored).
     """
+    check_n_boot(n_boot, confidence)  # before anything is scored
+    check_labels(labels, 1 + len(tuned))
+    if eval_kwargs and "backend_options" in eval_kwargs:
+        check_backend_options(eval_kwargs.get("backend", "hf"), dict(eval_kwargs["backend_options"] or {}))
     if ppl is not None:
         ppl.check()
     if not tuned:

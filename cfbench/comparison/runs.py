@@ -29,6 +29,20 @@ class RunRef:
     store: ResultStore | None = None  # the run's own store when it is not the compared one (paper: runs)
 
 
+def check_labels(labels: Sequence[str] | None, n_runs: int) -> None:
+    """One non-blank label per run (``--labels ","`` gave rows with no name), checked before scoring."""
+    if labels is None:
+        return
+    if len(labels) != n_runs:
+        raise CfbenchError(f"--labels has {len(labels)} names for {n_runs} runs; give one label per run")
+    blank = [i + 1 for i, x in enumerate(labels) if not str(x).strip()]
+    if blank:
+        raise CfbenchError(
+            f"--labels {','.join(labels)!r}: label {', '.join(map(str, blank))} is empty; give every run a name, "
+            "e.g. --labels base,tuned"
+        )
+
+
 def resolve_runs(
     specs: Sequence[str],
     store: ResultStore,
@@ -46,8 +60,7 @@ def resolve_runs(
     every (checkpoint, task) job of every checkpoint over its workers; the run records are then
     written from the filled cache exactly as a one-process compare writes them.
     """
-    if labels is not None and len(labels) != len(specs):
-        raise CfbenchError(f"--labels has {len(labels)} names for {len(specs)} runs; give one label per run")
+    check_labels(labels, len(specs))
     kwargs = dict(eval_kwargs or {})
     mode = progress_mode(kwargs.pop("progress", "auto"))
     run_opts = {k: kwargs.pop(k) for k in ("name", "method", "hparams", "tuned_from") if k in kwargs}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from cfbench.data.adapters import get_adapter
 from cfbench.data.base import Located, Row
-from cfbench.data.files import read_rows
+from cfbench.data.files import inside, read_rows
 
 if TYPE_CHECKING:
     from cfbench.tasks.config import TaskConfig
@@ -41,10 +41,11 @@ class BundledSource:
         if self.root is None or not spec:
             return None
         rel: str = spec["path"]
+        what = f"task {cfg.task} (bundled data)"
         if "{subset}" in rel:
-            folders = [(s, self.root / rel.format(subset=s) / split) for s in cfg.subsets]
+            folders = [(s, inside(self.root, f"{rel.format(subset=s)}/{split}", what)) for s in cfg.subsets]
         else:
-            folders = [(None, self.root / rel / split)]
+            folders = [(None, inside(self.root, f"{rel}/{split}", what))]
         if not all((f / "state.json").exists() for _, f in folders):
             return None
         adapter = spec.get("adapter")

@@ -10,9 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from cfbench.errors import CfbenchError
+from cfbench.fsutil import escapes
 
 Row = dict[str, Any]
 MMLU_CSV_COLUMNS = ("question", "A", "B", "C", "D", "answer")
+
+
+def inside(root: Path, rel: str, what: str) -> Path:
+    """``root / rel``, refused in one line when ``rel`` would leave ``root`` (see :func:`escapes`)."""
+    if escapes(rel):
+        raise CfbenchError(
+            f"{what}: path {rel!r} leaves {root}; a task's data paths must be relative and stay inside the "
+            "data folder (no absolute path, no '..'): move the file into it and name it from there"
+        )
+    return root / rel
 
 
 def read_rows(path: Path, fmt: str) -> list[Row]:

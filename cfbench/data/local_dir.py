@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from cfbench.data.adapters import get_adapter
 from cfbench.data.base import Located, Row
-from cfbench.data.files import fingerprint_paths, read_rows
+from cfbench.data.files import fingerprint_paths, inside, read_rows
 from cfbench.errors import CfbenchError
 
 if TYPE_CHECKING:
@@ -36,19 +36,21 @@ class DataDirSource:
         return self._locate_named(cfg, split)
 
     def _locate_listed(self, cfg: TaskConfig, entry: LocalFile) -> Located | None:
+        what = f"task {cfg.task}"
         if "{subset}" in entry.path:
             subsets = cfg.subsets
-            paths = [self.root / entry.path.format(subset=s) for s in subsets]
+            paths = [inside(self.root, entry.path.format(subset=s), what) for s in subsets]
             present = [(s, p) for s, p in zip(subsets, paths, strict=True) if p.exists()]
             if not present:
                 return None
             where = str(self.root / entry.path) + f" ({len(present)}/{len(subsets)} subsets)"
         else:
-            p = self.root / entry.path
+            p = inside(self.root, entry.path, what)
             if not p.exists():
                 return None
             present, where = [(None, p)], str(p)
-        extra = [self.root / entry.labels_path] if entry.labels_path else []
+        labels_file = inside(self.root, entry.labels_path, what) if entry.labels_path else None
+        extra = [labels_file] if labels_file else []
 
         def load() -> list[Row]:
             rows: list[Row] = []
@@ -57,11 +59,11 @@ class DataDirSource:
                 if subset is not None and cfg.subset_field:
                     part = [{**r, cfg.subset_field: subset} for r in part]
                 rows.extend(part)
-            if entry.labels_path:
-                labels = [x.strip() for x in (self.root / entry.labels_path).read_text().splitlines() if x.strip()]
+            if labels_file:
+                labels = [x.strip() for x in labels_file.read_text().splitlines() if x.strip()]
                 if len(labels) != len(rows):
                     raise CfbenchError(
-                        f"{self.root / entry.labels_path} has {len(labels)} labels for {len(rows)} rows; "
+                        f"{labels_file} has {len(labels)} labels for {len(rows)} rows; "
                         "use the matching labels file"
                     )
                 rows = [{**r, "label": lab} for r, lab in zip(rows, labels, strict=True)]
@@ -74,7 +76,7 @@ class DataDirSource:
         return Located(self.name, where, f"data-dir:{fp}", load)
 
     def _locate_named(self, cfg: TaskConfig, split: str) -> Located | None:
-        base = self.root / cfg.task
+        base = inside(self.root, cfg.task, f"task {cfg.task}")
         if (base / "dataset_dict.json").exists():
             splits = json.loads((base / "dataset_dict.json").read_text()).get("splits", [])
             if split in splits:

@@ -315,8 +315,11 @@ def _scores(res: _LmevalResults, cache_keys: dict[str, str], item_tasks: set[str
             if not sep or filt != "none" or metric.endswith("_stderr") or metric not in _KEPT_METRICS:
                 continue
             v = _float_or_none(value)
-            if v is None:
-                continue
+            if v is None:  # a NaN or non-number score: dropping the task silently would hide it
+                raise CfbenchError(
+                    f"{res.file}: task {lm_name}'s {metric} is {value!r}, not a number (lm-eval could not score "
+                    "it): re-run that task, or remove it from the file; nothing was imported"
+                )
             scores.append(TaskScore(
                 task=task, metric=renames.get(metric, metric), value=v,
                 n_items=None if n is None else int(n), stderr=_float_or_none(entry.get(f"{metric}_stderr,none")),

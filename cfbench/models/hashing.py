@@ -2,7 +2,7 @@
 
 A result is only reusable if it was computed with the same weights and tokenizer, so every
 resolved checkpoint carries a sha256 over those files. Hashing a multi-GB folder on every run would
-be slow, so per-file digests are cached in a JSON file keyed by absolute path, size and mtime: a
+be slow, so per-file digests are cached in a JSON file keyed by absolute path, size, mtime, ctime and inode: a
 re-resolve only stats the files.
 """
 
@@ -31,7 +31,7 @@ _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash"
 
 
 class HashCache:
-    """sha256 per file, remembered by (size, mtime) in one JSON file; safe to lose or share."""
+    """sha256 per file, remembered by (size, mtime, ctime, inode) in one JSON file; safe to lose or share."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -47,19 +47,26 @@ class HashCache:
         return self._entries
 
     def file_sha256(self, path: Path) -> str:
-        """Digest of ``path``, recomputed only when its size or mtime changed."""
+        """Digest of ``path``, recomputed when its size, mtime, ctime or inode changed.
+
+        Size and mtime alone were fooled by weights swapped in place at the same size with the mtime
+        restored (``touch -r``): the old checkpoint's hash, its cached items and its "finite weights"
+        verdict were reused for the new weights. ctime cannot be set back by a user, and a file
+        replaced by another (``cp``/``mv`` over it) has a new inode.
+        """
         real = path.resolve()
         st = real.stat()
         key = str(real)
         entry = self._load().get(key)
-        if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        fresh = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+        if entry and all(entry.get(k) == v for k, v in fresh.items()):
             return str(entry["sha256"])
         digest = hashlib.sha256()
         with open(real, "rb") as fh:
             while chunk := fh.read(_CHUNK):
                 digest.update(chunk)
         hexd = digest.hexdigest()
-        self._load()[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": hexd}
+        self._load()[key] = {**fresh, "sha256": hexd}
         self._dirty = True
         return hexd
 
@@ -204,8 +211,11 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cfbench"
 
 
-def require_finite_weights(folder: Path, content_hash: str, name: str, cache_dir: Path | None = None) -> None:
-    """Refuse to score a checkpoint whose weights hold NaN / inf (a diverged fine-tune).
+def require_finite_weights(
+    folder: Path, content_hash: str, name: str, cache_dir: Path | None = None,
+    consequence: str = "its scores would be meaningless",
+) -> None:  # fmt: skip
+    """Refuse to score (or merge: ``consequence``) a checkpoint whose weights hold NaN / inf (a diverged fine-tune).
 
     Scanning the weights costs about a second per GB, so the verdict is remembered per content
     hash in ``<cache>/weights_checked.json``: a rerun only looks it up.
@@ -232,6 +242,6 @@ def require_finite_weights(folder: Path, content_hash: str, name: str, cache_dir
         os.replace(tmp, path)
     if bad:
         raise CfbenchError(
-            f"checkpoint {name} has non-finite or exploded weights (tensor {bad}), so its scores would be "
-            "meaningless: re-train it with a lower --lr, or evaluate an earlier checkpoint"
+            f"checkpoint {name} has non-finite or exploded weights (tensor {bad}), so {consequence}: "
+            "re-train it with a lower --lr, or use an earlier checkpoint"
         )

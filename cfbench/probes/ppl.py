@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from cfbench.backends import RollingRequest, backend_class, make_backend
+from cfbench.backends import RollingRequest, backend_class, check_backend_options, make_backend
 from cfbench.data.text import TextSource, doc_hash, load_text_source
 from cfbench.engine import backend_key, digest, progress_mode
 from cfbench.errors import CfbenchError
 from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
 from cfbench.models.hashing import require_finite_weights
 from cfbench.progress import Progress
+from cfbench.requests import impossible_logprob
 from cfbench.store import ResultStore
 
 TABLE = "ppl_docs"
@@ -115,6 +116,7 @@ def _validate_inputs(
     """
     if limit is not None and limit <= 0:
         raise CfbenchError(f"--limit must be a positive number of documents, got {limit}")
+    check_backend_options(backend, dict(backend_options or {}))
     source = load_text_source(data)
     docs = source.docs[:limit]
     ckpt = resolve_checkpoint(checkpoint.removeprefix("ckpt:"), base=base)
@@ -168,9 +170,10 @@ def _score_missing(
                 ids = todo[lo : lo + BATCH_DOCS]
                 got = model.loglikelihood_rolling([RollingRequest(docs[i]) for i in ids], bar.advance)
                 for i, res in zip(ids, got, strict=True):
-                    if not math.isfinite(res.logprob):
+                    why = impossible_logprob(res.logprob, res.n_tokens)
+                    if why is not None:
                         raise CfbenchError(
-                            f"{ckpt.name} gave log p = {res.logprob} on document {i} of {inp.source.name}: "
+                            f"{ckpt.name} gave log p = {res.logprob} on document {i} of {inp.source.name} ({why}): "
                             "the model's numbers are broken (check its weights and dtype; try dtype=float32)"
                         )
                     done[i] = (float(res.logprob), int(res.n_tokens))

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from cfbench.csvsafe import frame_to_csv
 from cfbench.errors import CfbenchError
 from cfbench.report.html import leaderboard_page, run_meta_from_frame
 from cfbench.report.leaderboard import (
@@ -115,7 +116,7 @@ def render_board(board: Board, fmt: str, *, title: str, store: ResultStore | Non
     if fmt == "markdown":
         return to_markdown(board.frame)
     if fmt == "csv":
-        return board.frame.to_csv(index=False)
+        return frame_to_csv(board.frame)
     if fmt == "html":
         runs = run_meta_from_frame(store, board.frame) if store is not None else None
         return leaderboard_page(board.frame, title=title, categories=board.categories, runs=runs)

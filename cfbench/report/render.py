@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from cfbench.csvsafe import frame_to_csv
 from cfbench.report.table import Comparison, ComparisonReport, TaskRow
 from cfbench.signals import Signal
 from cfbench.stats import AggregateDelta, Coverage
@@ -887,7 +888,7 @@ def to_json(report: ComparisonReport, path: str | Path | None = None, *, indent:
 
 def to_csv(report: ComparisonReport, path: str | Path | None = None) -> str:
     """Tidy long table (one row per score or Δ), fractions in [0, 1] at full precision."""
-    text = report_to_frame(report).to_csv(index=False)
+    text = frame_to_csv(report_to_frame(report))
     if path is not None:
         Path(path).write_text(text, encoding="utf-8")
     return text

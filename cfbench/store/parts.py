@@ -25,6 +25,8 @@ class BadPart:
 
 def part_problem(path: Path, schema: pa.Schema) -> str | None:
     """Why ``path`` is not a readable part of a table with ``schema``; None when it is."""
+    if path.is_symlink() and not path.exists():
+        return f"a symlink to {os.readlink(path)}, which does not exist"
     try:
         st = path.stat()
     except OSError as exc:

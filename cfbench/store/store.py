@@ -214,7 +214,9 @@ class ResultStore:
         """
         schema = TABLES[name][0]
         for part in parts:
-            problem = part_problem(part, schema) if part.exists() else None
+            # a part that is gone may be one a concurrent compact() just merged (the caller lists again);
+            # a symlink whose target is gone is damage, named like any other bad part
+            problem = part_problem(part, schema) if part.exists() or part.is_symlink() else None
             if problem:
                 raise CfbenchError(f"results store part {part} is bad ({problem}): {repair_hint(self.root)}")
 
@@ -385,6 +387,7 @@ class ResultStore:
             parts = self._parts(name)
             if len(parts) < 2:
                 continue
+            self._verify_parts(name, parts)
             table = ds.dataset([str(p) for p in parts], schema=schema, format="parquet").to_table()
             self._write_part(name, _dedupe(table, keys))
             for p in parts:

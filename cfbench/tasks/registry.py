@@ -161,8 +161,10 @@ def _suite_fewshot(path: Path, raw: Any) -> dict[str, int]:
 
 def resolve_task_names(suite: str | None, tasks: str | list[str] | None, root: Path | None = None) -> list[str]:
     """``--tasks a,b`` wins over ``--suite``; every name is validated."""
-    if tasks:
-        names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if tasks is not None:
+        names = [p.strip() for t in ([tasks] if isinstance(tasks, str) else tasks) for p in t.split(",") if p.strip()]
+        if not names:
+            raise CfbenchError(f"--tasks {tasks!r} names no task: pass e.g. --tasks copa,boolq, or leave it out")
         for n in names:
             get_task_config(n, root)
         return names

@@ -30,7 +30,7 @@ import numpy as np
 from cfbench.data import DataSource, Located, default_sources, locate, missing_data_message
 from cfbench.data.adapters import get_processor
 from cfbench.errors import CfbenchError
-from cfbench.requests import LoglikRequest, LoglikResult
+from cfbench.requests import LoglikRequest, LoglikResult, impossible_logprob
 from cfbench.tasks.config import TaskConfig
 from cfbench.tasks.opencompass import OCPPLRequests, oc_argmin, oc_ppl
 from cfbench.tasks.templates import evaluate, render_text
@@ -179,6 +179,8 @@ class Task:
                 "render it with oc_requests=load_oc_requests(model_path) (cfbench eval does this)"
             )
         k = self.cfg.num_fewshot if num_fewshot is None else num_fewshot
+        if k < 0:  # pool[:k] would take all but |k| examples
+            raise CfbenchError(f"{self.name}: --num-fewshot must be 0 or more in-context examples, got {k}")
         if k and not self.cfg.fewshot_split:
             raise CfbenchError(f"{self.name} has no fewshot_split; use --num-fewshot 0")
         selected = self.selected_docs(limit)
@@ -277,19 +279,26 @@ class Task:
 
     # ---- scoring ----
 
+    def _refuse_impossible(self, inst: Instance, results: list[LoglikResult]) -> None:
+        """A NaN / inf or positive log-prob is an error naming where it happened: argmax over it would be a
+        silent wrong answer (:func:`cfbench.requests.impossible_logprob`)."""
+        for k, r in enumerate(results):
+            why = impossible_logprob(r.logprob, r.n_tokens)
+            if why is None:
+                continue
+            where = f"task {self.name} doc {inst.doc_id}: the backend returned log-prob {r.logprob} for request {k}"
+            if why == "not finite":
+                raise CfbenchError(f"{where}: the checkpoint's weights or the dtype are broken; evaluate in "
+                                   "dtype=float32 or check the checkpoint")  # fmt: skip
+            raise CfbenchError(f"{where} over {r.n_tokens} token(s), {why}: the backend (or the server behind it) "
+                               "does not return log-probabilities; fix or replace it")  # fmt: skip
+
     def score(self, inst: Instance, results: list[LoglikResult]) -> ItemScore:
         """Per-item metrics from the backend's results for ``inst.requests`` (same order)."""
         if len(results) != len(inst.requests):
             raise ValueError(f"{self.name} doc {inst.doc_id}: {len(results)} results for {len(inst.requests)} requests")
         lls = np.array([r.logprob for r in results], dtype=np.float64)
-        if not np.isfinite(lls).all():
-            # A NaN / inf log-prob means broken weights or numerics; argmax over it would be a silent
-            # wrong answer, so it is an error naming where it happened.
-            k = int(np.flatnonzero(~np.isfinite(lls))[0])
-            raise CfbenchError(
-                f"task {self.name} doc {inst.doc_id}: the backend returned log-prob {lls[k]} for request {k}: the "
-                "checkpoint's weights or the dtype are broken; evaluate in dtype=float32 or check the checkpoint"
-            )
+        self._refuse_impossible(inst, results)
         ntok = [r.n_tokens for r in results]
         metrics: dict[str, float] = {}
         n = inst.n_mc1

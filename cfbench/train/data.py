@@ -226,7 +226,19 @@ def load_data(spec: str | Path) -> LoadedData:
         raise CfbenchError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     if not examples:
         raise CfbenchError(f"{path}: no examples found; {_EXPECTED}")
+    _refuse_empty_responses(path, examples)
     return LoadedData(str(path), fmt, examples, digest)
+
+
+def _refuse_empty_responses(path: Path, examples: Sequence[Example]) -> None:
+    """Refuse chat data whose every response is empty: it would train on end-of-turn tokens alone
+    (the loss falls, "Learned" is reported, and the model learned only to stop)."""
+    chats = [ex for ex in examples if ex.messages]
+    if chats and all(not text.strip() for ex in chats for role, text in ex.messages if role == "assistant"):
+        raise CfbenchError(
+            f"{path}: every response (Alpaca 'output', assistant turn) is empty, so there is nothing to learn but "
+            "the end-of-turn token: fill in the responses, or pass the right file"
+        )
 
 
 def rehearsal_count(n_task: int, ratio: float) -> int:

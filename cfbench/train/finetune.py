@@ -65,7 +65,7 @@ from cfbench.train.data import (
     mix_rehearsal,
 )
 from cfbench.train.distributed import DistContext
-from cfbench.train.indomain import HeldoutSplit, split_data
+from cfbench.train.indomain import HeldoutSplit, split_data, without_heldout
 from cfbench.train.lora import apply_lora, base_reference, check_save_mode, lora_settings, merge_for_save, save_adapter
 from cfbench.train.trainer import (
     EXPLODED_FACTOR,
@@ -146,14 +146,17 @@ def _validate(
     )
     checks = [
         (optimizer in OPTIMIZERS, f"--optimizer {optimizer!r} is unknown: choose one of {', '.join(OPTIMIZERS)}"),
-        (optimizer == "adamw" or rho > 0, f"--rho must be > 0 for {optimizer} (the paper uses 2.0), got {rho}"),
+        (optimizer == "adamw" or (math.isfinite(rho) and rho > 0),
+         f"--rho must be > 0 and finite for {optimizer} (the paper uses 2.0), got {rho}"),
         (epochs >= 1, f"--epochs must be >= 1, got {epochs}"),
-        (lr > 0, f"--lr must be > 0 (the paper uses 5e-6), got {lr}"),
+        (math.isfinite(lr) and lr > 0, f"--lr must be > 0 and finite (the paper uses 5e-6), got {lr}"),
         (batch_size >= 1, f"--batch-size must be >= 1 (the paper uses 128), got {batch_size}"),
         (micro_batch >= 1, f"--micro-batch must be >= 1, got {micro_batch}"),
         (max_length >= 2, f"--max-length must be >= 2 tokens, got {max_length}"),
-        (warmup >= 0, f"--warmup must be >= 0 (a fraction of the steps if < 1, else a step count), got {warmup}"),
-        (weight_decay >= 0, f"--weight-decay must be >= 0, got {weight_decay}"),
+        (math.isfinite(warmup) and warmup >= 0,
+         f"--warmup must be >= 0 and finite (a fraction of the steps if < 1, else a step count), got {warmup}"),
+        (math.isfinite(weight_decay) and weight_decay >= 0,
+         f"--weight-decay must be >= 0 and finite, got {weight_decay}"),
         (0 <= rehearsal_ratio < 1, f"--rehearsal-ratio must be in [0, 1), got {rehearsal_ratio}"),
         (max_steps is None or max_steps >= 1, f"--max-steps must be >= 1, got {max_steps}"),
         (lr_schedule in SCHEDULES, f"--lr-schedule {lr_schedule!r} is unknown: choose one of {', '.join(SCHEDULES)}"),
@@ -298,6 +301,7 @@ class Inputs:
     lora: dict[str, Any] | None
     hyper: dict[str, Any]
     fingerprint: str
+    reh_heldout_removed: int = 0  # rehearsal examples dropped because they are held-out documents
 
 
 @dataclass
@@ -415,12 +419,15 @@ def load_inputs(req: FinetuneRequest) -> Inputs:
     task_data = load_data(req.data)
     task_examples, split = split_data(task_data, req.heldout, req.seed)
     reh_data = load_data(req.rehearsal) if req.rehearsal is not None else None
+    reh_data, reh_removed = without_heldout(reh_data, split) if reh_data is not None else (None, 0)
     lora = lora_settings(req.lora_r, req.lora_alpha, req.lora_targets)
     if lora is not None and req.save == "adapter":  # another output, so another fingerprint
         lora["merged_on_save"] = False
     hyper = _hyperparameters(req, reh_data, lora, split)
+    if reh_removed:  # only then, so unaffected runs keep their fingerprint; a leaky earlier run is not reused
+        hyper["rehearsal_heldout_removed"] = reh_removed
     fingerprint = _fingerprint(hyper, resolved.content_hash, task_data, reh_data)
-    return Inputs(resolved, task_data, task_examples, split, reh_data, lora, hyper, fingerprint)
+    return Inputs(resolved, task_data, task_examples, split, reh_data, lora, hyper, fingerprint, reh_removed)
 
 
 def _encode_all(tokenizer: Any, examples: Sequence[Example], max_length: int) -> tuple[list[Encoded], int]:
@@ -534,7 +541,11 @@ def _base_entry(spec: str | Path, resolved: ResolvedCheckpoint) -> dict[str, Any
     }
 
 
-def _rehearsal_entry(reh_data: LoadedData | None, n_reh: int, ratio: float) -> dict[str, Any] | None:
+def _rehearsal_entry(
+    reh_data: LoadedData | None, n_reh: int, ratio: float, n_heldout: int = 0
+) -> dict[str, Any] | None:
+    """The manifest's ``rehearsal``: ``n_examples`` counts what was left after removing the
+    ``n_heldout_removed`` examples that are held-out documents of the task data."""
     if reh_data is None:
         return None
     return {
@@ -544,6 +555,7 @@ def _rehearsal_entry(reh_data: LoadedData | None, n_reh: int, ratio: float) -> d
         "n_examples": len(reh_data.examples),
         "n_mixed_in": n_reh,
         "ratio": ratio,
+        "n_heldout_removed": n_heldout,
     }
 
 
@@ -592,7 +604,9 @@ def start_manifest(
             "n_examples": len(task_data.examples),
         },
         "heldout": None if inputs.split is None else inputs.split.manifest(),
-        "rehearsal": _rehearsal_entry(inputs.reh_data, train_set.n_reh, req.rehearsal_ratio),
+        "rehearsal": _rehearsal_entry(
+            inputs.reh_data, train_set.n_reh, req.rehearsal_ratio, inputs.reh_heldout_removed
+        ),
         "train_set": _train_set_entry(train_set),
         "steps_per_epoch": plan.steps_per_epoch,
         "planned_steps": plan.planned,

@@ -27,6 +27,7 @@ Measured per held-out document, with the checkpoint's own tokenizer:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -125,6 +126,26 @@ def split_data(data: LoadedData, heldout: int | None, seed: int) -> tuple[list[E
         data.source, data.sha256, seed, tuple(first[h] for h in ranked), tuple(ranked), len(data.examples) - len(train)
     )
     return train, split
+
+
+def without_heldout(data: LoadedData, split: HeldoutSplit | None) -> tuple[LoadedData, int]:
+    """``data`` (the rehearsal set) without any example whose content is held out, and how many left.
+
+    ``--rehearsal X --data X --heldout 8`` mixed 7 of the 8 held-out documents back into training,
+    then measured "Learned" on them. Held-out documents are matched by content hash, as the task
+    data's duplicates are, so a copy in another file (or format) is caught too.
+    """
+    if split is None:
+        return data, 0
+    held = set(split.hashes)
+    kept = [ex for ex in data.examples if example_hash(ex) not in held]
+    if not kept and data.examples:
+        raise CfbenchError(
+            f"every example of the rehearsal data {data.source} is one of the held-out documents of the task "
+            "data: pass other rehearsal data, or --heldout 0"
+        )
+    removed = len(data.examples) - len(kept)
+    return (dataclasses.replace(data, examples=kept) if removed else data), removed
 
 
 def split_from_manifest(manifest: dict[str, Any]) -> HeldoutSplit | None:

@@ -25,7 +25,7 @@ import torch
 from cfbench.errors import CfbenchError
 from cfbench.models.adapter import ADAPTER_CONFIG, ADAPTER_MARKER
 from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
-from cfbench.models.hashing import tokenizer_hash
+from cfbench.models.hashing import require_finite_weights, tokenizer_hash
 from cfbench.train._io import MANIFEST, atomic_dir, check_output_dir, environment, write_json
 from cfbench.train.lora import merged_adapter_state_dict
 
@@ -161,6 +161,9 @@ def _check_mergeable(base_ck: ResolvedCheckpoint, tuned_ck: ResolvedCheckpoint) 
             _weight_files(ck.path)  # clear error before loading anything
         if not (ck.path / "config.json").is_file():
             raise CfbenchError(f"{name} {ck.path} has no config.json: pass an HF checkpoint folder")
+        # a NaN in either input is a NaN in every merge (NaN·α stays NaN, even at α = 0)
+        require_finite_weights(ck.path, ck.content_hash, f"{name} {ck.name}",
+                               consequence="a merge with it would be non-finite too")  # fmt: skip
     base_cfg = json.loads((base_ck.path / "config.json").read_text())
     tuned_cfg = json.loads((tuned_ck.path / "config.json").read_text())
     for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers"):
