@@ -32,6 +32,7 @@ from cfbench.backends.hf import HFBackend
 from cfbench.data import default_sources
 from cfbench.data.adapters import PROCESSORS
 from cfbench.engine import score_requests
+from cfbench.errors import CfbenchError
 from cfbench.models import resolve_checkpoint
 from cfbench.tasks.opencompass import OCPPLRequests, load_oc_requests, oc_ppl
 from cfbench.tasks.registry import get_task, get_task_config
@@ -46,7 +47,12 @@ OC_PACKAGES = (
     "rouge-chinese==1.0.3", "rank-bm25==0.2.2",
 )  # fmt: skip
 MMLU_SUBJECTS = ("abstract_algebra", "high_school_geography")
-N = {"arc_challenge": 4, "hellaswag": 3, "boolq": 3, "copa": 4, "mmlu": 2}
+#: Items per oc_* task (MMLU: per subject). Every oc_* YAML in task_configs/ is here (test_every_oc_task_is_proven).
+N = {"arc_challenge": 4, "hellaswag": 3, "boolq": 3, "copa": 4, "mmlu": 2, "rte": 3, "siqa": 3, "ax_b": 3, "ax_g": 3,
+     "openbookqa_fact": 3, "race_middle": 2, "race_high": 2, "csl_dev": 3}  # fmt: skip
+#: Upstream-schema rows for the data not obtainable offline, already in OpenCompass's ``data/`` layout.
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+TASK_CONFIGS = Path(__file__).parents[1] / "task_configs"
 
 
 def _cache_root() -> Path:
@@ -81,6 +87,7 @@ def write_opencompass_data(root: Path) -> None:
     arc = get_task("arc_challenge").docs()
     odd = next(i for i, d in enumerate(arc) if len(d["choices"]["text"]) != 4)  # OpenCompass must skip it
     rows = [*arc[: N["arc_challenge"] - 1], arc[odd], arc[N["arc_challenge"] - 1]]
+
     def ai2(d: dict[str, Any]) -> dict[str, Any]:
         pairs = zip(d["choices"]["text"], d["choices"]["label"], strict=True)
         choices = [{"text": t, "label": lab} for t, lab in pairs]
@@ -108,6 +115,30 @@ def write_opencompass_data(root: Path) -> None:
                 w = csv.writer(f)
                 for d in [d for d in docs if d["subject"] == subject][:n]:
                     w.writerow([d["question"], *d["choices"], "ABCD"[d["answer"]]])
+    _write_more_opencompass_data(root)
+
+
+def _write_more_opencompass_data(root: Path) -> None:
+    """RTE and SIQA from the offline copies; AX-b, AX-g, OpenBookQA-fact, RACE and CSL from the fixtures."""
+    rte = get_task("rte").docs()[: N["rte"]]
+    _jsonl(root / "SuperGLUE/RTE/val.jsonl", [
+        {"premise": d["premise"], "hypothesis": d["hypothesis"], "idx": d["idx"],
+         "label": ("entailment", "not_entailment")[d["label"]]} for d in rte
+    ])  # fmt: skip
+    siqa = get_task("siqa").docs()[: N["siqa"]]
+    fields = ("context", "question", "answerA", "answerB", "answerC")
+    for name in ("dev", "train"):  # siqaDataset reads both splits; the config scores "validation" (dev)
+        _jsonl(root / f"siqa/{name}.jsonl", [{k: d[k] for k in fields} for d in siqa])
+        (root / f"siqa/{name}-labels.lst").write_text("".join(f"{d['label']}\n" for d in siqa))
+    for rel, n in (("SuperGLUE/AX-b/AX-b.jsonl", N["ax_b"]), ("SuperGLUE/AX-g/AX-g.jsonl", N["ax_g"]),
+                   ("openbookqa/Additional/test_complete.jsonl", N["openbookqa_fact"]),
+                   ("race/test/middle.jsonl", N["race_middle"]), ("race/test/high.jsonl", N["race_high"]),
+                   ("race/validation/middle.jsonl", 1), ("race/validation/high.jsonl", 1),  # RaceDataset reads both
+                   ("FewCLUE/csl/dev_few_all.json", N["csl_dev"])):  # fmt: skip
+        lines = (FIXTURES / rel).read_text(encoding="utf-8").splitlines(keepends=True)
+        assert len(lines) >= n, rel
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("".join(lines[:n]), encoding="utf-8")
 
 
 def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -115,9 +146,11 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def cfbench_side(data: Path, backend: HFBackend, oc: OCPPLRequests) -> dict[str, list[dict[str, Any]]]:
+def cfbench_side(
+    data: Path, backend: HFBackend, oc: OCPPLRequests, names: list[str]
+) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
-    for name in N:
+    for name in names:
         cfg = get_task_config(f"oc_{name}")
         task = Task(cfg, default_sources(data))
         assert task.located().source == "data-dir", name
@@ -128,7 +161,7 @@ def cfbench_side(data: Path, backend: HFBackend, oc: OCPPLRequests) -> dict[str,
             texts = [inst.context + cfg.target_delimiter + c for c in inst.choices]
             assert [r.context + r.continuation for r in inst.requests] == texts
             items.append({"subset": inst.subset, "prompts": texts, "ppl": [oc_ppl(r.logprob, r.n_tokens) for r in res],
-                          "pred": score.pred})  # fmt: skip
+                          "pred": score.pred, "gold": inst.gold})  # fmt: skip
         out[name] = items
     return out
 
@@ -152,20 +185,28 @@ def run_opencompass(py: Path, data: Path, model: Path, out: Path, specs: list[st
 @pytest.mark.parametrize("bos", [False, True], ids=["smollm2-no-bos", "smollm2-with-bos"])
 def test_paper_suite_matches_opencompass(tmp_path: Path, bos: bool) -> None:
     """SmolLM2's tokenizer adds no BOS (OpenCompass leaves the first token unscored); the same weights
-    with a BOS-adding tokenizer take the Llama path (every token scored after BOS), on fewer tasks."""
+    with a BOS-adding tokenizer take the Llama path (every token scored after BOS), on fewer tasks.
+
+    CSL is proven on the BOS path only: SmolLM2's byte-level BPE splits its first character "摘" over
+    several ids, so the unscored first token is not a string and cfbench refuses the task without BOS
+    (one error line, before any scoring) rather than score something that is not OpenCompass's number.
+    """
     py = opencompass_venv()
     data = tmp_path / "data"
     write_opencompass_data(data)
     model = resolve_checkpoint("smollm2-135m").path
-    specs = [*(n for n in N if n != "mmlu"), "mmlu:" + ",".join(MMLU_SUBJECTS)]
+    specs = [*(n for n in N if n not in ("mmlu", "csl_dev")), "mmlu:" + ",".join(MMLU_SUBJECTS)]
     if bos:
         model = with_bos(model, tmp_path / "smollm2-bos")
-        specs = ["arc_challenge", "copa", "mmlu:" + MMLU_SUBJECTS[0]]
+        specs = ["arc_challenge", "copa", "csl_dev", "mmlu:" + MMLU_SUBJECTS[0]]
     theirs = run_opencompass(py, data, model, tmp_path / "oc.json", specs)
 
     oc = load_oc_requests(model)
     assert oc.adds_bos is bos
-    ours = cfbench_side(data, HFBackend(model, dtype="float32"), oc)
+    if not bos:
+        with pytest.raises(CfbenchError, match=r"first token of '摘要：.*cannot be cut off as text"):
+            list(Task(get_task_config("oc_csl_dev"), default_sources(data)).instances(oc_requests=oc))
+    ours = cfbench_side(data, HFBackend(model, dtype="float32"), oc, list(theirs))
     worst = 0.0
     for name, want in theirs.items():
         got = [g for g in ours[name] if g["subset"] in (None, *(w["subset"] for w in want))]
@@ -176,5 +217,14 @@ def test_paper_suite_matches_opencompass(tmp_path: Path, bos: bool) -> None:
             worst = max(worst, delta)
             assert delta <= TOL, f"{name} item {i}: |Δ ppl| {delta:.2e}"
             assert w["labels"][g["pred"]] == w["prediction"], f"{name} item {i}: predictions differ"
+            assert w["labels"][g["gold"]] == w["gold"], f"{name} item {i}: gold labels differ"
     n_items = sum(len(v) for v in theirs.values())
     print(f"[opencompass parity] {n_items} items, max |Δ ppl| {worst:.2e}", file=sys.stderr)
+
+
+def test_every_oc_task_is_proven() -> None:
+    """A new oc_* YAML must join the parity proof above (N, and the worker's TASKS), not only be read."""
+    oc_yamls = sorted(p.stem.removeprefix("oc_") for p in TASK_CONFIGS.glob("oc_*.yaml"))
+    assert oc_yamls == sorted(N)
+    worker = WORKER.read_text()
+    assert all(f'"{name}": (' in worker for name in N)
