@@ -91,7 +91,8 @@ def gate(report: ComparisonReport, budgets: Sequence[Budget], significance: floa
     Significance: the report's own star for that row (:meth:`ComparisonReport.aggregate_significant`:
     the test of that quantity, Holm-adjusted, at the report's alpha), so the gate and the table never
     disagree; a category of one task is judged by that task's test. When the baseline has no
-    item-level scores (imported summary) no test exists and the budget alone decides.
+    item-level scores (imported summary), or with ``--n-boot 0`` (no CIs, no stars), no test is used
+    and the budget alone decides; the reason says which.
     """
     cmp = report.base_comparisons[0]
     lines = []
@@ -112,7 +113,8 @@ def gate(report: ComparisonReport, budgets: Sequence[Budget], significance: floa
             continue
         d = 100 * agg.delta
         ci = (100 * agg.ci[0], 100 * agg.ci[1]) if agg.ci else None
-        tested = agg.p is not None
+        # --n-boot 0 means "no CIs, no stars": the gate then has no test and the budget alone decides.
+        tested = agg.p is not None and report.settings.n_boot > 0
         significant = report.aggregate_significant(agg) if tested else True
         over = -d > b.points
         failed = over and significant
