@@ -94,7 +94,7 @@ def test_sweep_command_formats_and_plots(tmp_path: Path) -> None:
     base = make_tiny_llama(tmp_path / "base")
     _adapter(base, tmp_path / "run" / "step-1", 0.3)
     args = ["sweep", str(base), str(tmp_path / "run"), "--suite", "offline", "--limit", "2",
-            "--results", str(tmp_path / "r"), "--n-boot", "20"]  # fmt: skip
+            "--results", str(tmp_path / "r"), "--n-boot", "50"]  # fmt: skip
     runner = CliRunner()
     table = runner.invoke(app, [*args, "--plot", str(tmp_path / "plots")])
     assert table.exit_code == 0, table.output
