@@ -511,3 +511,20 @@ def test_sam_steps_on_the_builtin_135m_model(tmp_path, monkeypatch):
     before, after = load_safetensors_folder(base.path), load_safetensors_folder(out)
     changed = max(float((before[k] - after[k]).abs().max()) for k in before)
     assert 0 < changed < 1e-3  # three steps at lr 5e-6 (Adam steps are ~lr per element)
+
+
+def test_finetune_request_defaults_are_finetunes_own() -> None:
+    """``finetune()`` spells out its keyword defaults for users; ``FinetuneRequest`` repeats them for the
+    stages (and tests build it directly). The two lists must never drift apart."""
+    import dataclasses
+    import inspect
+
+    from cfbench.train.finetune import FinetuneRequest
+
+    params = inspect.signature(finetune).parameters
+    fields = {f.name: f for f in dataclasses.fields(FinetuneRequest)}
+    assert list(params) == list(fields)
+    for name, p in params.items():
+        field = fields[name]
+        default = field.default if field.default is not dataclasses.MISSING else inspect.Parameter.empty
+        assert p.default == default, name
