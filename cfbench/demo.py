@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from cfbench.errors import CfbenchError
-from cfbench.report.render import to_json, to_markdown
 from cfbench.signals import Signal
 
 BASE = "smollm2-135m"
@@ -229,6 +228,7 @@ def write_outputs(result: DemoResult, out: Path, series: Mapping[str, str], base
     """report.md / report.json / demo.png always; frontier.png when every tuned run has a learned signal."""
     from cfbench.report import plot_report
     from cfbench.report.frontier import plot_frontier
+    from cfbench.report.render import to_json, to_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(to_markdown(result.report), encoding="utf-8")

@@ -116,6 +116,14 @@ def test_import_cfbench_stays_light() -> None:
     assert out.strip() == "[]"
 
 
+def test_the_command_line_starts_without_the_numeric_stack() -> None:
+    """`cfbench --help` stays fast: the CLI modules import the report, torch and pandas inside commands."""
+    mods = "('torch', 'pandas', 'scipy', 'transformers', 'matplotlib')"
+    code = f"import sys, cfbench.cli; print(sorted(m for m in {mods} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_every_package_says_what_it_owns() -> None:
     for init in sorted(PACKAGE.rglob("__init__.py")):
         module = importlib.import_module(".".join(init.parent.relative_to(PACKAGE.parent).parts))

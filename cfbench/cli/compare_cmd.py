@@ -33,9 +33,6 @@ from cfbench.cli.common import (
 )
 from cfbench.cli.output import Format, OutputFormat, emit, to_csv, to_json, write_atomic
 from cfbench.errors import CfbenchError
-from cfbench.report import render
-from cfbench.report.html import to_html
-from cfbench.report.render import print_report, to_markdown
 
 
 class ReportFormat(str, Enum):
@@ -226,6 +223,8 @@ def regress_cmd(
     target = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None)
     if target:
         with open(target, "a", encoding="utf-8") as f:
+            from cfbench.report.render import to_markdown
+
             f.write(md + "\n" + to_markdown(res.report) + "\n")
     if fmt is OutputFormat.json:
         emit(to_json(res.to_dict(), ensure_ascii=False))
@@ -307,6 +306,11 @@ def _show_diagnostics(res: Any, results: Path, plot: Path | None, err: Console, 
 
 def emit_report(report: Any, fmt: ReportFormat, out: Path | None) -> None:
     """Render in the chosen format; files are written atomically."""
+    # report pulls in pandas and scipy: imported here so `cfbench --help` stays fast
+    from cfbench.report import render
+    from cfbench.report.html import to_html
+    from cfbench.report.render import print_report, to_markdown
+
     if fmt is ReportFormat.table and out is None:
         print_report(report, Console(width=None if sys.stdout.isatty() else 160))
         return

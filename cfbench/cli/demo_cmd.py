@@ -17,8 +17,6 @@ from rich.console import Console
 from cfbench.cli.common import Results
 from cfbench.cli.output import Format, OutputFormat, emit
 from cfbench.demo import DemoConfig
-from cfbench.report import render
-from cfbench.report.render import print_report
 
 _D = DemoConfig()
 
@@ -74,12 +72,14 @@ def demo(
     )  # fmt: skip
     console = Console(stderr=True)
     result = run_demo(cfg, out, results, progress=console)
+    from cfbench.report import render  # pandas and scipy: not at `cfbench --help` start-up
+
     if fmt is OutputFormat.json:
         emit(render.to_json(result.report))
     elif fmt is OutputFormat.csv:
         emit(render.to_csv(result.report))
     else:
-        print_report(result.report, Console(width=None if sys.stdout.isatty() else 160))
+        render.print_report(result.report, Console(width=None if sys.stdout.isatty() else 160))
     for note in result.notes:
         console.print(f"note: {note}")
     s = result.seconds

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from cfbench.cli.common import Results
-from cfbench.report.render import print_report
 
 
 class OptimizerName(str, Enum):
@@ -303,6 +302,7 @@ def _compare_pairs(
     from rich.console import Console
 
     from cfbench.comparison import compare as run_compare
+    from cfbench.report.render import print_report
 
     tuned, labels, pairs = [], [base], []
     for s, result in zip(seed_list, done, strict=True):
