@@ -238,7 +238,8 @@ def write_outputs(result: DemoResult, out: Path, series: Mapping[str, str], base
     labels = list(result.checkpoints)
     points = frontier_points(labels, result.learned, result.forgot, series, panels=PANELS)
     if points:
-        result.files.append(plot_frontier(points, out / "frontier.png", base_label=base_label))
+        arrows = result.report.contrasts
+        result.files.append(plot_frontier(points, out / "frontier.png", base_label=base_label, arrows=arrows))
     else:
         result.notes.append(
             "frontier.png not written: no learned (in-domain) signal for every tuned checkpoint, so the "

@@ -68,7 +68,29 @@ def _eval_kwargs(
 CBase = Annotated[str, typer.Argument(help="Base checkpoint or stored run name/id.")]
 CTuned = Annotated[list[str], typer.Argument(help="One or more tuned checkpoints or stored runs.")]
 CLabels = Annotated[str | None, typer.Option("--labels", help="Comma-separated row labels, base first.")]
-CPair = Annotated[bool, typer.Option("--pair", help="Treat the two tuned runs as a w/o–w/ pair and add their Δ.")]
+CPair = Annotated[
+    bool,
+    typer.Option(
+        "--pair",
+        help="The last two tuned runs are a w/o–w/ pair: add their accuracy Δ and their contrast on every signal "
+        "(their seed groups' contrast when both are seeds of two methods).",
+    ),
+]
+CContrast = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--contrast",
+        help="B-A: B − A on every signal with a paired CI (repeatable); A and B are tuned run labels or --group names.",
+    ),
+]
+CGroup = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--group",
+        help="NAME=run1,run2,…: runs that are seeds of one method (repeatable): mean and seed SD of every signal; "
+        "contrasts of groups use a two-level (seeds, items) CI. Seeds from `pair --seeds` are recognised.",
+    ),
+]
 CFormat = Annotated[ReportFormat, typer.Option("--format", help="table, markdown, html, csv or json.")]
 COut = Annotated[Path | None, typer.Option("--out", help="Write the report here instead of stdout.")]
 CPlot = Annotated[Path | None, typer.Option("--plot", help="Also write a PNG of Δ with CI error bars.")]
@@ -110,6 +132,8 @@ def compare_cmd(
     results: Results = Path("results"),
     labels: CLabels = None,
     pair: CPair = False,
+    contrast: CContrast = None,
+    group: CGroup = None,
     fmt: CFormat = ReportFormat.table,
     out: COut = None,
     plot: CPlot = None,
@@ -127,16 +151,19 @@ def compare_cmd(
 ) -> None:
     """Paper-style forgetting table: DK, Understanding, Reasoning, Exams, AVG, Δ (+ CIs, McNemar, flips)."""
     from cfbench.comparison import PplDrift, compare
+    from cfbench.comparison.contrasts import parse_groups
 
     for path, flag in ((out, "--out"), (plot, "--plot"), (diagnostics_plot, "--diagnostics-plot")):
         check_out_path(path, flag)
     label_list = [x.strip() for x in labels.split(",")] if labels is not None else None
-    if pair and len(tuned) != 2:
-        raise CfbenchError(f"--pair needs exactly two tuned runs (w/o, then w/), got {len(tuned)}")
+    if pair and len(tuned) < 2:
+        raise CfbenchError(f"--pair needs at least two tuned runs (w/o, then w/), got {len(tuned)}")
     names = label_list[1:] if label_list else tuned
+    groups = parse_groups(group or [])
     res = compare(
         base, tuned, suite=suite, results=results, labels=label_list, n_boot=n_boot, seed=seed,
-        pairs=[(names[0], names[1])] if pair else None,
+        pairs=[(names[-2], names[-1])] if pair else None, groups=groups, pair_contrast=pair,
+        contrasts=list(contrast or []),
         eval_kwargs=_eval_kwargs(limit, task_limit, backend, model_args, dtype, num_fewshot, arch, data_dir),
         noise_floor=noise_floor, runner=make_pool(workers, devices, runner, ray_address),
         ppl=None if ppl is None else PplDrift(ppl, ppl_limit, backend, parse_model_args(model_args, dtype)),
@@ -182,6 +209,27 @@ RMaxDrift = Annotated[
         "fails when the CI lies past it.",
     ),
 ]
+RPrevious = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--previous",
+        help="The last accepted candidate (stored run or checkpoint; repeat for its seeds): --max-worse gates "
+        "the contrast candidate − previous.",
+    ),
+]
+RCandidateSeed = Annotated[
+    list[str] | None,
+    typer.Option("--candidate-seed", help="More seeds of the candidate (repeatable): a two-level CI for --max-worse."),
+]
+RMaxWorse = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--max-worse",
+        help="[SCOPE:]SIGNAL=VALUE: how much worse than --previous the candidate may be, in the signal's unit "
+        "(accuracy in points, flips in items), e.g. kl=0.01 or DK:accuracy=1; fails when the contrast's CI lies "
+        "past it (repeatable).",
+    ),
+]
 RSignificance = Annotated[
     float, typer.Option("--significance", help="Fail only when the drop's CI excludes 0 at this level.")
 ]
@@ -196,6 +244,9 @@ def regress_cmd(
     candidate: RCandidate,
     max_drop: RMaxDrop = None,
     max_drift: RMaxDrift = None,
+    previous: RPrevious = None,
+    candidate_seed: RCandidateSeed = None,
+    max_worse: RMaxWorse = None,
     significance: RSignificance = 0.05,
     suite: Suite = "paper",
     limit: Limit = None,
@@ -216,7 +267,8 @@ def regress_cmd(
 
     res = regress(
         baseline, candidate, max_drop=max_drop or [], max_drift=max_drift or [], significance=significance,
-        suite=suite, results=results, n_boot=n_boot,
+        suite=suite, results=results, n_boot=n_boot, previous=previous or [], candidate_seeds=candidate_seed or [],
+        max_worse=max_worse or [],
         eval_kwargs=_eval_kwargs(limit, task_limit, backend, model_args, dtype, num_fewshot, arch, data_dir),
     )  # fmt: skip
     md = res.markdown()

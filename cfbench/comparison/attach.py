@@ -17,10 +17,10 @@ import pandas as pd
 from cfbench.comparison.runs import RunRef, check_floor
 from cfbench.data.text import load_text_source
 from cfbench.errors import CfbenchError
-from cfbench.metrics.drift import DriftSettings, drift_signals, load_choice_frames
+from cfbench.metrics.drift import DriftSettings, PairDrift, drift_signals, load_choice_frames
 from cfbench.metrics.indomain import TABLE as INDOMAIN_TABLE
 from cfbench.metrics.indomain import indomain_gain
-from cfbench.metrics.ppl_drift import ppl_drift_for_runs
+from cfbench.metrics.ppl_drift import DriftRow, ppl_drift_for_runs
 from cfbench.report.table import ComparisonReport
 from cfbench.store import ResultStore, RunRecord
 from cfbench.tasks.registry import Suite
@@ -40,8 +40,12 @@ def attach_drift(
     data_dir: Any,
     reference: dict[str, tuple[str, ...]],
     reasons: dict[str, str],
+    pairs_out: dict[str, PairDrift] | None = None,
 ) -> list[str]:
-    """Compute every registered item metric from the stored items and attach them as signals."""
+    """Compute every registered item metric from the stored items and attach them as signals.
+
+    ``pairs_out`` (if given) receives each tuned run's paired items and values (for contrasts).
+    """
     records = {r.label: r.record for r in refs}
     floor_label = None
     notes: list[str] = []
@@ -70,6 +74,8 @@ def attach_drift(
     for run, sigs in result.signals.items():
         if sigs:
             report.add_signals(run, sigs)
+    if pairs_out is not None:
+        pairs_out.update(result.pairs)
     return list(dict.fromkeys(notes + result.notes))
 
 
@@ -119,11 +125,15 @@ class PplDrift:
 
 def attach_ppl_drift(
     report: ComparisonReport, refs: Sequence[RunRef], spec: PplDrift, *, results: str | Path, n_boot: int, seed: int
-) -> None:
-    """One forgot-signal per tuned run: its held-out NLL against the base's (:mod:`cfbench.probes.ppl`)."""
+) -> list[DriftRow]:
+    """One forgot-signal per tuned run: its held-out NLL against the base's (:mod:`cfbench.probes.ppl`).
+
+    Returns the rows (both sides' per-document scores), which a contrast of two tuned runs pairs.
+    """
     rows = ppl_drift_for_runs(
         [(r.label, r.record) for r in refs], data=spec.data, limit=spec.limit, backend=spec.backend,
         backend_options=spec.backend_options, results=results, n_boot=n_boot, seed=seed, progress="auto",
     )  # fmt: skip
     for row in rows:
         report.add_signals(row.label, [row.signal])
+    return rows

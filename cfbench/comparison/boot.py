@@ -1,4 +1,4 @@
-"""How many bootstrap replicates a CI needs: checked before anything is scored.
+"""How many bootstrap replicates a CI needs, and what a gate budget may be: checked before anything is scored.
 
 A percentile CI at confidence ``c`` is read off the replicates at the ``(1 - c) / 2`` and
 ``(1 + c) / 2`` quantiles. With fewer than ``2 / (1 - c)`` replicates (40 at 95%) no replicate lies
@@ -34,3 +34,18 @@ def check_n_boot(n_boot: object, confidence: float = 0.95, flag: str = "--n-boot
             f"(pass 0 for no CIs and no CI-based stars, or e.g. {flag} 2000)"
         )
     return n_boot
+
+
+def budget_value(flag: str, spec: str, val: str, unit: str, example: str) -> float:
+    """A gate budget's number: finite and ≥ 0 (nan compares False with every value and inf allows
+    any, so either would pass every gate). ``unit``: "points" or "" (the metric's own unit)."""
+    of_unit = f" of {unit}" if unit else ""
+    try:
+        v = float(val)
+    except ValueError as exc:
+        raise CfbenchError(f"{flag} {spec!r}: {val!r} is not a number{of_unit}") from exc
+    if not math.isfinite(v):
+        raise CfbenchError(f"{flag} {spec!r}: the budget must be a finite number{of_unit}, e.g. {example}")
+    if v < 0:
+        raise CfbenchError(f"{flag} {spec!r}: the budget must be ≥ 0{' ' + unit if unit else ''}")
+    return v

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cfbench.comparison.boot import budget_value as _budget_value
 from cfbench.comparison.boot import check_n_boot
+from cfbench.comparison.contrast_gate import (
+    ContrastGateLine,
+    contrast_gate,
+    contrast_gate_markdown,
+    parse_contrast_budgets,
+)
 from cfbench.comparison.pipeline import compare
 from cfbench.errors import CfbenchError
 from cfbench.metrics import get_metric, registered_metrics
+from cfbench.report.contrast import ContrastResult, ItemValues, build_contrast
 from cfbench.report.table import ComparisonReport
 from cfbench.tasks.registry import Suite, load_suite
 
@@ -50,21 +58,6 @@ def mde_warning(budget: float, mde_points: float | None, n: int) -> str | None:
         f"budget {budget:.2f} is below the MDE {mde_points:.2f} points (80% power for n={n}): a drop of the "
         f"budget's size is mostly missed; about n={need} items would detect it"
     )
-
-
-def _budget_value(flag: str, spec: str, val: str, unit: str, example: str) -> float:
-    """A gate budget's number: finite and ≥ 0 (nan compares False with every value and inf allows
-    any, so either would pass every gate). ``unit``: "points" or "" (the metric's own unit)."""
-    of_unit = f" of {unit}" if unit else ""
-    try:
-        v = float(val)
-    except ValueError as exc:
-        raise CfbenchError(f"{flag} {spec!r}: {val!r} is not a number{of_unit}") from exc
-    if not math.isfinite(v):
-        raise CfbenchError(f"{flag} {spec!r}: the budget must be a finite number{of_unit}, e.g. {example}")
-    if v < 0:
-        raise CfbenchError(f"{flag} {spec!r}: the budget must be ≥ 0{' ' + unit if unit else ''}")
-    return v
 
 
 def parse_budgets(specs: Sequence[str], suite: Suite) -> list[Budget]:
@@ -263,13 +256,21 @@ class GateResult:
     lines: list[GateLine]
     drift_lines: list[DriftGateLine]
     report: ComparisonReport
+    #: ``--previous``/``--max-worse``: the contrast candidate − previous and its budgets' lines.
+    contrast: ContrastResult | None = None
+    contrast_lines: list[ContrastGateLine] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
-        return any(x.failed for x in [*self.lines, *self.drift_lines])
+        return any(x.failed for x in [*self.lines, *self.drift_lines, *self.contrast_lines])
 
     def markdown(self) -> str:
-        return gate_markdown(self.baseline, self.candidate, self.lines, self.significance, self.drift_lines)
+        text = gate_markdown(self.baseline, self.candidate, self.lines, self.significance, self.drift_lines)
+        if self.contrast is None:
+            return text
+        if self.failed and "PASS" in text.splitlines()[0]:
+            text = text.replace("PASS", "FAIL", 1)
+        return text + "\n" + contrast_gate_markdown(self.contrast, self.contrast_lines)
 
     def tidy_rows(self) -> list[dict[str, Any]]:
         """One row per budget: ``kind`` accuracy (Δ in points) or drift (the metric's own unit)."""
@@ -286,6 +287,14 @@ class GateResult:
                          "ci_low": lo, "ci_high": hi, "budget": d.budget.value, "unit": d.unit,
                          "significant": None, "failed": d.failed, "reason": d.reason,
                          "mde": None, "warning": None})  # fmt: skip
+        for c in self.contrast_lines:
+            x = c.line
+            lo, hi = x.ci if x is not None and x.ci is not None else (None, None)
+            rows.append({"kind": "contrast", "scope": c.budget.scope, "metric": c.budget.signal,
+                         "value": None if x is None else x.estimate, "ci_low": lo, "ci_high": hi,
+                         "budget": c.budget.value, "unit": None if x is None else x.unit,
+                         "significant": None if x is None else x.significant, "failed": c.failed,
+                         "reason": c.reason, "mde": None, "warning": None})  # fmt: skip
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -304,12 +313,25 @@ def regress(
     results: str | Path = "results",
     n_boot: int = 2000,
     eval_kwargs: dict[str, Any] | None = None,
+    previous: Sequence[str] = (),
+    candidate_seeds: Sequence[str] = (),
+    max_worse: Sequence[str] = (),
 ) -> GateResult:
     """The nightly gate: compare ``candidate`` with ``baseline`` and check every budget.
 
     ``max_drop``: ``CATEGORY=POINTS`` (:func:`parse_budgets`), ``max_drift``: ``[SCOPE:]METRIC=VALUE``
-    (:func:`parse_drift_budgets`); every argument is checked before anything is scored.
+    (:func:`parse_drift_budgets`); every argument is checked before anything is scored. ``previous``
+    (the last accepted candidate, or its seeds) with ``max_worse`` (``[SCOPE:]SIGNAL=VALUE``,
+    :mod:`cfbench.comparison.contrast_gate`) gates the contrast candidate − previous; ``candidate_seeds``
+    are more seeds of the candidate (a two-level CI).
     """
+    if bool(previous) != bool(max_worse):
+        raise CfbenchError(
+            "--max-worse budgets need --previous RUN (the last accepted candidate), and --previous needs at least "
+            "one --max-worse [SCOPE:]SIGNAL=VALUE, e.g. --previous nightly-0412 --max-worse kl=0.01"
+        )
+    if candidate_seeds and not previous:
+        raise CfbenchError("--candidate-seed only adds seeds to the contrast with --previous; give --previous too")
     if not 0 < significance < 1:
         raise CfbenchError(f"--significance {significance} must be in (0, 1), e.g. 0.05")
     check_n_boot(n_boot, 1 - significance)
@@ -318,16 +340,32 @@ def regress(
             "--max-drop judges a drop by its bootstrap CI (significant = the CI lies below 0), and --n-boot 0 "
             "computes none: pass --n-boot 2000 (or judge only --max-drift budgets, whose value decides without a CI)"
         )
-    if not max_drop and not max_drift:
+    if not max_drop and not max_drift and not max_worse:
         raise CfbenchError(
             "give at least one --max-drop CATEGORY=POINTS or --max-drift METRIC=VALUE budget, "
-            "e.g. --max-drop DK=1.5"
+            "e.g. --max-drop DK=1.5 (or --previous RUN with --max-worse SIGNAL=VALUE)"
         )
     suite_obj = load_suite(suite)
     budgets = parse_budgets(max_drop, suite_obj) if max_drop else []
     drift_budgets = parse_drift_budgets(max_drift or [], suite_obj)
-    res = compare(baseline, [candidate], suite=suite, results=results, n_boot=n_boot, confidence=1 - significance,
+    worse_budgets = parse_contrast_budgets(max_worse, suite_obj)
+    tuned = [candidate, *candidate_seeds, *previous]
+    res = compare(baseline, tuned, suite=suite, results=results, n_boot=n_boot, confidence=1 - significance,
                   alpha=significance, pairs=[], eval_kwargs=eval_kwargs)  # fmt: skip
     lines = gate(res.report, budgets, significance)
     drift_lines = drift_gate(res.report, res.runs[1].label, drift_budgets)
-    return GateResult(res.runs[0].label, res.runs[1].label, significance, lines, drift_lines, res.report)
+    out = GateResult(res.runs[0].label, res.runs[1].label, significance, lines, drift_lines, res.report)
+    if previous:
+        cand = [r.label for r in res.runs[1 : 2 + len(candidate_seeds)]]
+        prev = [r.label for r in res.runs[2 + len(candidate_seeds) :]]
+        out.contrast = build_contrast(
+            res.values or ItemValues(), _arm_name("previous", prev), prev, _arm_name("candidate", cand), cand,
+            res.report.categories, n_boot=n_boot, seed=0, confidence=1 - significance, alpha=significance,
+        )  # fmt: skip
+        out.contrast_lines = contrast_gate(out.contrast, worse_budgets)
+    return out
+
+
+def _arm_name(role: str, runs: Sequence[str]) -> str:
+    """A contrast side: the run's own label, or ``previous (3 seeds)`` for several."""
+    return runs[0] if len(runs) == 1 else f"{role} ({len(runs)} seeds)"

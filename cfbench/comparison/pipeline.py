@@ -6,7 +6,7 @@ build the accuracy report (:mod:`cfbench.report.table`), attach the other signal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,14 @@ import pandas as pd
 from cfbench.backends import check_backend_options
 from cfbench.comparison.attach import PplDrift, attach_drift, attach_indomain, attach_ppl_drift
 from cfbench.comparison.boot import check_n_boot
+from cfbench.comparison.contrasts import (
+    apply_contrasts,
+    auto_groups,
+    check_contrast_names,
+    check_groups,
+    collect_values,
+    parse_contrast,
+)
 from cfbench.comparison.gather import (
     add_clusters,
     cluster_maps,
@@ -26,6 +34,8 @@ from cfbench.comparison.gather import (
 )
 from cfbench.comparison.runs import RunRef, check_labels, floor_record, resolve_runs
 from cfbench.errors import CfbenchError
+from cfbench.metrics.drift import PairDrift
+from cfbench.report.contrast import ItemValues
 from cfbench.report.table import ComparisonReport, build_report
 from cfbench.store import ResultStore
 from cfbench.tasks.registry import Suite, get_task_config, load_suite
@@ -37,6 +47,8 @@ class CompareResult:
     runs: list[RunRef]
     suite: Suite
     notes: list[str] = field(default_factory=list)
+    #: Every signal's per-item values per tuned run, for contrasts built after compare (``regress --previous``).
+    values: ItemValues | None = None
 
 
 def compare(
@@ -55,6 +67,9 @@ def compare(
     noise_floor: str | None = None,
     runner: Any = None,
     ppl: PplDrift | None = None,
+    contrasts: Sequence[tuple[str, str] | str] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    pair_contrast: bool = False,
 ) -> CompareResult:
     """Score what is not yet stored and build the paper-style report of ``tuned`` against ``base``.
 
@@ -62,7 +77,11 @@ def compare(
     as :class:`cfbench.signals.Signal` records per tuned run; ``noise_floor`` names a stored run of
     the base checkpoint scored another way, against which divergences are judged. ``runner``: spread
     the scoring over workers (see :func:`resolve_runs`); None scores in this process. ``ppl`` adds
-    held-out perplexity drift (checked before anything is scored).
+    held-out perplexity drift (checked before anything is scored). ``contrasts`` are (A, B) labels of
+    tuned runs or ``groups`` (name → run labels: seeds of one method), or ``"B-A"`` strings; each gives
+    B − A on every signal (:mod:`cfbench.comparison.contrasts`); ``pair_contrast`` adds the last two
+    tuned runs' contrast.
+    Seeds of one method are also recognised from the runs' fine-tune manifests.
     """
     check_n_boot(n_boot, confidence)  # before anything is scored
     check_labels(labels, 1 + len(tuned))
@@ -72,6 +91,7 @@ def compare(
         ppl.check()
     if not tuned:
         raise CfbenchError("compare needs a base and at least one tuned checkpoint or run")
+    groups = _check_contrast_args(labels, contrasts or [], groups or {}, pair_contrast, len(tuned))  # before scoring
     suite_obj = load_suite(suite)
     store = ResultStore(Path(results))
     floor = floor_record(noise_floor, store) if noise_floor is not None else None  # before any scoring
@@ -88,32 +108,48 @@ def compare(
     refuse_other_rules(store, refs, items, scores, suite_obj)
     items = add_clusters(items, clusters)
     report = build_report(
-        refs[0].label,
-        [r.label for r in refs[1:]],
-        suite_obj.categories,
-        items=items,
-        task_scores=scores,
-        extras=suite_obj.extras,
-        subgroups=subgroups(suite_obj),
-        pairs=pairs,
-        n_boot=n_boot,
-        seed=seed,
-        alpha=alpha,
-        confidence=confidence,
-        reference_categories=reference,
-        missing_reasons=reasons,
-        subset_mean_tasks=[t for t in suite_obj.tasks if get_task_config(t).aggregate == "subset_mean"],
-    )
+        refs[0].label, [r.label for r in refs[1:]], suite_obj.categories, items=items, task_scores=scores,
+        extras=suite_obj.extras, subgroups=subgroups(suite_obj), pairs=pairs, n_boot=n_boot, seed=seed, alpha=alpha,
+        confidence=confidence, reference_categories=reference, missing_reasons=reasons,
+        subset_mean_tasks=_subset_mean(suite_obj),
+    )  # fmt: skip
+    drift: dict[str, PairDrift] = {}
     drift_notes = attach_drift(
         report, store, refs, suite_obj, raw, floor,
         n_boot=n_boot, seed=seed, confidence=confidence, data_dir=(eval_kwargs or {}).get("data_dir"),
-        reference=reference, reasons=reasons,
+        reference=reference, reasons=reasons, pairs_out=drift,
     )  # fmt: skip
     drift_notes += attach_indomain(report, store, refs, n_boot=n_boot, seed=seed, confidence=confidence)
     notes = _notes(report, refs, used) + cluster_notes + drift_notes
+    ppl_rows = []
     if ppl is not None:  # after the notes, as when the CLI attached it to compare's result
-        attach_ppl_drift(report, refs, ppl, results=results, n_boot=n_boot, seed=seed)
-    return CompareResult(report, refs, suite_obj, notes)
+        ppl_rows = attach_ppl_drift(report, refs, ppl, results=results, n_boot=n_boot, seed=seed)
+    values = collect_values(store, refs, items, drift, ppl_rows, suite_obj.categories, _subset_mean(suite_obj))
+    check_groups(groups, report.tuned)
+    notes += apply_contrasts(report, values, contrasts or [], groups, pair=pair_contrast,
+                             recognised=auto_groups(refs[1:]))  # fmt: skip
+    return CompareResult(report, refs, suite_obj, notes, values)
+
+
+def _subset_mean(suite: Suite) -> list[str]:
+    """Tasks scored as the mean of their subsets' means (OpenCompass's mmlu, ``aggregate: subset_mean``)."""
+    return [t for t in suite.tasks if get_task_config(t).aggregate == "subset_mean"]
+
+
+def _check_contrast_args(
+    labels: Sequence[str] | None, contrasts: Sequence[tuple[str, str] | str], groups: Mapping[str, Sequence[str]],
+    pair: bool, n_tuned: int,
+) -> dict[str, list[str]]:  # fmt: skip
+    """Refuse bad contrasts and groups before anything is scored, where the run labels are known already
+    (``labels`` given); otherwise they are checked once the runs are named, before any signal is computed."""
+    if pair and n_tuned < 2:
+        raise CfbenchError(f"--pair needs at least two tuned runs, got {n_tuned}")
+    out = {str(k): [str(r) for r in v] for k, v in groups.items()}
+    if labels is not None:
+        check_groups(out, list(labels[1:]))
+        names = [*labels[1:], *out]
+        check_contrast_names([parse_contrast(c, names) if isinstance(c, str) else c for c in contrasts], names)
+    return out
 
 
 def _notes(report: ComparisonReport, refs: Sequence[RunRef], used: dict[str, set[str]]) -> list[str]:

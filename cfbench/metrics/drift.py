@@ -83,6 +83,10 @@ class TaskValues:
     mean: float
     ci: tuple[float, float] | None
     replicates: np.ndarray | None  # (n_boot, 2): column 0 is 0, column 1 the resampled means
+    #: The paired items' doc ids and per-item values behind ``mean``: a contrast of two tuned runs
+    #: (:mod:`cfbench.comparison.contrasts`) reads the very values this signal was computed from.
+    doc_ids: np.ndarray | None = field(default=None, compare=False, repr=False)
+    values: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -146,7 +150,7 @@ def _task_values(task: str, metric: ItemMetric, doc_ids: np.ndarray, values: np.
         key = data_key(PairedScores(doc_ids, zeros, values, np.full(values.size, None, object), 0, 0))
         reps = bootstrap_means(zeros, values, settings.n_boot, task_rng(settings.seed, key, task, metric.name))
         ci = percentile_ci(reps[:, 1], settings.confidence)
-    return TaskValues(task, int(values.size), float(values.mean()), ci, reps)
+    return TaskValues(task, int(values.size), float(values.mean()), ci, reps, doc_ids, values)
 
 
 # -- per comparison ---------------------------------------------------------------------------------

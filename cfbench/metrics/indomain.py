@@ -41,23 +41,12 @@ def _paired_delta(
     return delta, (lo, hi), not (lo <= 0.0 <= hi)
 
 
-def indomain_gain(
-    store: Any,
-    base_ckpt: str,
-    tuned_ckpt: str,
-    split: Any,
-    *,
-    n_boot: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> list[Signal]:
-    """``indomain_loss`` (Δ nats/token) and, where answers are checkable, ``indomain_em`` (Δ points):
-    tuned − base, paired per held-out document, with a paired bootstrap CI.
+def indomain_docs(store: Any, base_ckpt: str, tuned_ckpt: str, split: Any) -> tuple[pd.DataFrame, tuple[str, str, str]]:
+    """The held-out documents both checkpoints were scored on, one row each (``loss_b``, ``loss_t``,
+    ``em_b``, ``em_t``, ``doc_id``, ``example_hash``), and the (split, base, tuned) hashes.
 
-    ``base_ckpt`` / ``tuned_ckpt``: checkpoint content hashes as stored, or anything
-    :func:`cfbench.models.resolve_checkpoint` accepts. ``split``: a
-    :class:`cfbench.train.indomain.HeldoutSplit` or its hash.
-    ``significant``: the CI excludes 0.
+    The one place base and tuned in-domain rows are paired: :func:`indomain_gain` and a contrast of two
+    tuned runs (:mod:`cfbench.comparison.contrasts`) read the same documents.
     """
     split_hash = str(getattr(split, "split_hash", split))  # a HeldoutSplit (cfbench.train.indomain) or its hash
     df = store.read_table(TABLE)
@@ -86,6 +75,28 @@ def indomain_gain(
     merged = merged[np.isfinite(merged["loss_b"]) & np.isfinite(merged["loss_t"])]
     if merged.empty:
         raise CfbenchError(f"the base and tuned in-domain rows on split {split_hash[:12]} share no scored document")
+    return merged, (split_hash, b_hash, t_hash)
+
+
+def indomain_gain(
+    store: Any,
+    base_ckpt: str,
+    tuned_ckpt: str,
+    split: Any,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> list[Signal]:
+    """``indomain_loss`` (Δ nats/token) and, where answers are checkable, ``indomain_em`` (Δ points):
+    tuned − base, paired per held-out document, with a paired bootstrap CI.
+
+    ``base_ckpt`` / ``tuned_ckpt``: checkpoint content hashes as stored, or anything
+    :func:`cfbench.models.resolve_checkpoint` accepts. ``split``: a
+    :class:`cfbench.train.indomain.HeldoutSplit` or its hash.
+    ``significant``: the CI excludes 0.
+    """
+    merged, (split_hash, b_hash, t_hash) = indomain_docs(store, base_ckpt, tuned_ckpt, split)
     source = str(merged["data_b"].iloc[0])
     signals = []
     b, t = merged["loss_b"].to_numpy(float), merged["loss_t"].to_numpy(float)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class PairedDocs:
     n_tokens: np.ndarray
     base_nll: np.ndarray
     tuned_nll: np.ndarray
+    #: Each paired document's content hash: a contrast of two tuned runs pairs their documents on it.
+    doc_hashes: tuple[str, ...] | None = field(default=None, compare=False)
 
 
 def pair_docs(base: PplResult, tuned: PplResult) -> PairedDocs:
@@ -49,7 +51,8 @@ def pair_docs(base: PplResult, tuned: PplResult) -> PairedDocs:
             f"{base.checkpoint} and {tuned.checkpoint} tokenize the held-out text differently: "
             "nats/token would compare different units; compare checkpoints that share a tokenizer"
         )
-    return PairedDocs(base.n_tokens[bi].astype(float), -base.logprobs[bi], -tuned.logprobs[ti])
+    hashes = tuple(tuned.doc_hashes[j] for j in ti)
+    return PairedDocs(base.n_tokens[bi].astype(float), -base.logprobs[bi], -tuned.logprobs[ti], hashes)
 
 
 def drift_with_ci(

@@ -9,6 +9,8 @@ the base. Inputs are :class:`cfbench.signals.Signal` records (``kind`` learned /
 numbers, never a producer's internals: a new signal needs no code here.
 
 One panel per forgetting signal (e.g. accuracy Δ AVG next to text drift), all sharing the x signal.
+Each contrast B − A of the report (:class:`cfbench.report.contrast.ContrastResult`) can be drawn as an
+arrow from A's point to B's (a seed group's point: the mean of its seeds' points).
 matplotlib is imported inside the functions (Agg backend), as in :mod:`cfbench.report.plot`.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from cfbench.errors import CfbenchError
+from cfbench.report.contrast import ContrastResult
 from cfbench.signals import Signal
 
 if TYPE_CHECKING:
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 POINT_GID = "frontier-point"
 BASE_GID = "frontier-base"
+ARROW_GID = "frontier-arrow"
 
 
 @dataclass(frozen=True)
@@ -116,11 +120,39 @@ def _err(m: Measure) -> list[list[float]] | None:
     return [[m.value - m.ci[0]], [m.ci[1] - m.value]]
 
 
-def frontier_figure(points: Sequence[FrontierPoint], *, title: str | None = None, base_label: str = "base") -> Figure:
+def _centroid(ps: Sequence[FrontierPoint], runs: Sequence[str]) -> tuple[float, float] | None:
+    """Where an arm sits in one panel: the mean of its runs' points (None if one of them is not drawn there)."""
+    mine = [p for p in ps if p.label in runs]
+    if len(mine) != len(runs):
+        return None
+    xs = [p.learned.oriented().value for p in mine]
+    ys = [p.forgot.value for p in mine]
+    return sum(xs) / len(xs), sum(ys) / len(ys)
+
+
+def _draw_arrows(ax: object, ps: Sequence[FrontierPoint], arrows: Sequence[ContrastResult]) -> None:
+    """One arrow per contrast, from A to B, labelled ``B − A``; gid :data:`ARROW_GID`."""
+    for c in arrows:
+        start, end = _centroid(ps, c.runs_a), _centroid(ps, c.runs_b)
+        if start is None or end is None or start == end:
+            continue
+        ann = ax.annotate(  # type: ignore[attr-defined]
+            "", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": "0.25", "lw": 1.3}, zorder=3
+        )
+        ann.set_gid(ARROW_GID)
+        mid = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
+        ax.annotate(c.label, mid, xytext=(4, -10), textcoords="offset points", fontsize=7, color="0.25")  # type: ignore[attr-defined]
+
+
+def frontier_figure(
+    points: Sequence[FrontierPoint], *, title: str | None = None, base_label: str = "base",
+    arrows: Sequence[ContrastResult] = (),
+) -> Figure:  # fmt: skip
     """The trade-off figure (not saved): one axes per forgetting signal, one errorbar per point.
 
     Each point is one ``errorbar`` container whose line carries gid :data:`POINT_GID`; the base at
-    the origin carries :data:`BASE_GID` (tests and callers can count what was drawn).
+    the origin carries :data:`BASE_GID`; each contrast in ``arrows`` is an arrow from A to B with gid
+    :data:`ARROW_GID` (tests and callers can count what was drawn).
     """
     import matplotlib
 
@@ -156,6 +188,7 @@ def frontier_figure(points: Sequence[FrontierPoint], *, title: str | None = None
             if len(xy) > 1:
                 xs, ys = zip(*xy, strict=True)
                 ax.plot(xs, ys, ls="--", lw=0.9, color=colors[name], zorder=2)
+        _draw_arrows(ax, ps, arrows)
         x0, y0 = ps[0].learned.oriented(), ps[0].forgot
         ax.set_xlabel(f"learned: {x0.label} ({x0.unit}), → more learned")
         arrow = "↑" if y0.better == "higher" else "↓"
@@ -174,8 +207,9 @@ def plot_frontier(
     title: str | None = None,
     base_label: str = "base",
     dpi: int = 150,
+    arrows: Sequence[ContrastResult] = (),
 ) -> Path:
-    """Write the trade-off PNG to ``path`` (atomically) and return the path."""
+    """Write the trade-off PNG to ``path`` (atomically) and return the path; ``arrows``: contrasts A → B."""
     import os
 
     import matplotlib.pyplot as plt
@@ -185,7 +219,7 @@ def plot_frontier(
         raise CfbenchError(
             f"cannot write {path}: folder {path.parent} does not exist; create it or choose another path"
         )
-    fig = frontier_figure(points, title=title, base_label=base_label)
+    fig = frontier_figure(points, title=title, base_label=base_label, arrows=arrows)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         fig.savefig(tmp, dpi=dpi, format="png")

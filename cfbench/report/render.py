@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from cfbench.csvsafe import frame_to_csv
+from cfbench.report.contrast import ContrastLine, ContrastResult, SeedGroup
 from cfbench.report.table import Comparison, ComparisonReport, TaskRow
 from cfbench.signals import Signal
 from cfbench.stats import AggregateDelta, Coverage
@@ -464,13 +465,90 @@ def signal_scope_table(report: ComparisonReport) -> TableSpec | None:
     return spec
 
 
+# -- contrasts B − A and seed groups ---------------------------------------------------------------
+def _contrast_legend(report: ComparisonReport) -> str:
+    s = report.settings
+    level = f"{100 * s.confidence:g}%"
+    return (
+        f"Contrast = B − A on the items (documents) both arms scored, in each signal's unit (accuracy ×100, "
+        f"flips in items). {level} CI: one run per arm, a paired item bootstrap (the same resampled items for "
+        f"both, B={s.n_boot}); seeds per arm, a two-level bootstrap (seeds within each arm, then items) with a "
+        "t interval. Categories and AVG: means of the task contrasts, from the same resamples. * significant at "
+        f"α={s.alpha:g} by the Holm-adjusted p (families: the overall lines of one contrast; each signal's "
+        "categories and tasks). per nat learned: each forgetting signal ÷ the in-domain gain (loss decrease, "
+        "nats/token), B's ratio − A's, from the same resamples. Seed SD: between-seed SD of each arm's value."
+    )
+
+
+def _contrast_value(x: ContrastLine) -> Cell:
+    text = fmt_signal(x.estimate) + ("*" if x.significant else "")
+    if x.ci is not None:
+        text += f" [{fmt_signal(x.ci[0])}, {fmt_signal(x.ci[1])}]"
+    tone = None
+    if x.significant:
+        b_better = x.estimate < 0 if x.better == "lower" else x.estimate > 0
+        tone = "pos" if b_better else "neg"
+    return Cell(text, tone, bool(x.significant))  # type: ignore[arg-type]
+
+
+def _sd_text(sd: tuple[float | None, float | None]) -> str:
+    return " / ".join(NA if v is None else fmt_signal(v) for v in sd)
+
+
+def contrast_table(report: ComparisonReport, c: ContrastResult) -> TableSpec:
+    """One contrast: every signal's B − A at every scope, its arms' values, p (Holm) and the verdicts."""
+    level = f"{100 * report.settings.confidence:g}%"
+    seeds = c.level != "items"
+    cols = ["Signal", "Scope", f"{c.b} − {c.a} ({level} CI)", f"A: {c.a}", f"B: {c.b}", "p (Holm)", "n"]
+    spec = TableSpec(
+        f"Contrast {c.label} ({c.level}: {len(c.runs_a)} vs {len(c.runs_b)} run(s))",
+        cols + (["Seed SD A / B"] if seeds else []),
+        ["l", "l", "r", "r", "r", "r", "r"] + (["r"] if seeds else []),
+    )
+    for x in c.lines:
+        row = [Cell(f"{x.label} ({x.unit})"), Cell(x.scope), _contrast_value(x), Cell(fmt_signal(x.mean_a)),
+               Cell(fmt_signal(x.mean_b)), Cell(f"{fmt_p(x.p)} ({fmt_p(x.p_adj)})"), Cell(str(x.n))]  # fmt: skip
+        spec.rows.append(row + ([Cell(_sd_text(x.seed_sd))] if seeds else []))
+    spec.notes = [*c.verdicts, *c.notes]
+    if seeds:
+        spec.notes.append(f"A = {c.a}: {', '.join(c.runs_a)}; B = {c.b}: {', '.join(c.runs_b)}")
+    spec.notes.append(_contrast_legend(report))
+    return spec
+
+
+def seed_group_table(report: ComparisonReport) -> TableSpec | None:
+    """Seeds as replicates: each method's mean and between-seed SD of every signal, with each seed's value."""
+    if not report.groups:
+        return None
+    spec = TableSpec(
+        "Seeds as replicates (vs base)",
+        ["Group", "Seeds", "Signal", "Scope", "Mean", "Seed SD", "Per seed"],
+        ["l", "r", "l", "l", "r", "r", "l"],
+    )
+    for g in report.groups:
+        for r in g.rows:
+            per = ", ".join(MISSING if v is None else fmt_signal(v) for v in r.values)
+            spec.rows.append([Cell(g.name), Cell(str(len(g.runs))), Cell(f"{r.label} ({r.unit})"), Cell(r.scope),
+                              Cell(MISSING if r.mean is None else fmt_signal(r.mean)),
+                              Cell(NA if r.sd is None else fmt_signal(r.sd)), Cell(per)])  # fmt: skip
+        spec.notes.append(f"{g.name}: {', '.join(g.runs)} ({g.source})")
+        if g.note:
+            spec.notes.append(g.note)
+    spec.notes.append("Seed SD: sample SD (n − 1) over the group's seeds of each run's value against the base; "
+                      f"{NA} for a group of one seed (no estimate of seed noise).")  # fmt: skip
+    return spec
+
+
 def layout(report: ComparisonReport) -> list[TableSpec]:
     """All tables of a report, in display order; a footnote already printed under an earlier table is not repeated."""
     signal_specs = [t for t in (signals_table(report), signal_scope_table(report)) if t is not None]
+    seed_specs = [t for t in (seed_group_table(report),) if t is not None]
     specs = [
         summary_table(report),
         delta_table(report),
         *signal_specs,
+        *seed_specs,
+        *(contrast_table(report, c) for c in report.contrasts),
         *(task_table(report, c) for c in report.comparisons),
     ]
     seen: set[str] = set()
@@ -679,10 +757,35 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
             for c in report.comparisons
         ],
         "signals": {run: [_signal_dict(x) for x in sigs] for run, sigs in report.signals.items()},
+        "contrasts": [_contrast_dict(c) for c in report.contrasts],
+        "groups": [_group_dict(g) for g in report.groups],
         "summary": summary_sentences(report),
         "label_prior": _label_prior_dicts(report),
         "label_prior_lines": label_prior_lines(report),
     }
+
+
+def _line_dict(x: ContrastLine) -> dict[str, Any]:
+    return {
+        "signal": x.signal, "label": x.label, "unit": x.unit, "kind": x.kind, "better": x.better, "scope": x.scope,
+        "per_nat": x.per_nat, "estimate": _finite(x.estimate), "ci": list(x.ci) if x.ci is not None else None,
+        "p": _finite(x.p), "p_holm": _finite(x.p_adj), "significant": x.significant, "n": x.n,
+        "mean_a": _finite(x.mean_a), "mean_b": _finite(x.mean_b), "seed_sd": list(x.seed_sd), "level": x.level,
+        "note": x.note,
+    }  # fmt: skip
+
+
+def _contrast_dict(c: ContrastResult) -> dict[str, Any]:
+    """A contrast as report.json holds it: both arms and their runs, every line, the verdicts."""
+    return {"a": c.a, "b": c.b, "label": c.label, "runs_a": list(c.runs_a), "runs_b": list(c.runs_b),
+            "level": c.level, "lines": [_line_dict(x) for x in c.lines], "verdicts": list(c.verdicts),
+            "notes": list(c.notes)}  # fmt: skip
+
+
+def _group_dict(g: SeedGroup) -> dict[str, Any]:
+    rows = [{"signal": r.signal, "label": r.label, "unit": r.unit, "scope": r.scope, "values": list(r.values),
+             "mean": _finite(r.mean), "sd": _finite(r.sd)} for r in g.rows]  # fmt: skip
+    return {"name": g.name, "runs": list(g.runs), "source": g.source, "note": g.note, "rows": rows}
 
 
 def _signal_dict(s: Signal) -> dict[str, Any]:
@@ -735,6 +838,9 @@ FRAME_COLUMNS = [
     "floor_ci_high",
     "better",
     "note",
+    # section="contrast" rows (ref = arm A, run = arm B, value = B − A) and section="group" rows (seed groups):
+    "seed_sd_ref",
+    "seed_sd_run",
 ]
 
 
@@ -832,7 +938,7 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
 def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
     """Tidy long table: ``section="score"`` rows hold what each run scored, ``"delta"`` rows the Δs."""
     recs = _score_records(report) + _delta_records(report)
-    recs += _signal_records(report)
+    recs += _signal_records(report) + _contrast_records(report) + _group_records(report)
     frame = pd.DataFrame.from_records(recs, columns=FRAME_COLUMNS)
     for col in ("forgotten", "gained", "n", "dropped_ref", "dropped_run", "coverage_present", "coverage_total",
                 "flagged_tasks"):  # fmt: skip
@@ -841,7 +947,7 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
         frame[col] = frame[col].astype("boolean")
     for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar", "p", "p_holm", "mde", "value",
                 "floor",
-                "floor_ci_low", "floor_ci_high"):  # fmt: skip
+                "floor_ci_low", "floor_ci_high", "seed_sd_ref", "seed_sd_run"):  # fmt: skip
         frame[col] = frame[col].astype("float64")
     return frame
 
@@ -873,6 +979,33 @@ def _signal_records(report: ComparisonReport) -> list[dict[str, Any]]:
                 }
             )  # fmt: skip
     return recs
+
+
+def _contrast_records(report: ComparisonReport) -> list[dict[str, Any]]:
+    """``section="contrast"`` rows: ref = arm A, run = arm B, value = B − A in the signal's unit, note = verdict."""
+    recs = []
+    for c in report.contrasts:
+        verdicts = dict(zip([x for x in c.lines if x.scope == "all"], c.verdicts, strict=True))
+        for x in c.lines:
+            recs.append({
+                "section": "contrast", "kind": "per_nat" if x.per_nat else c.level, "ref": c.a, "run": c.b,
+                "level": "avg" if x.scope == "all" else "scope", "scope": x.scope, "signal": x.signal,
+                "signal_kind": x.kind, "value": x.estimate, "unit": x.unit, "better": x.better,
+                "ci_low": x.ci[0] if x.ci else None, "ci_high": x.ci[1] if x.ci else None, "p": x.p, "p_holm": x.p_adj,
+                "significant": x.significant, "n": x.n, "ref_score": x.mean_a, "score": x.mean_b,
+                "seed_sd_ref": x.seed_sd[0], "seed_sd_run": x.seed_sd[1], "note": verdicts.get(x, x.note),
+            })  # fmt: skip
+    return recs
+
+
+def _group_records(report: ComparisonReport) -> list[dict[str, Any]]:
+    """``section="group"`` rows: run = the group, value = the seeds' mean, seed_sd_run = their SD, n = seeds."""
+    return [
+        {"section": "group", "kind": "seeds", "ref": report.base, "run": g.name, "level": "avg" if r.scope == "all"
+         else "scope", "scope": r.scope, "signal": r.signal, "value": r.mean, "unit": r.unit, "seed_sd_run": r.sd,
+         "n": len(g.runs), "note": g.note}
+        for g in report.groups for r in g.rows
+    ]  # fmt: skip
 
 
 # ---- whole-report writers: the data model holds no formatting, these functions do -------------------------

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cfbench.errors import CfbenchError
+from cfbench.report.contrast import ContrastResult, SeedGroup
 from cfbench.signals import Signal
 from cfbench.stats import (
     DEFAULT_CONFIDENCE,
@@ -166,6 +167,10 @@ class ComparisonReport:
     signals: dict[str, list[Signal]] = field(default_factory=dict)
     #: (run, task) → why that run's accuracy on that task measures the label prior (issue 19, item 5).
     label_prior: dict[tuple[str, str], LabelPrior] = field(default_factory=dict)
+    #: Contrasts B − A on every signal (``compare --contrast``, :mod:`cfbench.report.contrast`).
+    contrasts: list[ContrastResult] = field(default_factory=list)
+    #: Seed groups (runs of one method): each signal's mean and between-seed SD (:mod:`cfbench.report.contrast`).
+    groups: list[SeedGroup] = field(default_factory=list)
 
     def flagged(self, cmp: Comparison, agg: AggregateDelta) -> int:
         """How many of an aggregate's present tasks are label-prior flagged in this comparison."""
