@@ -575,9 +575,10 @@ class AggregateDelta:
     #: replaces it by the task's own test where the aggregate *is* one task's Δ (one task present).
     p: float | None = None
     test: str | None = None
-    #: Set by the report: the Holm-adjusted p within its family, and the star it gives.
+    #: Set by the report: the Holm-adjusted p within its family, the star it gives, and the family's size.
     p_adj: float | None = None
     significant: bool | None = None
+    holm_m: int | None = None
     #: Minimum detectable |Δ| at 80 % power from the replicates' SE (:func:`mde_from_se`, at α = 1 − confidence).
     mde: float | None = None
     #: ``(n_boot, 2)`` stratified replicates of both means (None without a bootstrap), for callers that
