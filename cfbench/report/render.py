@@ -935,8 +935,17 @@ def to_csv(report: ComparisonReport, path: str | Path | None = None) -> str:
     return text
 
 
-def print_report(report: ComparisonReport, console: Console | None = None) -> None:
-    """Print the coloured terminal view."""
+def report_console() -> Console:
+    """stdout at most :data:`TERMINAL_WIDTH` columns: a narrower terminal keeps its width, a pipe or a log
+    gets exactly that (rich would assume 80 there), so the prose around the tables wraps where they end."""
+    import sys
+
     from rich.console import Console
 
-    (console or Console()).print(to_rich(report))
+    width = min(Console().width, TERMINAL_WIDTH) if sys.stdout.isatty() else TERMINAL_WIDTH
+    return Console(width=width)
+
+
+def print_report(report: ComparisonReport, console: Console | None = None) -> None:
+    """Print the coloured terminal view (on :func:`report_console` unless a console is given)."""
+    (console or report_console()).print(to_rich(report))
