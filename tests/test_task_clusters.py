@@ -96,3 +96,43 @@ def test_cluster_by_key_errors_are_one_line(tmp_path: Path) -> None:
         task.cluster_ids()
     assert "\n" not in str(exc.value) and "premise" in str(exc.value)  # the fields there are
     assert get_task("ax_g", default_sources(FIXTURES)).cluster_ids() is not None
+
+
+# -- degenerate clusters: the cluster-level test must not claim what its data cannot show ---------------------
+def _clustered_report(ref: list[float], other: list[float], clusters: list[str]):  # type: ignore[no-untyped-def]
+    import numpy as np
+    import pandas as pd
+
+    from cfbench.report import build_report
+
+    n = len(ref)
+    items = pd.concat([
+        pd.DataFrame({"run": run, "task": "race_high", "doc_id": np.arange(n), "score": s, "cluster": clusters})
+        for run, s in (("base", ref), ("tuned", other))
+    ])  # fmt: skip
+    report = build_report("base", ["tuned"], {"U": ["race_high"]}, items=items, seed=0)
+    return report.vs_base("tuned")
+
+
+def test_one_cluster_is_untested_not_significant() -> None:
+    """``--limit 5`` on RACE: five questions of one article. Before: p = 0, CI [−20, −20], MDE 0, starred."""
+    cmp = _clustered_report([1, 1, 0, 0, 1], [0, 1, 0, 0, 1], ["a1"] * 5)
+    row = cmp.task("race_high")
+    assert row.delta == pytest.approx(-0.2) and row.forgotten == 1
+    assert (row.p, row.ci, row.mde, row.significant) == (None, None, None, False)
+    assert not cmp.avg.significant and cmp.avg.ci is None  # its category and AVG are not judged on a frozen task
+    assert cmp.notes == ["race_high: its 5 paired items share one cluster (cluster_by): no CI or test; "
+                         "score more of its documents for one"]  # fmt: skip
+
+
+def test_few_clusters_never_claim_more_than_mcnemar() -> None:
+    """Two articles each losing one of five questions: every cluster's Δ equals the mean, so the cluster
+    SE is 0 and the z test said p = 0 (starred) on 2 forgotten items; McNemar's exact p is 0.5."""
+    from cfbench.stats import mcnemar_exact, mde_mcnemar
+
+    cmp = _clustered_report([1] * 10, [0, 1, 1, 1, 1, 0, 1, 1, 1, 1], ["a"] * 5 + ["b"] * 5)
+    row = cmp.task("race_high")
+    assert row.test == "cluster" and row.p == mcnemar_exact(2, 0) == 0.5 and not row.significant
+    assert row.mde == pytest.approx(mde_mcnemar(10, 0.0))  # not 0: no test here detects a 1-item change
+    same = _clustered_report([1, 0] * 10, [1, 0] * 10, [f"a{i // 2}" for i in range(20)]).task("race_high")
+    assert same.p == 1.0 and same.mde == pytest.approx(mde_mcnemar(20, 0.0)) and same.mde > 0  # before: MDE 0.00

@@ -44,6 +44,7 @@ from cfbench.stats import (
     data_key,
     holm_adjust,
     label_prior,
+    n_clusters,
     paired_task_delta,
     task_rng,
 )
@@ -516,6 +517,9 @@ def _compare(
             key = data_key(paired)  # seeds from the data, never from labels
             naive = task in data.subset_mean  # OpenCompass's mmlu: mean of subject means
             d = paired_task_delta(paired, rng=task_rng(settings.seed, key, task), subset_mean=naive, **boot)
+            if paired.clusters is not None and n_clusters(paired) < 2:
+                why = "no CI or test; score more of its documents for one"
+                notes.append(f"{task}: its {paired.n} paired items share one cluster (cluster_by): {why}")
             rows.append(_item_row(task, category, None, d))
             points[task] = TaskPoint(d.ref_mean, d.other_mean, d.replicates)
             if task in subgroups:
