@@ -297,10 +297,6 @@ def _compare_pairs(
     base: str, seed_list: list[int], done: list[Any], tagged: bool, *, suite: str, results: Path, limit: int | None
 ) -> None:
     """``pair --compare``: base, then every seed's w/o and w/ SAM, each seed's two as a pair; the report."""
-    import sys
-
-    from rich.console import Console
-
     from cfbench.comparison import compare as run_compare
     from cfbench.report.render import print_report
 
@@ -314,7 +310,7 @@ def _compare_pairs(
         f"ckpt:{base}", tuned, suite=suite, results=results, labels=labels, pairs=pairs,
         eval_kwargs={"limit": limit, "progress": "auto"},
     )  # fmt: skip
-    print_report(res.report, Console(width=None if sys.stdout.isatty() else 160))
+    print_report(res.report)
 
 
 def merge_cmd(
