@@ -44,6 +44,9 @@ class Signal:
     #: its Holm-adjusted value over the signal's scopes of one run; ``significant`` uses ``p_adj``.
     p: float | None = None
     p_adj: float | None = None
+    #: How many tests that Holm family holds (1: Holm adjusted nothing; a scope that *is* one task's value
+    #: takes that task's test and is not counted twice).
+    holm_m: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -392,12 +392,31 @@ def cluster_paired_p(ref: np.ndarray, other: np.ndarray, clusters: np.ndarray) -
     return float(2 * norm.sf(abs(delta) / se))
 
 
+def n_clusters(paired: PairedScores) -> int:
+    """How many distinct clusters the paired items fall in (0 without clusters)."""
+    return 0 if paired.clusters is None else int(np.unique(paired.clusters.astype(str)).size)
+
+
 def _clustered(paired: PairedScores, n_boot: int, rng: np.random.Generator, alpha: float) -> tuple[Any, ...]:
-    """(replicates, p, test, mde) of a task whose items are clustered (``paired.clusters`` set)."""
+    """(replicates, p, test, mde) of a task whose items are clustered (``paired.clusters`` set).
+
+    One cluster (``--limit 3`` on RACE: three questions of one article) has no between-cluster
+    variance to estimate: its bootstrap is a point and its z test divides by 0, which called any Δ
+    significant (p = 0, CI [Δ, Δ], MDE 0). It is untested: (None, None, None, None). With two or more
+    clusters the normal z test can still claim certainty that few clusters or no discordant pair
+    cannot give, so a 0/1 task's p is never below McNemar's exact p and its MDE never below the
+    fewest discordant pairs that test could reject with (:func:`mde_mcnemar` at discordance 0).
+    """
     assert paired.clusters is not None
+    if n_clusters(paired) < 2:
+        return None, None, None, None
     reps = cluster_bootstrap_means(paired.ref, paired.other, paired.clusters, n_boot, rng) if n_boot > 0 else None
-    se = cluster_delta_se(paired.ref, paired.other, paired.clusters)
-    return reps, cluster_paired_p(paired.ref, paired.other, paired.clusters), "cluster", mde_from_se(se, alpha)
+    p = cluster_paired_p(paired.ref, paired.other, paired.clusters)
+    mde = mde_from_se(cluster_delta_se(paired.ref, paired.other, paired.clusters), alpha)
+    if paired.binary:
+        p = max(p, mcnemar_exact(*flip_counts(paired.ref, paired.other)))
+        mde = max(mde, mde_mcnemar(paired.n, 0.0, alpha))
+    return reps, p, "cluster", mde
 
 
 def paired_task_delta(
@@ -575,9 +594,10 @@ class AggregateDelta:
     #: replaces it by the task's own test where the aggregate *is* one task's Δ (one task present).
     p: float | None = None
     test: str | None = None
-    #: Set by the report: the Holm-adjusted p within its family, and the star it gives.
+    #: Set by the report: the Holm-adjusted p within its family, the star it gives, and the family's size.
     p_adj: float | None = None
     significant: bool | None = None
+    holm_m: int | None = None
     #: Minimum detectable |Δ| at 80 % power from the replicates' SE (:func:`mde_from_se`, at α = 1 − confidence).
     mde: float | None = None
     #: ``(n_boot, 2)`` stratified replicates of both means (None without a bootstrap), for callers that

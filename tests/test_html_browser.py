@@ -359,3 +359,23 @@ def test_compare_and_leaderboard_commands_write_whole_pages(browser: Any, tmp_pa
         assert view.column("runs", 2) == ["h-base", "h-wo"] and view.column("runs", 8) == ["bfloat16"] * 2
     finally:
         view.close()
+
+
+def test_table_boxes_hug_their_tables_and_prose_keeps_a_reading_width(browser: Any, report_file: Path) -> None:
+    """Seen in Chromium (issue 19 item 9): every table's bordered box spanned the whole window, so a
+    narrow table (runs, summary, Δ by category) sat at the left of a wide empty frame. The box now
+    fits its table (and still scrolls, pinned, when the table is wider than the window), and summary
+    sentences stop at a readable measure instead of running 1,400 px wide."""
+    view = Opened(browser, report_file, 1400)
+    try:
+        boxes = view.page.eval_on_selector_all(
+            "div.scroll > table",
+            "ts => ts.map(t => [t.id, t.parentElement.getBoundingClientRect().width, t.getBoundingClientRect().width])",
+        )
+        assert len(boxes) >= 4
+        for table_id, box, table in boxes:
+            assert box <= table + 2, (table_id, box, table)  # 2 px: the box's own border
+        widths = view.page.eval_on_selector_all("p.summary", "ps => ps.map(p => p.getBoundingClientRect().width)")
+        assert widths and max(widths) < 1100
+    finally:
+        view.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -324,6 +323,7 @@ def _show_diagnostics(res: Any, results: Path, plot: Path | None, err: Console, 
     """Flatness/sharpness/displacement columns of the compared runs, next to their forgetting (Δ AVG)."""
     from rich.table import Table
 
+    from cfbench.report.render import report_console
     from cfbench.store import ResultStore
     from cfbench.store.diagnostics import DIAGNOSTIC_COLUMNS, diagnostics_for_runs
 
@@ -348,7 +348,7 @@ def _show_diagnostics(res: Any, results: Path, plot: Path | None, err: Console, 
             *("-" if row[m] != row[m] else f"{row[m]:.4g}" for m in present),
         )  # fmt: skip
     if show:
-        Console(width=None if sys.stdout.isatty() else 160).print(table)
+        report_console().print(table)
     if plot:
         from cfbench.analysis.plot import plot_forgetting_vs
 
@@ -364,7 +364,7 @@ def emit_report(report: Any, fmt: ReportFormat, out: Path | None) -> None:
     from cfbench.report.render import print_report, to_markdown
 
     if fmt is ReportFormat.table and out is None:
-        print_report(report, Console(width=None if sys.stdout.isatty() else 160))
+        print_report(report)
         return
     text = {
         ReportFormat.table: lambda: to_markdown(report),

@@ -7,7 +7,6 @@ and the learning-vs-forgetting picture. Defaults are the measured sweep's choice
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -79,7 +78,7 @@ def demo(
     elif fmt is OutputFormat.csv:
         emit(render.to_csv(result.report))
     else:
-        render.print_report(result.report, Console(width=None if sys.stdout.isatty() else 160))
+        render.print_report(result.report)
     for note in result.notes:
         console.print(f"note: {note}")
     s = result.seconds

@@ -301,10 +301,6 @@ def _compare_pairs(
     The contrast w/ SAM − w/o SAM on every signal comes with it: of the two runs, or with several seeds
     of the two seed groups (a two-level CI).
     """
-    import sys
-
-    from rich.console import Console
-
     from cfbench.comparison import compare as run_compare
     from cfbench.report.render import print_report
 
@@ -319,7 +315,7 @@ def _compare_pairs(
         f"ckpt:{base}", tuned, suite=suite, results=results, labels=labels, pairs=pairs,
         eval_kwargs={"limit": limit, "progress": "auto"}, groups=groups, contrasts=[("w/o SAM", "w/ SAM")],
     )  # fmt: skip
-    print_report(res.report, Console(width=None if sys.stdout.isatty() else 160))
+    print_report(res.report)
 
 
 def merge_cmd(

@@ -281,12 +281,24 @@ def _signal(metric: ItemMetric, scope: str, value: float, ci: tuple[float, float
     )  # fmt: skip
 
 
-def _holm(signals: list[Signal], alpha: float) -> list[Signal]:
-    """One family per signal of one run: its scopes (overall, categories, tasks). Stars use the adjusted p."""
-    tested = [i for i, s in enumerate(signals) if s.p is not None]
+def _holm(signals: list[Signal], alpha: float, same: Mapping[str, str] | None = None) -> list[Signal]:
+    """One family per signal of one run: its scopes (overall, categories, tasks). Stars use the adjusted p.
+
+    ``same`` maps a scope whose value *is* one task's value (an aggregate of one task) to that task:
+    one quantity, one test (as for accuracy), so it takes the task's p and star and is not counted
+    in the family again. Without that, a one-task comparison tested its one value three times
+    (overall, category, task) and judged it at α/3 while its accuracy Δ was judged at α.
+    """
+    same = {k: v for k, v in (same or {}).items() if any(s.scope == v and s.p is not None for s in signals)}
+    tested = [i for i, s in enumerate(signals) if s.p is not None and s.scope not in same]
     out = list(signals)
     for i, a in zip(tested, holm_adjust([signals[i].p for i in tested]), strict=True):  # type: ignore[misc]
-        out[i] = replace(signals[i], p_adj=a, significant=a < alpha)
+        out[i] = replace(signals[i], p_adj=a, significant=a < alpha, holm_m=len(tested))
+    by_scope = {s.scope: s for s in out}
+    for i, s in enumerate(out):
+        if s.scope in same and s.p is not None:
+            t = by_scope[same[s.scope]]
+            out[i] = replace(s, p=t.p, p_adj=t.p_adj, significant=t.significant, holm_m=t.holm_m)
     return out
 
 
@@ -333,9 +345,12 @@ def drift_signals(
             cats, overall = _aggregates(per_task, categories, settings, reference, reasons)
             f_cats, f_all = _floor_aggregates(fl, per_task, categories, settings) if floor_pair else ({}, None)
             lacking = floor_pair is not None and m.kind == "divergence"
+            same: dict[str, str] = {}
             for scope, agg, f_agg in [(OVERALL, overall, f_all), *((c, a, f_cats.get(c)) for c, a in cats.items())]:
                 if agg.other_mean is None:
                     continue
+                if len(agg.coverage.present) == 1:
+                    same[scope] = agg.coverage.present[0]
                 n = sum(per_task[t].n for t in agg.coverage.present)
                 note = f"partial: {agg.coverage.label}" if agg.coverage.partial else None
                 if lacking and f_agg is None:
@@ -345,7 +360,7 @@ def drift_signals(
                 f_task = fl.get(task)
                 note = "the floor run has no paired items here" if lacking and f_task is None else None
                 mine.append(_signal(m, task, v.mean, v.ci, v.n, f_task, note, v.replicates))
-            out += _holm(mine, 1 - settings.confidence)
+            out += _holm(mine, 1 - settings.confidence, same)
         if not out:
             notes.append(f"drift {run}: no task with per-choice log-probs paired with {base}; no drift metrics")
         signals[run] = out

@@ -49,7 +49,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;p
  background:#fff;max-width:100%;font-size:14px;line-height:1.35}
 h1{font-size:1.45em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.4em 0 .35em}
 p.sub{color:#555;margin:.1em 0 .8em}
-.scroll{overflow-x:auto;max-width:100%;border:1px solid #e3e3e3;border-radius:4px}
+.scroll{overflow-x:auto;width:fit-content;max-width:100%;border:1px solid #e3e3e3;border-radius:4px}
 table.cf{border-collapse:separate;border-spacing:0;font-variant-numeric:tabular-nums}
 table.cf th,table.cf td{padding:.28em .6em;border-bottom:1px solid #e6e6e6;white-space:nowrap;background:#fff}
 table.cf thead th{position:sticky;top:0;background:#f6f6f8;border-bottom:2px solid #777;vertical-align:bottom;z-index:2}
@@ -65,7 +65,8 @@ table.cf tbody.fixed td{background:#fafafa;font-style:italic}
 .r{text-align:right}.l{text-align:left}
 td.sig-neg{color:#b00020;font-weight:700}td.sig-pos{color:#1b7f3b;font-weight:700}
 td.muted{color:#888}
-p.note{color:#555;font-size:.88em;margin:.15em 0}
+p.note{color:#555;font-size:.88em;margin:.15em 0;max-width:150ch}
+p.summary{max-width:120ch}
 .legend{color:#444;font-size:.9em;max-width:95ch}
 img.plot{max-width:100%;height:auto;border:1px solid #e3e3e3;margin:.3em 0}
 footer{margin-top:2em;color:#777;font-size:.85em}

@@ -167,6 +167,7 @@ def summary_table(report: ComparisonReport) -> TableSpec:
         spec.rows.append(cells)
     spec.notes[:0] = coverage_lines(report)
     spec.notes += label_prior_lines(report)
+    spec.notes += holm_lines(report)
     spec.notes.append(_legend(report))
     return spec
 
@@ -230,6 +231,40 @@ def label_prior_lines(report: ComparisonReport) -> list[str]:
         f"‡ {task}: " + "; ".join(f"{what} ({', '.join(runs)})" for what, runs in parts.items())
         + ": accuracy measures the label prior here; read gold log-p / KL"
         for task, parts in by_task.items()
+    ]
+
+
+def _signal_singletons(report: ComparisonReport) -> dict[tuple[str, str], list[str]]:
+    """(family, its one test's scope) → runs, for drift signals whose scopes hold one test."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for run, sigs in report.signals.items():
+        ones = [s for s in sigs if s.holm_m == 1]
+        by_member: dict[str, list[str]] = {}
+        for name in dict.fromkeys(s.name for s in ones):
+            mine = [s for s in ones if s.name == name]
+            tasks = [s.scope for s in mine if s.scope != "all" and s.scope not in report.categories]
+            by_member.setdefault(tasks[0] if tasks else mine[0].scope, []).append(mine[0].label)
+        for member, labels in by_member.items():
+            groups.setdefault((f"scopes of {', '.join(labels)}", member), []).append(run)
+    return groups
+
+
+def holm_lines(report: ComparisonReport) -> list[str]:
+    """One line naming every Holm family that holds a single test (``Comparison.singletons``, drift
+    signals with ``holm_m == 1``), or none: Holm is the identity there, so that star is at raw α and the
+    legend's "Holm-adjusted" must not read as a correction that happened."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for cmp in report.comparisons:
+        for family, member in cmp.singletons:
+            groups.setdefault((family, member), []).append(cmp.label)
+    for key, runs in _signal_singletons(report).items():
+        groups.setdefault(key, []).extend(runs)
+    if not groups:
+        return []
+    parts = [f"{family} of {', '.join(who)} ({member})" for (family, member), who in groups.items()]
+    return [
+        f"Holm: one test in its family, so Holm adjusts nothing and its star is at raw α={report.settings.alpha:g}: "
+        + "; ".join(parts)
     ]
 
 
@@ -664,6 +699,7 @@ def _agg_dict(report: ComparisonReport, agg: AggregateDelta) -> dict[str, Any]:
         "p": _finite(agg.p),
         "test": agg.test,
         "p_holm": _finite(agg.p_adj),
+        "holm_m": agg.holm_m,
         "mde": _finite(agg.mde),
         "significant": report.aggregate_significant(agg),
         "coverage": _coverage_dict(agg.coverage),
@@ -692,6 +728,7 @@ def _task_dict(t: TaskRow) -> dict[str, Any]:
         "p": _finite(t.p),
         "test": t.test,
         "p_holm": _finite(t.p_adj),
+        "holm_m": t.holm_m,
         "mde": _finite(t.mde),
         "significant": t.significant,
         "forgotten": t.forgotten,
@@ -726,7 +763,7 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
                 "of one task takes that task's test"
             ),
             "multiplicity": "Holm within families: the task rows of one comparison; its categories + AVG; "
-            "significant = Holm-adjusted p < alpha",
+            "significant = Holm-adjusted p < alpha; holm_m = tests in the family (1: nothing adjusted, see holm_lines)",
         },
         "rows": [
             {
@@ -762,6 +799,7 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
         "summary": summary_sentences(report),
         "label_prior": _label_prior_dicts(report),
         "label_prior_lines": label_prior_lines(report),
+        "holm_lines": holm_lines(report),
     }
 
 
@@ -813,6 +851,7 @@ FRAME_COLUMNS = [
     "p",
     "test",
     "p_holm",
+    "holm_m",
     "mde",
     "significant",
     "forgotten",
@@ -898,6 +937,7 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "p": t.p,
                     "test": t.test,
                     "p_holm": t.p_adj,
+                    "holm_m": t.holm_m,
                     "mde": t.mde,
                     "significant": t.significant,
                     "forgotten": t.forgotten,
@@ -924,6 +964,7 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "p": agg.p,
                     "test": agg.test,
                     "p_holm": agg.p_adj,
+                    "holm_m": agg.holm_m,
                     "mde": agg.mde,
                     "significant": report.aggregate_significant(agg),
                     "coverage_present": len(agg.coverage.present),
@@ -941,7 +982,7 @@ def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
     recs += _signal_records(report) + _contrast_records(report) + _group_records(report)
     frame = pd.DataFrame.from_records(recs, columns=FRAME_COLUMNS)
     for col in ("forgotten", "gained", "n", "dropped_ref", "dropped_run", "coverage_present", "coverage_total",
-                "flagged_tasks"):  # fmt: skip
+                "flagged_tasks", "holm_m"):  # fmt: skip
         frame[col] = frame[col].astype("Int64")
     for col in ("significant", "partial", "item_level", "unpaired", "label_prior"):
         frame[col] = frame[col].astype("boolean")
@@ -975,7 +1016,7 @@ def _signal_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "signal": s.name, "signal_kind": s.kind, "scope": s.scope, "value": s.value, "unit": s.unit,
                     "floor": s.floor, "floor_ci_low": s.floor_ci[0] if s.floor_ci else None,
                     "floor_ci_high": s.floor_ci[1] if s.floor_ci else None, "better": s.better, "note": s.note,
-                    "p": s.p, "p_holm": s.p_adj,
+                    "p": s.p, "p_holm": s.p_adj, "holm_m": s.holm_m,
                 }
             )  # fmt: skip
     return recs
@@ -1027,8 +1068,17 @@ def to_csv(report: ComparisonReport, path: str | Path | None = None) -> str:
     return text
 
 
-def print_report(report: ComparisonReport, console: Console | None = None) -> None:
-    """Print the coloured terminal view."""
+def report_console() -> Console:
+    """stdout at most :data:`TERMINAL_WIDTH` columns: a narrower terminal keeps its width, a pipe or a log
+    gets exactly that (rich would assume 80 there), so the prose around the tables wraps where they end."""
+    import sys
+
     from rich.console import Console
 
-    (console or Console()).print(to_rich(report))
+    width = min(Console().width, TERMINAL_WIDTH) if sys.stdout.isatty() else TERMINAL_WIDTH
+    return Console(width=width)
+
+
+def print_report(report: ComparisonReport, console: Console | None = None) -> None:
+    """Print the coloured terminal view (on :func:`report_console` unless a console is given)."""
+    (console or report_console()).print(to_rich(report))

@@ -45,6 +45,7 @@ from cfbench.stats import (
     data_key,
     holm_adjust,
     label_prior,
+    n_clusters,
     paired_task_delta,
     task_rng,
 )
@@ -108,6 +109,8 @@ class TaskRow:
     mde: float | None = None
     #: Either run's accuracy on this task is its label prior (:class:`cfbench.stats.LabelPrior`): Δ marked ‡.
     label_prior: bool = False
+    #: How many tests the Holm family of ``p_adj`` holds (1: Holm adjusted nothing, see ``Comparison.singletons``).
+    holm_m: int | None = None
 
     @property
     def missing(self) -> bool:
@@ -129,6 +132,9 @@ class Comparison:
     avg: AggregateDelta
     #: One line per task whose items could not be (fully) paired, saying why.
     notes: list[str] = field(default_factory=list)
+    #: Holm families of this comparison that hold one test, each with that test's row, e.g.
+    #: ``("task rows", "boolq")``: Holm adjusts nothing there, and the report says so in one line.
+    singletons: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -403,7 +409,7 @@ def _judge_tasks(rows: list[TaskRow], alpha: float) -> list[TaskRow]:
     adj = holm_adjust([rows[i].p for i in tested])  # type: ignore[misc]
     out = list(rows)
     for i, a in zip(tested, adj, strict=True):
-        out[i] = replace(rows[i], p_adj=a, significant=a < alpha)
+        out[i] = replace(rows[i], p_adj=a, significant=a < alpha, holm_m=len(tested))
     return out
 
 
@@ -425,9 +431,10 @@ def _only_mover(agg: AggregateDelta, top: Mapping[str, TaskRow]) -> TaskRow | No
 
 def _judge_aggregates(
     cats: dict[str, AggregateDelta], avg: AggregateDelta, rows: list[TaskRow], alpha: float
-) -> tuple[dict[str, AggregateDelta], AggregateDelta]:
+) -> tuple[dict[str, AggregateDelta], AggregateDelta, list[str]]:
     """One rule per quantity: an aggregate that *is* one task's Δ (:func:`_only_mover`) takes that task's
-    test and star; the others (bootstrap p) are one Holm family, categories and AVG together."""
+    test and star; the others (bootstrap p) are one Holm family, categories and AVG together, whose
+    members' names come back third."""
     top = {r.task: r for r in rows if r.group is None}
     aggs = [*cats.values(), avg]
     judged: dict[str, AggregateDelta] = {}
@@ -437,14 +444,30 @@ def _judge_aggregates(
             judged[agg.name] = replace(agg, significant=False)
         elif (t := _only_mover(agg, top)) is not None:
             mde = t.mde if len(agg.coverage.present) == 1 else agg.mde
-            judged[agg.name] = replace(agg, p=t.p, test=t.test, p_adj=t.p_adj, significant=t.significant, mde=mde)
+            judged[agg.name] = replace(
+                agg, p=t.p, test=t.test, p_adj=t.p_adj, significant=t.significant, mde=mde, holm_m=t.holm_m
+            )
         elif agg.p is None:
             judged[agg.name] = replace(agg, significant=False)
         else:
             family.append(agg)
     for agg, a in zip(family, holm_adjust([a.p for a in family]), strict=True):  # type: ignore[misc]
-        judged[agg.name] = replace(agg, p_adj=a, significant=a < alpha)
-    return {n: judged[n] for n in cats}, judged[avg.name]
+        judged[agg.name] = replace(agg, p_adj=a, significant=a < alpha, holm_m=len(family))
+    return {n: judged[n] for n in cats}, judged[avg.name], [a.name for a in family]
+
+
+def _singletons(rows: list[TaskRow], aggregates: list[str]) -> list[tuple[str, str]]:
+    """The families that hold one test, with its row: a comparison of one task (``--tasks boolq``), or
+    categories of single tasks whose AVG alone is tested by bootstrap. Holm is then the identity, so
+    the star is at raw α; the report says that in one line instead of implying a correction."""
+    tested = [r for r in rows if r.p_adj is not None]
+    out = []
+    if len(tested) == 1:
+        r = tested[0]
+        out.append(("task rows", f"{r.task} ↳ {r.group}" if r.group else r.task))
+    if len(aggregates) == 1:
+        out.append(("categories + AVG", aggregates[0]))
+    return out
 
 
 def _value_row(
@@ -499,6 +522,9 @@ def _compare(
             key = data_key(paired)  # seeds from the data, never from labels
             naive = task in data.subset_mean  # OpenCompass's mmlu: mean of subject means
             d = paired_task_delta(paired, rng=task_rng(settings.seed, key, task), subset_mean=naive, **boot)
+            if paired.clusters is not None and n_clusters(paired) < 2:
+                why = "no CI or test; score more of its documents for one"
+                notes.append(f"{task}: its {paired.n} paired items share one cluster (cluster_by): {why}")
             rows.append(_item_row(task, category, None, d))
             points[task] = TaskPoint(d.ref_mean, d.other_mean, d.replicates)
             if task in subgroups:
@@ -526,8 +552,8 @@ def _compare(
     )
     rows = _judge_tasks(rows, settings.alpha)
     rows = [replace(r, label_prior=True) if {(ref, r.task), (run, r.task)} & flags else r for r in rows]
-    cats, avg = _judge_aggregates(cats, avg, rows, settings.alpha)
-    return Comparison(ref, run, kind, rows, cats, avg, notes)
+    cats, avg, family = _judge_aggregates(cats, avg, rows, settings.alpha)
+    return Comparison(ref, run, kind, rows, cats, avg, notes, _singletons(rows, family))
 
 
 def build_report(

@@ -23,6 +23,7 @@ import yaml
 
 from cfbench.errors import CfbenchError
 from cfbench.fsutil import escapes
+from cfbench.tasks.clusters import cluster_by_problem
 from cfbench.tasks.opencompass import OC_MAX_SEQ_LEN
 from cfbench.tasks.templates import check_spec
 
@@ -85,7 +86,8 @@ class TaskConfig:
     mc2_choices: str | None = None
     mc2_labels: str | None = None
     #: A document field whose equal values mark items that share a passage (RACE ``article``, BoolQ
-    #: ``passage``): compare then resamples those clusters and tests Δ at cluster level.
+    #: ``passage``), or ``FIELD:KEY`` with a key of :data:`cfbench.tasks.clusters.CLUSTER_KEYS` (AX-g
+    #: ``premise:ungendered``): compare then resamples those clusters and tests Δ at cluster level.
     cluster_by: str | None = None
     source_file: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -173,9 +175,8 @@ def parse_task_config(raw: Any, path: Path) -> TaskConfig:
         raise _fail(path, f"fewshot_sampler must be one of {FEWSHOT_SAMPLERS}")
     if ("mc2" in metrics) != ("mc2_choices" in raw and "mc2_labels" in raw):
         raise _fail(path, "metric mc2 needs both mc2_choices and mc2_labels (and vice versa)")
-    cluster_by = raw.get("cluster_by")
-    if cluster_by is not None and (not isinstance(cluster_by, str) or not cluster_by.strip()):
-        raise _fail(path, f"cluster_by must name one document field (e.g. cluster_by: article), got {cluster_by!r}")
+    if "cluster_by" in raw and (problem := cluster_by_problem(raw["cluster_by"])) is not None:
+        raise _fail(path, problem)
     nfs = raw.get("num_fewshot", 0)
     if not isinstance(nfs, int) or nfs < 0:
         raise _fail(path, "num_fewshot must be a non-negative integer")

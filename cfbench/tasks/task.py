@@ -31,6 +31,7 @@ from cfbench.data import DataSource, Located, default_sources, locate, missing_d
 from cfbench.data.adapters import get_processor
 from cfbench.errors import CfbenchError
 from cfbench.requests import LoglikRequest, LoglikResult, impossible_logprob
+from cfbench.tasks.clusters import cluster_value, split_cluster_by
 from cfbench.tasks.config import TaskConfig
 from cfbench.tasks.opencompass import OCPPLRequests, oc_argmin, oc_ppl
 from cfbench.tasks.templates import evaluate, render_text
@@ -216,21 +217,23 @@ class Task:
         return out
 
     def cluster_ids(self) -> dict[int, str] | None:
-        """doc_id → the value of the task's ``cluster_by`` field (items sharing a passage), None without one.
+        """doc_id → the cluster id of the task's ``cluster_by`` (items sharing a passage), None without one.
 
-        A ``cluster_by`` that names no field of the documents is a config error: one line naming the
-        field, the task and the fields there are.
+        ``cluster_by`` is a field, or ``FIELD:KEY`` (:mod:`cfbench.tasks.clusters`). A field that the
+        documents lack is a config error: one line naming it, the task and the fields there are.
         """
-        field_name = self.cfg.cluster_by
-        if field_name is None:
+        spec = self.cfg.cluster_by
+        if spec is None:
             return None
         docs = self.docs()
+        field_name, key = split_cluster_by(spec)
         if docs and field_name not in docs[0]:
+            what = f"{spec!r} is not" if key is None else f"{spec!r}: {field_name!r} is not"
             raise CfbenchError(
-                f"task {self.name}: cluster_by {field_name!r} is not a field of its documents (fields: "
+                f"task {self.name}: cluster_by {what} a field of its documents (fields: "
                 f"{', '.join(sorted(map(str, docs[0])))}); fix cluster_by in {self.cfg.source_file or 'its YAML'}"
             )
-        return {i: str(doc.get(field_name)) for i, doc in enumerate(docs)}
+        return {i: cluster_value(spec, doc) for i, doc in enumerate(docs)}
 
     def render(
         self, doc: Row, doc_id: int, num_fewshot: int = 0, oc_requests: OCPPLRequests | None = None
