@@ -249,6 +249,8 @@ def test_groups_give_mean_and_seed_sd_and_their_contrast_is_two_level(store_root
     line = c.line("kl", "boolq")
     assert line.estimate == pytest.approx(np.mean(kl_w) - np.mean(kl_t))
     assert line.seed_sd == pytest.approx((np.std(kl_t, ddof=1), np.std(kl_w, ddof=1)))
+    kl_all = [next(s.value for s in report.signals[r] if s.name == "kl" and s.scope == "all") for r in tight]
+    assert c.line("kl").seed_sd[0] == pytest.approx(np.std(kl_all, ddof=1))  # the aggregate's own seed SD
     assert c.line("kl").significant is True
 
 

@@ -226,10 +226,32 @@ def _scoped(values: ItemValues, spec: SignalSpec, runs_a: Sequence[str], runs_b:
     got = {u: c for u in units if (c := unit_contrast(values, spec.name, u, runs_a, runs_b, plan, confidence))}
     if not spec.aggregate:
         return [(u, c) for u, c in got.items()]
-    cats = {n: [got[t] for t in m if t in got] for n, m in categories.items()}
-    cats = {n: mean_contrast(parts, confidence) for n, parts in cats.items() if parts}
-    out = [(OVERALL, mean_contrast(list(cats.values()), confidence))] if cats else []
+    means = {t: _run_means(values, spec.name, t, runs_a, runs_b) for t in got}
+    cats, cat_means = {}, {}
+    for name, members in categories.items():
+        present = [t for t in members if t in got]
+        if present:
+            cat_means[name] = tuple(np.mean([means[t][i] for t in present], axis=0) for i in (0, 1))
+            cats[name] = _seed_sd(mean_contrast([got[t] for t in present], confidence), cat_means[name])
+    out = []
+    if cats:
+        avg_means = tuple(np.mean([m[i] for m in cat_means.values()], axis=0) for i in (0, 1))
+        out = [(OVERALL, _seed_sd(mean_contrast(list(cats.values()), confidence), avg_means))]
     return out + list(cats.items()) + list(got.items())
+
+
+def _run_means(values: ItemValues, name: str, unit: str, runs_a: Sequence[str],
+               runs_b: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Each run's item mean on the items every run of the contrast scored (the arrays a contrast reads)."""
+    per_run = values.values[name][unit]
+    index = _common([per_run[r] for r in (*runs_a, *runs_b)])
+    return tuple(np.array([per_run[r].reindex(index).mean() for r in runs]) for runs in (runs_a, runs_b))  # type: ignore[return-value]
+
+
+def _seed_sd(c: Contrast, means: tuple[np.ndarray, np.ndarray]) -> Contrast:
+    """An aggregate's between-seed SD: the SD over each arm's runs of their aggregate values (None: one run)."""
+    sd = tuple(float(np.std(m, ddof=1)) if m.size > 1 else None for m in means)
+    return replace(c, seed_sd=sd)
 
 
 def _negated(c: Contrast) -> Contrast:
