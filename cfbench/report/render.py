@@ -644,12 +644,12 @@ def _rich_table(spec: TableSpec, cols: list[int], title: str) -> Any:
 def _fit_columns(spec: TableSpec, limit: int = TERMINAL_WIDTH) -> list[Any]:
     """The spec as one or more rich tables, each at most ``limit`` columns wide at its natural width.
 
-    Columns are added greedily after the key columns (the row labels: Category and Task, or the
+    Columns are added greedily after the key columns (the row labels: Category and Task, Signal and Scope, or the
     first column), which every part repeats so each part reads alone.
     """
     from rich.console import Console
 
-    key = [0, 1] if spec.columns[:2] == ["Category", "Task"] else [0]
+    key = [0, 1] if spec.columns[:2] in (["Category", "Task"], ["Signal", "Scope"]) else [0]
     parts: list[list[int]] = [list(key)]
     with open(os.devnull, "w", encoding="utf-8") as sink:
         measure = Console(width=4 * limit, file=sink)
