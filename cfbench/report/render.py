@@ -644,8 +644,8 @@ def _rich_table(spec: TableSpec, cols: list[int], title: str) -> Any:
 def _fit_columns(spec: TableSpec, limit: int = TERMINAL_WIDTH) -> list[Any]:
     """The spec as one or more rich tables, each at most ``limit`` columns wide at its natural width.
 
-    Columns are added greedily after the key columns (the row labels: Category and Task, Signal and Scope, or the
-    first column), which every part repeats so each part reads alone.
+    Columns are added greedily after the key columns (the row labels: Category and Task, Signal and
+    Scope, or the first column), which every part repeats so each part reads alone.
     """
     from rich.console import Console
 
