@@ -377,6 +377,8 @@ def test_regress_gates_the_contrast_with_the_previous_candidate(store_root: Path
     assert worse.failed and [x.failed for x in worse.contrast_lines] == [True, False]
     assert "lower bound" in worse.contrast_lines[0].reason and "FAIL" in worse.markdown()
     assert worse.to_dict()["budgets"][0]["kind"] == "contrast"
+    assert worse.report.contrasts == [worse.contrast]  # the report (and --summary) shows the whole contrast
+    assert worse.markdown().startswith("### cfbench regression gate: FAIL")
     better = regress("base", "near", previous=["far"], max_worse=["kl=0.01", "DK:accuracy=1"], **kw)
     assert not better.failed and better.contrast.label == "near − far"
     seeds = regress("base", "wide-s0", candidate_seeds=["wide-s1", "wide-s2"],

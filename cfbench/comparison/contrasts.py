@@ -112,7 +112,11 @@ def _drift_values(out: ItemValues, pairs: Mapping[str, PairDrift]) -> None:
 
 
 def _ppl_values(out: ItemValues, rows: Sequence[DriftRow]) -> None:
-    """Held-out NLL drift per document, scaled so the item mean is the signal (Σ Δnll / Σ tokens)."""
+    """Held-out NLL drift per document, scaled so the item mean is the signal (Σ Δnll / Σ tokens).
+
+    Both arms scored the same documents with the same tokenizer, so the token total is common to them;
+    the contrast's CI resamples the documents' Δnll and holds that total fixed.
+    """
     for row in rows:
         paired = pair_docs(row.base, row.tuned)
         delta = (paired.tuned_nll - paired.base_nll) * paired.n_tokens.size / paired.n_tokens.sum()

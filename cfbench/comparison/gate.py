@@ -363,6 +363,7 @@ def regress(
             res.report.categories, n_boot=n_boot, seed=0, confidence=1 - significance, alpha=significance,
         )  # fmt: skip
         out.contrast_lines = contrast_gate(out.contrast, worse_budgets)
+        res.report.contrasts.append(out.contrast)  # so the report (and --summary) shows the whole contrast
     return out
 
 
