@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from cfbench.comparison import compare, regress
-from cfbench.comparison.contrasts import FORGOTTEN, auto_groups, parse_contrast, parse_groups
+from cfbench.comparison.contrasts import FORGOTTEN, GAINED, auto_groups, parse_contrast, parse_groups
 from cfbench.errors import CfbenchError
 from cfbench.metrics.indomain import TABLE as INDOMAIN_TABLE
 from cfbench.replicates import ResamplePlan
@@ -79,6 +79,9 @@ def test_flips_are_counts_and_no_common_item_is_refused() -> None:
     assert (line.estimate, line.mean_a, line.mean_b) == pytest.approx((4.0, 3.0, 7.0))
     assert (line.ci, line.significant) == (None, None)
     assert "not judged" in res.verdicts[0]
+    gained = {"A": {"all": np.zeros(40)}, "B": {"all": np.r_[np.ones(10), np.zeros(30)]}}
+    res = build_contrast(_values(GAINED, gained), "A", ["A"], "B", ["B"], {}, n_boot=400)
+    assert res.verdicts[0].startswith("B gained more than A: gained (vs base) +10 [")  # not "forgot less"
     disjoint = ItemValues()
     disjoint.add(KL, "t1", "A", pd.Series([0.1, 0.2], index=[1, 2]))
     disjoint.add(KL, "t1", "B", pd.Series([0.1, 0.2], index=[3, 4]))

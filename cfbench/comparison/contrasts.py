@@ -35,7 +35,7 @@ from cfbench.store import ResultStore
 
 ACCURACY = SignalSpec("accuracy", "accuracy", "points", "higher", aggregate=True, scale=100.0, vs_base=False)
 FORGOTTEN = SignalSpec("forgotten", "forgotten (vs base)", "items", "lower", count=True)
-GAINED = SignalSpec("gained", "gained (vs base)", "items", "higher", count=True)
+GAINED = SignalSpec("gained", "gained (vs base)", "items", "higher", count=True, verbs=("gained more", "gained fewer"))
 INDOMAIN_LOSS = SignalSpec("indomain_loss", "in-domain loss", "Δ nats/token", "lower", kind="learned", vs_base=False)
 INDOMAIN_EM = SignalSpec("indomain_em", "in-domain EM", "Δ pts", "higher", kind="learned", vs_base=False)
 #: Hyper-parameters that differ between seeds of one method without making it another method.

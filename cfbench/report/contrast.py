@@ -51,6 +51,8 @@ class SignalSpec:
     scale: float = 1.0
     count: bool = False
     vs_base: bool = True
+    #: The verdict's words when B is better / worse; None: "forgot less/more" (or "learned more/less").
+    verbs: tuple[str, str] | None = None
 
 
 @dataclass
@@ -92,6 +94,7 @@ class ContrastLine:
     p_adj: float | None = None
     significant: bool | None = None
     note: str | None = None
+    verbs: tuple[str, str] | None = None
 
 
 @dataclass
@@ -215,7 +218,7 @@ def _line(spec: SignalSpec, scope: str, c: Contrast, per_nat: bool = False) -> C
     sd = tuple(None if s is None else k * s for s in c.seed_sd)
     label, unit = (f"{spec.label} per nat learned", f"{spec.unit} per nat") if per_nat else (spec.label, spec.unit)
     return ContrastLine(spec.name, label, unit, spec.better, spec.kind, scope, k * c.estimate, ci, c.p, c.n_items,
-                        k * c.mean_a, k * c.mean_b, sd, c.level, per_nat, note=c.note)  # type: ignore[arg-type]  # fmt: skip
+                        k * c.mean_a, k * c.mean_b, sd, c.level, per_nat, note=c.note, verbs=spec.verbs)  # type: ignore[arg-type]  # fmt: skip
 
 
 def _scoped(values: ItemValues, spec: SignalSpec, runs_a: Sequence[str], runs_b: Sequence[str],
@@ -311,7 +314,9 @@ def verdict(b: str, a: str, x: ContrastLine) -> str:
     if not x.significant:
         return f"{b} vs {a}: no detectable difference: {value}"
     b_better = x.estimate < 0 if x.better == "lower" else x.estimate > 0
-    if x.kind == "learned":
+    if x.verbs is not None:
+        phrase = x.verbs[0] if b_better else x.verbs[1]
+    elif x.kind == "learned":
         phrase = "learned more" if b_better else "learned less"
     else:
         phrase = "forgot less" if b_better else "forgot more"
