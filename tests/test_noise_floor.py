@@ -173,7 +173,7 @@ def test_compare_against_a_nil_floor_stars_no_divergence(store_root: Path) -> No
     margin = [s for s in res.report.signals["far"] if s.name == "gold_margin"]
     assert any(s.significant is not None for s in margin)  # a signed Δ is still judged against 0
     md = to_markdown(res.report)
-    assert "Noise floor base-plain (scoring_path plain (base tree)) is numerically nil" in md
+    assert "Noise floor base-plain, which changed scoring_path plain (base tree), is numerically nil" in md
     assert "numerically nil)" in md and "*" not in md.split("### Learned vs forgot")[1].split("|")[5]
 
 
@@ -257,7 +257,7 @@ def test_compare_scores_a_dtype_floor_itself(tiny_model: Path, tmp_path: Path, m
     nf = res.report.noise_floor
     assert nf is not None and nf.change == "dtype bfloat16 (base float32)"
     runs = ResultStore(tmp_path / "r").runs()
-    floor_run = runs[runs["name"].str.contains("noise floor: dtype=bfloat16", regex=False)]
+    floor_run = runs[runs["name"] == f"{tiny_model} (dtype=bfloat16)"]
     assert len(floor_run) == 1 and set(floor_run["dtype"]) == {"bfloat16"}
     assert nf.flips is not None and nf.flips.n > 0
 

@@ -201,7 +201,7 @@ def score_floor(
     spec = resolve_ref(base, store).spec
     kwargs = dict(eval_kwargs)
     kwargs["backend_options"] = {**(kwargs.get("backend_options") or {}), **floor.options}
-    kwargs["name"] = f"{spec} (noise floor: {floor.change})"
+    kwargs["name"] = f"{spec} ({floor.change})"  # e.g. "smollm2-135m (dtype=bfloat16)"
     return resolve_runs([f"ckpt:{spec}"], store, eval_kwargs=kwargs, runner=runner)[0].record
 
 

@@ -218,7 +218,7 @@ def floor_lines(report: ComparisonReport) -> list[str]:
     nf = report.noise_floor
     if nf is None:
         return []
-    change = f" ({nf.change})" if nf.change else ""
+    change = f", which changed {nf.change}," if nf.change else ""
     values = ", ".join(f"{_metric_label(report, k)} {fmt_signal(v)}" for k, v in nf.values.items())
     if nf.nil:
         head = (
@@ -226,7 +226,7 @@ def floor_lines(report: ComparisonReport) -> list[str]:
             "no divergence; re-score the base under a numeric change a user meets (compare --noise-floor dtype)"
         )
     else:
-        head = f"Noise floor {nf.run}{change}: {values or 'no divergence paired'} overall"
+        head = f"Noise floor {nf.run}{change} is {values or 'no divergence paired'} overall"
     if nf.flips is not None:
         head += (
             f"; numerics alone flipped {nf.flips.forgotten} items right→wrong and {nf.flips.gained} wrong→right "
