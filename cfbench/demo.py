@@ -54,7 +54,7 @@ class DemoConfig:
     seed: int = 0
     heldout: int = 100  # in-domain documents held out of training (cfbench.train.indomain)
     #: The noise floor drift is judged against (compare --noise-floor): ``dtype`` re-scores the base in bfloat16
-    #: (KL ~5e-4 on this setup, 36 s on a 2-core CPU with AMX; docs/metrics.md), ``plain`` the fp32 plain path
+    #: (KL 7.7e-4 on this setup, 36-77 s on a 2-core CPU with AMX; docs/metrics.md), ``plain`` the fp32 plain path
     #: (~1e-11: numerically nil, stars nothing), ``none`` leaves divergences unjudged.
     floor: str = "dtype"
     ppl_limit: int = 64  # LAMBADA passages for the held-out perplexity drift (0: skip)
