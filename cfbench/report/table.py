@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cfbench.errors import CfbenchError
-from cfbench.signals import Signal
+from cfbench.signals import NoiseFloor, Signal
 from cfbench.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_BOOT,
@@ -172,6 +172,8 @@ class ComparisonReport:
     signals: dict[str, list[Signal]] = field(default_factory=dict)
     #: (run, task) → why that run's accuracy on that task measures the label prior (issue 19, item 5).
     label_prior: dict[tuple[str, str], LabelPrior] = field(default_factory=dict)
+    #: The noise floor divergences were judged against (its change, values and own flips); None: no floor.
+    noise_floor: NoiseFloor | None = None
 
     def flagged(self, cmp: Comparison, agg: AggregateDelta) -> int:
         """How many of an aggregate's present tasks are label-prior flagged in this comparison."""
