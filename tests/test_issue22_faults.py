@@ -689,3 +689,41 @@ def test_hash_cache_sees_same_size_weights_with_restored_mtime(tmp_path: Path, h
     assert cache.file_sha256(f) != old  # and this process's own cache
     cache.save()
     assert HashCache(tmp_path / "hashes.json").file_sha256(f) == cache.file_sha256(f)  # and it is remembered
+
+
+# ------------------------------------------------ 3. --n-boot 0: no CIs and no stars on any row, in any format
+
+
+def _strong_drop_report(n_boot: int):  # -> ComparisonReport
+    """boolq: 30 of 100 correct items flip to wrong (McNemar p ~ 1e-9), copa unchanged."""
+    import numpy as np
+
+    base = np.r_[np.ones(80), np.zeros(20)]
+    tuned = base.copy()
+    tuned[:30] = 0
+    frames = [pd.DataFrame({"run": r, "task": t, "doc_id": np.arange(100), "subset": None, "score": s})
+              for t in ("boolq", "copa") for r, s in (("base", base), ("tuned", tuned if t == "boolq" else base))]
+    return build_report("base", ["tuned"], {"R": ["boolq", "copa"]}, items=pd.concat(frames, ignore_index=True),
+                        n_boot=n_boot)  # fmt: skip
+
+
+def test_n_boot_zero_stars_no_task_row_in_any_format() -> None:
+    from cfbench.report.html import to_html
+    from cfbench.report.render import to_markdown
+
+    starred = _strong_drop_report(200)
+    (row,) = [t for t in starred.base_comparisons[0].tasks if t.task == "boolq"]
+    assert row.significant  # the same data with CIs is starred: the rule, not the data, removes the star
+    report = _strong_drop_report(0)
+    cmp = report.base_comparisons[0]
+    assert not any(t.significant for t in cmp.tasks)
+    assert not any(report.aggregate_significant(a) for a in [*cmp.categories.values(), cmp.avg])
+    assert all(t.ci is None for t in cmp.tasks)
+    md = to_markdown(report)
+    assert "-30.00 |" in md and "-30.00*" not in md and "-15.00*" not in md
+    assert "untested: --n-boot 0" in md and "no item-level scores" not in md  # the summary's reason is the rule
+    assert '"significant": true' not in report_to_json(report)
+    rows = [r for r in csv.DictReader(io.StringIO(report_to_csv(report))) if r["section"] == "delta"]
+    assert rows and {r["significant"] for r in rows} == {"False"} and {r["ci_low"] for r in rows} == {""}
+    html = to_html(report)
+    assert ">-30.00</td>" in html and "-30.00*" not in html and 'class="r sig-neg"' not in html
