@@ -727,3 +727,104 @@ def test_n_boot_zero_stars_no_task_row_in_any_format() -> None:
     assert rows and {r["significant"] for r in rows} == {"False"} and {r["ci_low"] for r in rows} == {""}
     html = to_html(report)
     assert ">-30.00</td>" in html and "-30.00*" not in html and 'class="r sig-neg"' not in html
+
+
+# ------------------------------------------------ 7. a deleted items part is named, not compared around
+
+
+def _item_frame(key: str, run_id: str | None, task: str, doc_ids: list[int], correct: list[bool]) -> pd.DataFrame:
+    return pd.DataFrame({"cache_key": key, "run_id": run_id, "task": task, "task_hash": "t", "doc_id": doc_ids,
+                         "gold": 0, "pred": [0 if c else 1 for c in correct], "acc": [float(c) for c in correct],
+                         "logprobs": [[-1.0, -2.0]] * len(doc_ids), "n_tokens": [[1, 1]] * len(doc_ids),
+                         "is_greedy": [[True, False]] * len(doc_ids)})  # fmt: skip
+
+
+def _two_run_store(root: Path, limit: int | None = None) -> dict[str, list[Path]]:
+    """Runs base and tuned on boolq and copa (40 items each), each task's items in two parts as the engine
+    writes them (chunks); with ``limit`` the runs cover the first ``limit`` documents (``extra.doc_ids``).
+    Returns each run's items parts in the order written."""
+    from cfbench.store import RunRecord, TaskScore
+
+    store, parts = ResultStore(root), {}
+    for name, flip in (("base", 0), ("tuned", 10)):
+        run = RunRecord(name=name, checkpoint_name=name, checkpoint_hash=name, suite="offline", limit=limit)
+        if limit is not None:
+            run.extra["doc_ids"] = {t: list(range(limit)) for t in ("boolq", "copa")}
+        before = set((root / "items").glob("part-*.parquet"))
+        scores = []
+        for task in ("boolq", "copa"):
+            key = f"k:{name}:{task}"
+            correct = [i >= flip for i in range(40)]
+            for lo, hi in ((0, 20), (20, 40)):  # two chunks, two parts
+                store.append_items(_item_frame(key, None, task, list(range(lo, hi)), correct[lo:hi]))
+            n = limit or 40
+            scores.append(TaskScore(task=task, metric="acc", value=sum(correct[:n]) / n, n_items=n, cache_key=key))
+        store.append_run(run, scores)
+        parts[name] = sorted(set((root / "items").glob("part-*.parquet")) - before)
+    return parts
+
+
+@pytest.mark.parametrize(("limit", "which"), [(None, 0), (None, 3), (30, 1), (30, 2)])
+def test_store_check_names_a_run_whose_items_part_was_deleted(tmp_path: Path, limit: int | None, which: int) -> None:
+    from cfbench.store.check import check_store, missing_items
+
+    parts = _two_run_store(tmp_path, limit)
+    assert missing_items(tmp_path) == []
+    parts["tuned"][which].unlink()  # boolq 0-19, boolq 20-39, copa 0-19, copa 20-39
+    task = "boolq" if which < 2 else "copa"
+    expected = limit or 40
+    stored = expected - 20 if limit is None or which % 2 == 0 else expected - (limit - 20)
+    assert check_store(tmp_path) == []  # every remaining part is readable: the parts check cannot see it
+    (short,) = missing_items(tmp_path)
+    assert (short.run, short.task, short.stored, short.expected) == ("tuned", task, stored, expected)
+    line = short.message(tmp_path)
+    assert "\n" not in line and "run 'tuned'" in line and f"scored {expected} {task} items but only {stored}" in line
+    assert str(tmp_path / "items") in line and "cfbench eval" in line
+    rc, out = _check_cli(tmp_path)
+    assert rc == 1 and f"scored {expected} {task} items but only {stored}" in out and "all parts readable" not in out
+
+
+def _check_cli(root: Path) -> tuple[int, str]:
+    app = typer.Typer()
+    store_cmds.register(app)
+    res = CliRunner().invoke(app, ["store", "check", "--results", str(root)])
+    return res.exit_code, res.output
+
+
+def test_a_deleted_items_part_stops_compare_and_regress_in_one_line(tmp_path: Path) -> None:
+    from cfbench.comparison import compare, regress
+
+    parts = _two_run_store(tmp_path)
+    ok = compare("base", ["tuned"], suite="offline", results=tmp_path, n_boot=50)
+    assert ok.report.base_comparisons[0].avg.ci is not None
+    assert _check_cli(tmp_path) == (0, f"{tmp_path}: all parts readable, every run's items present\n")
+    parts["base"][2].unlink()  # base's copa 0-19
+    for call in (lambda: compare("base", ["tuned"], suite="offline", results=tmp_path, n_boot=50),
+                 lambda: regress("base", "tuned", max_drop=["AVG=1"], n_boot=50, suite="offline", results=tmp_path)):
+        with pytest.raises(CfbenchError, match=r"run 'base' .* scored 40 copa items but only 20 are stored") as err:
+            call()
+        assert "\n" not in str(err.value)
+    rc, line = _cli("compare", "base", "tuned", "--suite", "offline", "--n-boot", "50", "--results", str(tmp_path))
+    assert rc == 2 and "scored 40 copa items but only 20" in line
+
+
+def test_check_fix_moves_a_bad_items_part_then_names_the_runs_that_lost_items(tmp_path: Path) -> None:
+    parts = _two_run_store(tmp_path)
+    parts["tuned"][1].write_bytes(b"not parquet")
+    app = typer.Typer()
+    store_cmds.register(app)
+    res = CliRunner().invoke(app, ["store", "check", "--results", str(tmp_path), "--fix"])
+    assert res.exit_code == 1 and "moved 1 bad part(s)" in res.output
+    assert "run 'tuned'" in res.output and "scored 40 boolq items but only 20" in res.output
+
+
+def test_task_level_imports_and_complete_runs_are_not_short(tmp_path: Path) -> None:
+    from cfbench.importers import import_lmeval
+    from cfbench.store.check import missing_items
+
+    src = Path(__file__).parent / "fixtures" / "imports" / "lmeval" / "org__tiny-sft"
+    import_lmeval(src, "sft", ResultStore(tmp_path))  # items from lm-eval's samples files
+    summary = tmp_path / "summary.csv"
+    summary.write_text("dataset,version,metric,mode,m\nBoolQ,314797,accuracy,ppl,61.25\n")
+    import_opencompass(summary, ResultStore(tmp_path))  # task-level only: no items to miss
+    assert missing_items(tmp_path) == []

@@ -236,21 +236,26 @@ Fix = Annotated[bool, typer.Option("--fix", help="Move bad parts to RESULTS/_qua
 
 
 def check_cmd(results: Results = "results", fix: Fix = False) -> None:  # type: ignore[assignment]
-    """Verify every Parquet part (readable, right schema); exit 1 if any is bad and --fix was not given."""
-    from cfbench.store.check import check_store, move_aside
+    """Verify every Parquet part (readable, right schema) and that every run's items are all there;
+    exit 1 if anything is wrong (bad parts are moved aside with --fix; missing items need a re-score)."""
+    from cfbench.store.check import check_store, missing_items, move_aside
 
     bad = check_store(Path(results))
     for b in bad:
         typer.echo(f"bad part {b.path}: {b.problem}")
-    if not bad:
-        typer.echo(f"{results}: all parts readable")
-        return
-    if fix:
+    if bad and not fix:
+        typer.echo("run again with --fix to move them aside")
+        raise typer.Exit(1)
+    if bad:
         moved = move_aside(Path(results), bad)
         typer.echo(f"moved {len(moved)} bad part(s) to {Path(results) / '_quarantine'}; re-run eval to re-score")
-        return
-    typer.echo("run again with --fix to move them aside")
-    raise typer.Exit(1)
+    short = missing_items(Path(results))
+    for s in short:
+        typer.echo(f"missing items: {s.message(Path(results))}")
+    if short:
+        raise typer.Exit(1)
+    if not bad:
+        typer.echo(f"{results}: all parts readable, every run's items present")
 
 
 def register(app: typer.Typer) -> None:

@@ -326,6 +326,11 @@ class ResultStore:
             flt = _and(flt, (by_run | ds.field("cache_key").isin(keys)) if keys else by_run)
         return _to_pandas(self._read("items", flt))
 
+    def item_keys(self, cache_keys: Iterable[str]) -> pd.DataFrame:
+        """``cache_key, task, doc_id`` of the items stored under ``cache_keys`` (no scores decoded)."""
+        flt = ds.field("cache_key").isin(list(cache_keys))
+        return _to_pandas(self._read("items", flt, ["cache_key", "task", "doc_id"]))
+
     def cached_doc_ids(self, cache_key: str) -> set[int]:
         """Doc ids already scored under ``cache_key``: the engine skips these."""
         table = self._read("items", ds.field("cache_key") == cache_key, ["doc_id"])
