@@ -828,3 +828,102 @@ def test_task_level_imports_and_complete_runs_are_not_short(tmp_path: Path) -> N
     summary.write_text("dataset,version,metric,mode,m\nBoolQ,314797,accuracy,ppl,61.25\n")
     import_opencompass(summary, ResultStore(tmp_path))  # task-level only: no items to miss
     assert missing_items(tmp_path) == []
+
+
+# ------------------------------------------------ 14. temps of killed writers are removed, wherever they were
+
+
+def _killed_save(out: Path, cache: Path) -> Path:
+    """A process that is kill -9-ed in the middle of an atomic save into ``out``; returns the temp it left."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom pathlib import Path\nfrom cfbench.train._io import atomic_dir\n"
+            "with atomic_dir(Path(sys.argv[1])) as tmp:\n"
+            "    (tmp / 'model.safetensors').write_bytes(b'0' * 4096)\n    os.kill(os.getpid(), 9)\n")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code, str(out)], env={**os.environ, "CFBENCH_CACHE": str(cache)},
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == -9, res.stderr
+    (left,) = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-pid")]
+    assert (left / "model.safetensors").exists()
+    return left
+
+
+def test_a_killed_save_s_temp_is_removed_by_a_later_save_into_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cfbench.train._io import atomic_dir
+
+    monkeypatch.setenv("CFBENCH_CACHE", str(tmp_path / "cache"))
+    left = _killed_save(tmp_path / "runs-a" / "ft", tmp_path / "cache")
+    with atomic_dir(tmp_path / "runs-b" / "merged") as tmp:  # another --out, in another folder
+        (tmp / "config.json").write_text("{}")
+    assert not left.exists() and (tmp_path / "runs-b" / "merged" / "config.json").exists()
+    assert list((tmp_path / "cache" / "writers").iterdir()) == []  # its ledger entry went with it, and ours
+
+
+def test_the_writers_ledger_deletes_only_a_dead_writer_s_own_temp(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import os
+    import subprocess
+    import sys
+
+    from cfbench.fsutil import sweep_dead_writers
+
+    monkeypatch.setenv("CFBENCH_CACHE", str(tmp_path / "cache"))
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    ledger = tmp_path / "cache" / "writers"
+    ledger.mkdir(parents=True)
+    keep = [tmp_path / "precious", tmp_path / f".x.tmp-pid{dead + 1}-abc", tmp_path / f".y.tmp-pid{os.getppid()}-abc"]
+    for i, p in enumerate(keep):  # not a temp; another pid's temp; a live writer's temp
+        p.mkdir()
+        pid = os.getppid() if i == 2 else dead
+        (ledger / f"{pid}-{i}").write_text(str(p))
+    gone = tmp_path / f".z.tmp-pid{dead}-abc"
+    gone.mkdir()
+    (ledger / f"{dead}-9").write_text(str(gone))
+    assert sweep_dead_writers() == [gone]
+    assert not gone.exists() and all(p.exists() for p in keep)
+
+
+def test_store_check_lists_and_fix_deletes_a_dead_writer_s_temp_part(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _two_run_store(tmp_path)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    stale = tmp_path / "items" / f".tmp-pid{dead}-0123abcd.partial"
+    stale.write_bytes(b"PAR1 half a part")
+    live = tmp_path / "items" / f".tmp-pid{os.getppid()}-4567abcd.partial"  # a writer still at work
+    live.write_bytes(b"PAR1 being written")
+    rc, out = _check_cli(tmp_path)
+    assert rc == 1 and str(stale) in out and str(live) not in out and stale.exists()
+    app = typer.Typer()
+    store_cmds.register(app)
+    res = CliRunner().invoke(app, ["store", "check", "--results", str(tmp_path), "--fix"])
+    assert res.exit_code == 0 and "deleted 1 temp(s)" in res.output, res.output
+    assert not stale.exists() and live.exists()
+    stale.write_bytes(b"PAR1 again")
+    ResultStore(tmp_path).compact()  # compact removes it at once too (not only after an hour)
+    assert not stale.exists() and live.exists()
+
+
+def test_the_store_s_own_temp_names_carry_the_writer_pid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from cfbench.fsutil import tmp_writer_pid
+
+    seen: list[str] = []
+    real = os.replace
+
+    def spy(src: object, dst: object) -> None:
+        seen.append(Path(str(src)).name)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    _two_run_store(tmp_path)
+    assert seen and all(tmp_writer_pid(n) == os.getpid() for n in seen)

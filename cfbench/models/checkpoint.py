@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cfbench.errors import CfbenchError
-from cfbench.fsutil import remove_stale_tmp, tmp_prefix
+from cfbench.fsutil import clean_dead_writers, remove_stale_tmp, tmp_prefix, tracked_tmp
 from cfbench.models import adapter as peft_adapter
 from cfbench.models.adapter import is_adapter_folder
 from cfbench.models.hashing import HashCache, default_cache_dir, folder_content_hash
@@ -130,11 +130,13 @@ def _atomic_build(final: Path, build: Callable[[Path], None]) -> Path:
     if (final / "config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(final.parent, f".tmp-{final.name}-")  # left by a conversion that was killed
+    clean_dead_writers(final.parent)  # left by conversions and saves that were killed
+    remove_stale_tmp(final.parent, f".tmp-{final.name}-")  # an older cfbench's temp (no pid): by age
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=tmp_prefix(f".tmp-{final.name}-")))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        build(tmp)
+        with tracked_tmp(tmp):
+            build(tmp)
         if not (tmp / "config.json").is_file():
             raise CfbenchError(f"conversion into {final} wrote no config.json: report this as a cfbench bug")
         try:

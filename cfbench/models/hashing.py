@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from cfbench.errors import CfbenchError
+from cfbench.fsutil import default_cache_dir as default_cache_dir  # moved to the core: the writers ledger uses it
 
 _CHUNK = 1 << 22
 
@@ -203,12 +204,6 @@ def first_bad_tensor(folder: Path) -> str | None:
                 if isinstance(t, torch.Tensor) and (bad := verdict(name, t)) is not None:
                     return bad
     return None
-
-
-def default_cache_dir() -> Path:
-    """``$CFBENCH_CACHE`` or ``~/.cache/cfbench``: where conversions and the hash cache live."""
-    env = os.environ.get("CFBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cfbench"
 
 
 def require_finite_weights(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from cfbench.fsutil import dead_tmp, remove_dead_tmp
 from cfbench.store.parts import BadPart, part_problem, repair_hint
 from cfbench.store.queries import ItemShortfall, item_shortfalls, select_run_items
 from cfbench.store.schema import TABLES
@@ -58,6 +59,18 @@ def missing_items(root: Path) -> list[ItemShortfall]:
     return out
 
 
+def dead_temps(root: Path) -> list[Path]:
+    """Temp files and folders in the store that writers killed mid-write left (their pid is gone)."""
+    folders = [Path(root), *(Path(root) / name for name in TABLES)]
+    return [p for folder in folders for p in dead_tmp(folder)]
+
+
+def remove_dead_temps(root: Path) -> list[Path]:
+    """Delete :func:`dead_temps` (a read-only store is refused, like every change to it)."""
+    ResultStore(root).require_writable()
+    return [p for folder in [Path(root), *(Path(root) / name for name in TABLES)] for p in remove_dead_tmp(folder)]
+
+
 def move_aside(root: Path, bad: list[BadPart]) -> list[Path]:
     """Move bad parts to ``ROOT/_quarantine/TABLE/`` (never deleted: a person may want to look).
 
@@ -74,5 +87,5 @@ def move_aside(root: Path, bad: list[BadPart]) -> list[Path]:
     return moved
 
 
-__all__ = ["QUARANTINE", "BadPart", "ItemShortfall", "check_store", "missing_items", "move_aside", "part_problem",
-           "repair_hint"]
+__all__ = ["QUARANTINE", "BadPart", "ItemShortfall", "check_store", "dead_temps", "missing_items", "move_aside",
+           "part_problem", "remove_dead_temps", "repair_hint"]

@@ -30,6 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from cfbench.errors import CfbenchError
+from cfbench.fsutil import remove_dead_tmp, tmp_prefix
 from cfbench.store.parts import part_problem, repair_hint
 from cfbench.store.schema import (
     ITEMS_SCHEMA,
@@ -150,7 +151,7 @@ class ResultStore:
         The temp name starts with ``.`` (pyarrow/pandas discovery skip it) and does not end in
         ``.parquet`` (so a ``*.parquet`` glob, as in duckdb, never matches a half-written file).
         """
-        tmp = final.parent / f".tmp-{uuid.uuid4().hex}.partial"
+        tmp = final.parent / f"{tmp_prefix('.tmp-')}{uuid.uuid4().hex}.partial"  # the pid: a dead writer's is found
         try:
             with open(tmp, "wb") as f:
                 write(f)
@@ -400,9 +401,11 @@ class ResultStore:
                     p.unlink()
 
     def _remove_stale_tmp(self, name: str) -> None:
+        """Temp files of writers that are gone (their pid), and of older cfbench (no pid) after an hour."""
         folder = self.root / name
         if not folder.is_dir():
             return
+        remove_dead_tmp(folder)
         now = time.time()
         for tmp in folder.glob(".tmp-*"):
             with contextlib.suppress(OSError):
