@@ -17,10 +17,13 @@ import contextlib
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from cfbench.errors import CfbenchError
 
 #: Temp folders without a recognisable pid (older cfbench) count as stale after this long.
 STALE_UNKNOWN_S = 3600.0
@@ -162,6 +165,62 @@ def sweep_dead_writers() -> list[Path]:
 def clean_dead_writers(parent: Path) -> list[Path]:
     """Before an atomic save into ``parent``: remove dead writers' temps there and wherever the ledger knows of."""
     return remove_dead_tmp(parent) + sweep_dead_writers()
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest existing parent: where a folder that does not exist yet would be created."""
+    path = Path(path).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def human_bytes(n: float) -> str:
+    """``538.2 MB``: sizes in messages."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # unreachable
+
+
+def _probe_write(folder: Path, target: Path, flag: str) -> None:
+    """Create and delete a file in ``folder``: the only test that sees a read-only mount, ACLs and quotas alike."""
+    if not folder.is_dir():
+        raise CfbenchError(f"{flag} {target}: {folder} is a file, not a folder; choose another {flag}")
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=tmp_prefix(".tmp-probe-"))
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise CfbenchError(
+            f"{flag} {target}: cannot write in {folder} ({exc.strerror or exc}); fix its permissions or choose "
+            f"another {flag} (nothing was done)"
+        ) from None
+
+
+def check_room(targets: Sequence[Path], need_each: int, flag: str) -> None:
+    """Refuse, before any training, merging or scoring, output folders that cannot be written or lack space.
+
+    Each of ``targets`` (created later if missing) must be writable where it would be created, and
+    each file system must have ``need_each`` bytes free per target on it, plus 5 %: finding out after
+    minutes of work loses it all, and a half-written checkpoint is worse than none.
+    """
+    by_device: dict[int, tuple[Path, Path, int]] = {}
+    for target in targets:
+        where = _existing_ancestor(target)
+        _probe_write(where, Path(target), flag)
+        dev = where.stat().st_dev
+        first, _, total = by_device.get(dev, (Path(target), where, 0))
+        by_device[dev] = (first, where, total + need_each)
+    for first, where, total in by_device.values():
+        need = int(total * 1.05)
+        free = shutil.disk_usage(where).free
+        if need and free < need:
+            raise CfbenchError(
+                f"{flag} {first}: needs about {human_bytes(need)} free but {where} has {human_bytes(free)} left; free "
+                f"space there or choose another {flag} (nothing was done)"
+            )
 
 
 def escapes(rel: str) -> bool:

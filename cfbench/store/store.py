@@ -30,7 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from cfbench.errors import CfbenchError
-from cfbench.fsutil import remove_dead_tmp, tmp_prefix
+from cfbench.fsutil import check_room, remove_dead_tmp, tmp_prefix
 from cfbench.store.parts import part_problem, repair_hint
 from cfbench.store.schema import (
     ITEMS_SCHEMA,
@@ -46,6 +46,8 @@ from cfbench.store.schema import (
 DEFAULT_ROOT = Path("results")
 SCHEMA_FILE = "_schema.json"
 _STALE_TMP_S = 3600.0
+#: Free space a store must have before scoring starts: a full suite's items are a few MB.
+MIN_FREE_BYTES = 16 * 1024 * 1024
 _JSON_FIELDS = {"hparams": "hparams_json", "task_hashes": "task_hashes_json",
                 "backend_settings": "backend_settings_json", "extra": "extra_json"}
 _METRIC_COLUMNS = ("acc", "acc_norm", "mc1", "mc2")
@@ -128,6 +130,12 @@ class ResultStore:
             raise CfbenchError(
                 f"results store {self.root} is read-only ({note}): pass another --results folder for your own runs"
             )
+
+    def require_room(self) -> None:
+        """Before scoring: refuse a read-only store, a folder that cannot be written or a full disk now, in
+        one line, rather than after the model has scored everything (the writes come last)."""
+        self.require_writable()
+        check_room([self.root], MIN_FREE_BYTES, "--results")
 
     def _ensure_schema_file(self) -> None:
         self._check_schema_version()
