@@ -927,3 +927,245 @@ def test_the_store_s_own_temp_names_carry_the_writer_pid(tmp_path: Path, monkeyp
     monkeypatch.setattr(os, "replace", spy)
     _two_run_store(tmp_path)
     assert seen and all(tmp_writer_pid(n) == os.getpid() for n in seen)
+
+
+# ------------------------------------------------ 12. output that cannot be written is refused before the work
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path):  # -> Iterator[Path]
+    """A folder nobody may create files in: chmod 555, or for root (whom chmod does not stop) ``chattr +i``."""
+    import os
+    import subprocess
+
+    d = tmp_path / "readonly"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        undo = ["chmod", "755", str(d)]
+    else:
+        if subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode != 0:
+            pytest.skip("running as root where chattr +i is not permitted: no way to make a read-only folder")
+        undo = ["chattr", "-i", str(d)]
+    try:
+        yield d
+    finally:
+        subprocess.run(undo, check=False)
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch, free: int = 1000) -> None:
+    """Every file system reports ``free`` bytes left (a disk without room for a checkpoint)."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free, free))
+
+
+def _must_not_run(monkeypatch: pytest.MonkeyPatch, target: str, what: str) -> None:
+    import importlib
+
+    def stop(*a: object, **k: object) -> None:
+        raise AssertionError(f"{what} started before the output was checked")
+
+    module, name = target.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(module), name, stop)  # the module, not a same-named function
+
+
+def test_float32_weight_bytes_is_four_bytes_a_parameter(tiny_model: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from cfbench.models.checkpoint import float32_weight_bytes
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert float32_weight_bytes(tiny_model) == 4 * sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("where", ["readonly", "full", "under_a_file"])
+def test_merge_refuses_an_unwritable_or_full_output_before_reading_weights(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+) -> None:
+    from cfbench.train.merge import merge
+
+    out = {"full": tmp_path / "merged", "under_a_file": tmp_path / "file" / "merged"}.get(where)
+    if where == "readonly":
+        out = request.getfixturevalue("readonly_dir") / "merged"
+    elif where == "full":
+        _full_disk(monkeypatch)
+    else:
+        (tmp_path / "file").write_text("x")
+    _must_not_run(monkeypatch, "cfbench.train.merge.load_safetensors_folder", "merging")
+    needle = {"readonly": "cannot write in", "full": "needs about", "under_a_file": "is a file, not a folder"}[where]
+    with pytest.raises(CfbenchError, match=needle) as err:
+        merge(tiny_model, tiny_model, 0.5, out)
+    assert "\n" not in str(err.value) and str(out) in str(err.value) and not out.exists()
+
+
+def test_merge_sums_the_room_of_every_alpha_on_one_disk(tiny_model: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from cfbench.train.merge import merge_sweep
+
+    one = (tiny_model / "model.safetensors").stat().st_size
+    _full_disk(monkeypatch, free=int(one * 2.5))  # room for two merged folders, not three
+    _must_not_run(monkeypatch, "cfbench.train.merge.load_safetensors_folder", "merging")
+    with pytest.raises(CfbenchError, match="needs about"):
+        merge_sweep(tiny_model, tiny_model, [0.25, 0.5, 0.75], tmp_path / "sweep")
+
+
+@pytest.mark.parametrize("where", ["readonly", "full"])
+def test_finetune_refuses_an_unwritable_or_full_output_before_training(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+) -> None:
+    from cfbench.train.finetune import finetune
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"q{i}", "input": "", "output": "a"}) + "\n" for i in range(8)))
+    if where == "readonly":
+        out = request.getfixturevalue("readonly_dir") / "ft"
+    else:
+        out = tmp_path / "ft"
+        _full_disk(monkeypatch, free=(tiny_model / "model.safetensors").stat().st_size)  # bf16/f32 base: f32 saved
+    _must_not_run(monkeypatch, "cfbench.train.finetune.encode_train_set", "training")
+    with pytest.raises(CfbenchError, match="cannot write in" if where == "readonly" else "needs about") as err:
+        finetune(tiny_model, data, out, max_steps=1, batch_size=2, micro_batch=2)
+    assert "--out" in str(err.value) and not out.exists()
+
+
+@pytest.mark.parametrize("where", ["readonly", "full"])
+def test_eval_refuses_an_unwritable_or_full_results_store_before_scoring(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+) -> None:
+    from cfbench.engine import plan_evaluation
+
+    _copa_task(tmp_path)
+    results = request.getfixturevalue("readonly_dir") / "r" if where == "readonly" else tmp_path / "r"
+    if where == "full":
+        _full_disk(monkeypatch)
+    with pytest.raises(CfbenchError, match=r"--results .*(cannot write in|needs about)"):
+        plan_evaluation(str(tiny_model), tasks=["copa"], data_dir=tmp_path / "data", results=results)
+    assert not results.exists()
+
+
+# ------------------------------------------------ 11. checkpoint defects: one line before any work
+
+
+def _tiny_copy(tiny_model: Path, dst: Path, **config: object) -> Path:
+    import shutil
+
+    shutil.copytree(tiny_model, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _bin_only(tiny_model: Path, dst: Path, legacy: bool = False, nan: bool = False) -> Path:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(tiny_model, dst)
+    sd = load_file(dst / "model.safetensors")
+    (dst / "model.safetensors").unlink()
+    if nan:
+        name = sorted(sd)[-1]
+        sd[name] = sd[name].clone()
+        sd[name].view(-1)[0] = float("nan")
+    torch.save(sd, dst / "pytorch_model.bin", _use_new_zipfile_serialization=not legacy)
+    return dst
+
+
+def test_unknown_model_type_is_one_line_before_the_model_loads(tiny_model: Path, tmp_path: Path) -> None:
+    from cfbench.backends.hf import load_causal_lm
+    from cfbench.models.checkpoint import check_model_type
+
+    bad = _tiny_copy(tiny_model, tmp_path / "m", model_type="llama9000")
+    with pytest.raises(CfbenchError, match=r"model_type 'llama9000', which transformers .* does not know"):
+        check_model_type(bad)
+    with pytest.raises(CfbenchError, match="llama9000"):
+        load_causal_lm(bad)
+    check_model_type(tiny_model)
+    _copa_task(tmp_path)
+    rc, line = _cli("eval", str(bad), "--tasks", "copa", "--data-dir", str(tmp_path / "data"),
+                    "--results", str(tmp_path / "r"))  # fmt: skip
+    assert rc == 2 and "llama9000" in line and "upgrade transformers" in line
+    assert not (tmp_path / "r").exists() or ResultStore(tmp_path / "r").runs().empty
+
+
+def test_config_vocab_smaller_than_the_tokenizer_is_refused_at_resolution(tiny_model: Path, tmp_path: Path) -> None:
+    from cfbench.models.checkpoint import resolve_checkpoint
+
+    bad = _tiny_copy(tiny_model, tmp_path / "m", vocab_size=1000)
+    with pytest.raises(CfbenchError, match=r"vocab_size 1000 but its tokenizer produces ids up to 491\d\d") as err:
+        resolve_checkpoint(str(bad), cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value)
+    resolve_checkpoint(str(_tiny_copy(tiny_model, tmp_path / "ok", vocab_size=49152 + 64)), cache_dir=tmp_path / "c")
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_pytorch_model_bin_only_folders_resolve_and_their_weights_are_checked(tiny_model: Path, tmp_path: Path,
+                                                                               legacy: bool) -> None:  # fmt: skip
+    """A .bin-only folder (torch's pre-1.6 legacy format too) loads as transformers loads it; the NaN scan
+    reads it (no "mmap can only be used ..." RuntimeError) and names a bad tensor."""
+    from cfbench.models.checkpoint import resolve_checkpoint
+    from cfbench.models.hashing import first_bad_tensor, require_finite_weights
+
+    good = _bin_only(tiny_model, tmp_path / "good", legacy)
+    ck = resolve_checkpoint(str(good), cache_dir=tmp_path / "cache")
+    require_finite_weights(ck.path, ck.content_hash, ck.name, cache_dir=tmp_path / "cache")
+    assert first_bad_tensor(good) is None
+    nan = _bin_only(tiny_model, tmp_path / "nan", legacy, nan=True)
+    assert "(nan)" in str(first_bad_tensor(nan))
+
+
+def test_a_malicious_pickle_in_an_hf_folder_is_one_line_and_never_runs(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from cfbench.models.checkpoint import resolve_checkpoint
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str, str]]:
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil"
+    shutil.copytree(tiny_model, evil)
+    (evil / "model.safetensors").unlink()
+    torch.save({"model.embed_tokens.weight": Evil()}, evil / "pytorch_model.bin")
+    with pytest.raises(CfbenchError, match=r"holds more than tensors.*safetensors from a source you trust") as err:
+        resolve_checkpoint(str(evil), cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value) and not marker.exists()
+    (tmp_path / "doc.txt").write_text("The cat sat on the mat. " * 20)
+    rc, line = _cli("ppl", str(evil), "--data", str(tmp_path / "doc.txt"), "--results", str(tmp_path / "r"))
+    assert rc == 2 and "holds more than tensors" in line and not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["claims_2gb", "bad_json", "truncated", "empty"])
+def test_a_corrupt_raw_safetensors_with_base_is_one_line(tiny_model: Path, tmp_path: Path, damage: str) -> None:
+    from cfbench.models.checkpoint import resolve_checkpoint
+
+    raw = tmp_path / "sd.safetensors"
+    good = (tiny_model / "model.safetensors").read_bytes()
+    raw.write_bytes({"claims_2gb": (2 * 1024**3).to_bytes(8, "little") + good[8:],
+                     "bad_json": good[:8] + b"{" * int.from_bytes(good[:8], "little") + good[8 + int.from_bytes(
+                         good[:8], "little"):],
+                     "truncated": good[: len(good) // 2], "empty": b""}[damage])  # fmt: skip
+    with pytest.raises(CfbenchError, match=r"sd\.safetensors") as err:
+        resolve_checkpoint(str(raw), base=str(tiny_model), cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value)
+
+
+def test_diff_against_a_nan_checkpoint_names_the_tensor_before_any_diff(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cfbench.analysis.run import diff_checkpoints
+
+    monkeypatch.setenv("CFBENCH_CACHE", str(tmp_path / "cache"))
+    bad = _nan_copy(tiny_model, tmp_path / "bad")
+    with pytest.raises(CfbenchError, match=r"checkpoint bad has non-finite .*\(tensor .*\(nan\)\)") as err:
+        diff_checkpoints(str(tiny_model), [str(tiny_model), str(bad)], results=tmp_path / "r")
+    assert "\n" not in str(err.value) and not (tmp_path / "r").exists()
