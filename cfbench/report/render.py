@@ -247,6 +247,8 @@ def _metric_label(report: ComparisonReport, name: str) -> str:
 
 def _sureness(report: ComparisonReport, agg: AggregateDelta) -> str:
     """``significant, Holm p 0.003`` / ``not significant, Holm p 0.41`` / ``untested (no item scores)``."""
+    if report.settings.n_boot == 0:  # "no CIs, no stars": the gate says the same
+        return "untested: --n-boot 0"
     if agg.p is None:
         return "untested: no item-level scores"
     word = "significant" if report.aggregate_significant(agg) else "not significant"
