@@ -9,7 +9,7 @@
 set -u
 PY=${PYTHON:-python}
 W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
+trap 'umount "$W/ro" "$W/full" 2>/dev/null; rm -rf "$W"' EXIT
 
 cf() { $PY -c 'from cfbench.cli import main; main()' "$@"; }
 verdict() { if [ "$1" = 0 ]; then echo "FIXED  $2"; else echo "OPEN   $2"; fi; }
@@ -187,6 +187,126 @@ PYEOF
   one_line $rc "non-finite" "$out"; verdict $? "8 NaN weights swapped in (same size, mtime restored) are refused, not served from cache"; echo "$out" | tail -1 | sed "s/^/       /"
 }
 
+store_two_runs() {  # $1: a store with runs base and tuned on boolq and copa (100 items each, two items parts per
+  # task, as the engine writes chunks); tuned forgets 30 boolq items (McNemar p ~ 1e-9), copa unchanged
+  [ -d "$1" ] || $PY - "$1" <<'PYEOF2'
+import sys
+import pandas as pd
+from cfbench.store import ResultStore, RunRecord, TaskScore
+store = ResultStore(sys.argv[1])
+for name, flip in (("base", 0), ("tuned", 30)):
+    run, scores = RunRecord(name=name, checkpoint_name=name, checkpoint_hash=name, suite="offline"), []
+    for task in ("boolq", "copa"):
+        key = f"k:{name}:{task}"
+        ok = [not (task == "boolq" and i < flip) and i < 80 for i in range(100)]
+        for lo in (0, 50):
+            ids = list(range(lo, lo + 50))
+            store.append_items(pd.DataFrame({"cache_key": key, "task": task, "task_hash": "t", "doc_id": ids, "gold": 0,
+                "pred": [0 if ok[i] else 1 for i in ids], "acc": [float(ok[i]) for i in ids],
+                "logprobs": [[-1.0, -2.0]] * 50, "n_tokens": [[1, 1]] * 50, "is_greedy": [[True, False]] * 50}))
+        scores.append(TaskScore(task=task, metric="acc", value=sum(ok) / 100, n_items=100, cache_key=key))
+    store.append_run(run, scores)
+PYEOF2
+}
+
+probe_n_boot_zero_no_stars() {  # class 3: --n-boot 0 means no CIs and no stars, task rows included, every format
+  store_two_runs "$W/r3z"
+  md=$(cf compare base tuned --suite offline --n-boot 0 --results "$W/r3z" 2>&1)
+  js=$(cf compare base tuned --suite offline --n-boot 0 --format json --results "$W/r3z" 2>&1)
+  cs=$(cf compare base tuned --suite offline --n-boot 0 --format csv --results "$W/r3z" 2>&1)
+  grep -q -- "-30.00" <<<"$md" && ! grep -q -- "-30.00\*" <<<"$md" && ! grep -q '"significant": true' <<<"$js" \
+    && ! grep -q ",True,30," <<<"$cs"
+  verdict $? "3 compare --n-boot 0 stars no row (the boolq task row had a McNemar star), markdown/json/csv"
+  grep "| boolq" <<<"$md" | head -1 | sed "s/^/       /"
+}
+
+probe_deleted_items_part() {  # class 7
+  store_two_runs "$W/r7"
+  rm "$(ls "$W"/r7/items/part-*.parquet | sed -n 7p)"  # tuned's copa items 0-49
+  out=$(cf store check --results "$W/r7" 2>&1); rc=$?
+  [ "$rc" = 1 ] && grep -q "scored 100 copa items but only 50 are stored" <<<"$out"
+  verdict $? "7 store check names the run and task whose items part was deleted"; echo "$out" | tail -1 | cut -c1-160 | sed "s/^/       /"
+  out=$(cf compare base tuned --suite offline --n-boot 50 --results "$W/r7" 2>&1); rc=$?
+  one_line $rc "only 50 are stored" "$out"; verdict $? "7 compare refuses (one line) instead of turning copa, its category and AVG into n/a"
+}
+
+copa_data11() {
+  mkdir -p "$W/data11/copa"
+  echo '{"premise": "p", "choice1": "a", "choice2": "bb", "question": "cause", "label": 0}' > "$W/data11/copa/validation.jsonl"
+}
+
+probe_checkpoint_defects() {  # class 11: each must be one line before any work
+  m=$(tiny); copa_data11
+  ev() { cf eval "$@" --tasks copa --data-dir "$W/data11" --results "$W/r11" 2>&1; }
+  $PY - "$m" "$W" <<'PYEOF2'
+import json, os, shutil, sys, torch
+from pathlib import Path
+from safetensors.torch import load_file
+m, w = Path(sys.argv[1]), Path(sys.argv[2])
+for name, edit in (("mt", {"model_type": "llama9000"}), ("vocab", {"vocab_size": 1000})):
+    shutil.copytree(m, w / name); cfg = json.loads((w / name / "config.json").read_text()); cfg.update(edit)
+    (w / name / "config.json").write_text(json.dumps(cfg))
+sd = load_file(m / "model.safetensors")
+for name in ("legacy", "evil"):
+    shutil.copytree(m, w / name); (w / name / "model.safetensors").unlink()
+torch.save(sd, w / "legacy" / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+class Evil:
+    def __reduce__(self): return (os.system, (f"touch {w}/pwned",))
+torch.save({"model.embed_tokens.weight": Evil()}, w / "evil" / "pytorch_model.bin")
+raw = (m / "model.safetensors").read_bytes(); (w / "huge.safetensors").write_bytes((2 * 1024**3).to_bytes(8, "little") + raw[8:])
+(w / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
+PYEOF2
+  out=$(ev "$W/mt"); one_line $? "does not know" "$out"; verdict $? "11 unknown model_type is one line"; echo "$out" | tail -1 | cut -c1-160 | sed "s/^/       /"
+  out=$(ev "$W/vocab"); one_line $? "vocab_size 1000" "$out"; verdict $? "11 config vocab_size below the tokenizer's ids is one line"
+  out=$(ev "$W/legacy"); rc=$?; [ "$rc" = 0 ]; verdict $? "11 a legacy-format pytorch_model.bin folder loads and scores"; echo "$out" | tail -1 | cut -c1-160 | sed "s/^/       /"
+  out=$(ev "$W/evil"); one_line $? "holds more than tensors" "$out" && [ ! -e "$W/pwned" ]; verdict $? "11 a malicious pytorch_model.bin is one line (and never runs)"
+  for raw in huge cut; do
+    out=$(ev "$W/$raw.safetensors" --base "$m"); one_line $? "$raw.safetensors" "$out"; verdict $? "11 raw $raw.safetensors with --base is one line"
+  done
+  [ -d "$W/tiny_nan" ] || probe_merge_nan >/dev/null
+  out=$(cf diff "$m" "$W/tiny_nan" --results "$W/r11d" 2>&1); one_line $? "non-finite" "$out"; verdict $? "11 diff against a NaN checkpoint names the tensor"; echo "$out" | tail -1 | cut -c1-160 | sed "s/^/       /"
+}
+
+probe_unwritable_output() {  # class 12: a read-only and a full (1 MB tmpfs) file system, mounted when permitted
+  m=$(tiny); copa_data11; echo '{"instruction": "a", "input": "", "output": "b"}' > "$W/alpaca12.json"
+  mkdir -p "$W/ro" "$W/full"
+  if ! mount -t tmpfs -o ro,size=1m tmpfs "$W/ro" 2>/dev/null || ! mount -t tmpfs -o size=1m tmpfs "$W/full" 2>/dev/null; then
+    umount "$W/ro" 2>/dev/null; echo "SKIP   12 (cannot mount a read-only / 1 MB tmpfs here: run as root)"; return
+  fi
+  for fs in ro full; do
+    want=$([ $fs = ro ] && echo "cannot write in" || echo "needs about")
+    out=$(cf merge "$m" "$m" --alpha 0.5 --out "$W/$fs/merged" 2>&1); one_line $? "$want" "$out"
+    verdict $? "12 merge --out on a $fs file system is refused before merging"; echo "$out" | tail -1 | cut -c1-160 | sed "s/^/       /"
+    t0=$(date +%s); out=$(cf finetune "$m" --data "$W/alpaca12.json" --max-steps 1 --out "$W/$fs/ft" 2>&1); rc=$?
+    one_line $rc "$want" "$out"; verdict $? "12 finetune --out on a $fs file system is refused before training ($(( $(date +%s) - t0 )) s)"
+    out=$(cf eval "$m" --tasks copa --limit 1 --data-dir "$W/data11" --results "$W/$fs/r" 2>&1); one_line $? "$want" "$out"
+    verdict $? "12 eval --results on a $fs file system is refused before scoring"
+  done
+  umount "$W/ro" "$W/full"
+}
+
+probe_dead_writer_temps() {  # class 14: a save kill -9-ed mid-write, then a save into another folder
+  m=$(tiny); mkdir -p "$W/a14"
+  ( $PY - "$W/a14/ft" <<'PYEOF2'
+import os, sys
+from pathlib import Path
+from cfbench.train._io import atomic_dir
+with atomic_dir(Path(sys.argv[1])) as tmp:
+    (tmp / "model.safetensors").write_bytes(b"0" * (1 << 20)); os.kill(os.getpid(), 9)
+PYEOF2
+    true; ) 2>/dev/null  # the subshell reaps the killed writer, so no "Killed" line
+  left=$(ls -d "$W"/a14/.ft.tmp-* 2>/dev/null | head -1)
+  cf merge "$m" "$m" --alpha 0.5 --out "$W/b14/merged" >/dev/null 2>&1
+  [ -n "$left" ] && [ ! -e "$left" ]; verdict $? "14 a killed save's temp in one --out is removed by a later save into another folder"
+  store_two_runs "$W/r14"; dead=$($PY -c 'import os; print(os.getpid())')
+  echo partial > "$W/r14/items/.tmp-pid$dead-0123abcd.partial"
+  out=$(cf store check --results "$W/r14" 2>&1); rc=$?
+  cf store check --fix --results "$W/r14" >/dev/null 2>&1
+  [ "$rc" = 1 ] && grep -q "tmp-pid$dead" <<<"$out" && [ ! -e "$W/r14/items/.tmp-pid$dead-0123abcd.partial" ]
+  verdict $? "14 store check names a dead writer's temp part and --fix deletes it"
+}
+
 PROBES=(probe_csv_injection probe_data_path_escape probe_positive_logprob probe_n_boot probe_arguments probe_dangling_part
-        probe_landscape_grid_span probe_rho_inf probe_merge_nan probe_heldout_leak probe_ctrl_c probe_empty_outputs_and_nan_scores probe_swapped_weights)
+        probe_landscape_grid_span probe_rho_inf probe_merge_nan probe_heldout_leak probe_ctrl_c probe_empty_outputs_and_nan_scores probe_swapped_weights
+        probe_n_boot_zero_no_stars probe_deleted_items_part probe_checkpoint_defects probe_unwritable_output probe_dead_writer_temps)
 for p in "${@:-${PROBES[@]}}"; do "$p"; done

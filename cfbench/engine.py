@@ -281,6 +281,8 @@ def plan_evaluation(
         names, sources=sources, suite=suite_obj, store=store, ckpt=ckpt, options=options, bkey=bkey,
         strict=strict, limit=limit, task_limits=task_limits, num_fewshot=num_fewshot,
     )  # fmt: skip
+    if any(tp.todo for tp in planned):  # scoring ahead: an unwritable or full store is refused now, not after it
+        store.require_room()
     return EvalPlan(
         ckpt,
         suite_obj,

@@ -41,7 +41,7 @@ def test_demo_on_a_tiny_model(tiny_model: Path, tmp_path: Path, monkeypatch: pyt
         names = {s.name for s in res.forgot[label] if s.scope == "all"}
         assert {"kl", "ppl_drift"} <= names  # drift metrics (judged against the floor run) and LAMBADA drift
         (kl,) = [s for s in res.forgot[label] if s.name == "kl" and s.scope == "all"]
-        assert kl.floor is not None  # the scoring_path=plain re-score of the base
+        assert kl.floor is not None  # the base re-scored in bfloat16 (--floor dtype, the default)
         # the merges inherit w/o SAM's held-out split, so every tuned run has an in-domain gain
         assert "indomain_loss" in {s.name for s in res.learned[label]}
     assert {p.name for p in res.files} == {"report.md", "report.json", "demo.png", "frontier.png"}

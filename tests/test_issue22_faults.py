@@ -689,3 +689,483 @@ def test_hash_cache_sees_same_size_weights_with_restored_mtime(tmp_path: Path, h
     assert cache.file_sha256(f) != old  # and this process's own cache
     cache.save()
     assert HashCache(tmp_path / "hashes.json").file_sha256(f) == cache.file_sha256(f)  # and it is remembered
+
+
+# ------------------------------------------------ 3. --n-boot 0: no CIs and no stars on any row, in any format
+
+
+def _strong_drop_report(n_boot: int):  # -> ComparisonReport
+    """boolq: 30 of 100 correct items flip to wrong (McNemar p ~ 1e-9), copa unchanged."""
+    import numpy as np
+
+    base = np.r_[np.ones(80), np.zeros(20)]
+    tuned = base.copy()
+    tuned[:30] = 0
+    frames = [pd.DataFrame({"run": r, "task": t, "doc_id": np.arange(100), "subset": None, "score": s})
+              for t in ("boolq", "copa") for r, s in (("base", base), ("tuned", tuned if t == "boolq" else base))]
+    return build_report("base", ["tuned"], {"R": ["boolq", "copa"]}, items=pd.concat(frames, ignore_index=True),
+                        n_boot=n_boot)  # fmt: skip
+
+
+def test_n_boot_zero_stars_no_task_row_in_any_format() -> None:
+    from cfbench.report.html import to_html
+    from cfbench.report.render import to_markdown
+
+    starred = _strong_drop_report(200)
+    (row,) = [t for t in starred.base_comparisons[0].tasks if t.task == "boolq"]
+    assert row.significant  # the same data with CIs is starred: the rule, not the data, removes the star
+    report = _strong_drop_report(0)
+    cmp = report.base_comparisons[0]
+    assert not any(t.significant for t in cmp.tasks)
+    assert not any(report.aggregate_significant(a) for a in [*cmp.categories.values(), cmp.avg])
+    assert all(t.ci is None for t in cmp.tasks)
+    md = to_markdown(report)
+    assert "-30.00 |" in md and "-30.00*" not in md and "-15.00*" not in md
+    assert "untested: --n-boot 0" in md and "no item-level scores" not in md  # the summary's reason is the rule
+    assert '"significant": true' not in report_to_json(report)
+    rows = [r for r in csv.DictReader(io.StringIO(report_to_csv(report))) if r["section"] == "delta"]
+    assert rows and {r["significant"] for r in rows} == {"False"} and {r["ci_low"] for r in rows} == {""}
+    html = to_html(report)
+    assert ">-30.00</td>" in html and "-30.00*" not in html and 'class="r sig-neg"' not in html
+
+
+# ------------------------------------------------ 7. a deleted items part is named, not compared around
+
+
+def _item_frame(key: str, run_id: str | None, task: str, doc_ids: list[int], correct: list[bool]) -> pd.DataFrame:
+    return pd.DataFrame({"cache_key": key, "run_id": run_id, "task": task, "task_hash": "t", "doc_id": doc_ids,
+                         "gold": 0, "pred": [0 if c else 1 for c in correct], "acc": [float(c) for c in correct],
+                         "logprobs": [[-1.0, -2.0]] * len(doc_ids), "n_tokens": [[1, 1]] * len(doc_ids),
+                         "is_greedy": [[True, False]] * len(doc_ids)})  # fmt: skip
+
+
+def _two_run_store(root: Path, limit: int | None = None) -> dict[str, list[Path]]:
+    """Runs base and tuned on boolq and copa (40 items each), each task's items in two parts as the engine
+    writes them (chunks); with ``limit`` the runs cover the first ``limit`` documents (``extra.doc_ids``).
+    Returns each run's items parts in the order written."""
+    from cfbench.store import RunRecord, TaskScore
+
+    store, parts = ResultStore(root), {}
+    for name, flip in (("base", 0), ("tuned", 10)):
+        run = RunRecord(name=name, checkpoint_name=name, checkpoint_hash=name, suite="offline", limit=limit)
+        if limit is not None:
+            run.extra["doc_ids"] = {t: list(range(limit)) for t in ("boolq", "copa")}
+        before = set((root / "items").glob("part-*.parquet"))
+        scores = []
+        for task in ("boolq", "copa"):
+            key = f"k:{name}:{task}"
+            correct = [i >= flip for i in range(40)]
+            for lo, hi in ((0, 20), (20, 40)):  # two chunks, two parts
+                store.append_items(_item_frame(key, None, task, list(range(lo, hi)), correct[lo:hi]))
+            n = limit or 40
+            scores.append(TaskScore(task=task, metric="acc", value=sum(correct[:n]) / n, n_items=n, cache_key=key))
+        store.append_run(run, scores)
+        parts[name] = sorted(set((root / "items").glob("part-*.parquet")) - before)
+    return parts
+
+
+@pytest.mark.parametrize(("limit", "which"), [(None, 0), (None, 3), (30, 1), (30, 2)])
+def test_store_check_names_a_run_whose_items_part_was_deleted(tmp_path: Path, limit: int | None, which: int) -> None:
+    from cfbench.store.check import check_store, missing_items
+
+    parts = _two_run_store(tmp_path, limit)
+    assert missing_items(tmp_path) == []
+    parts["tuned"][which].unlink()  # boolq 0-19, boolq 20-39, copa 0-19, copa 20-39
+    task = "boolq" if which < 2 else "copa"
+    expected = limit or 40
+    stored = expected - 20 if limit is None or which % 2 == 0 else expected - (limit - 20)
+    assert check_store(tmp_path) == []  # every remaining part is readable: the parts check cannot see it
+    (short,) = missing_items(tmp_path)
+    assert (short.run, short.task, short.stored, short.expected) == ("tuned", task, stored, expected)
+    line = short.message(tmp_path)
+    assert "\n" not in line and "run 'tuned'" in line and f"scored {expected} {task} items but only {stored}" in line
+    assert str(tmp_path / "items") in line and "cfbench eval" in line
+    rc, out = _check_cli(tmp_path)
+    assert rc == 1 and f"scored {expected} {task} items but only {stored}" in out and "all parts readable" not in out
+
+
+def _check_cli(root: Path) -> tuple[int, str]:
+    app = typer.Typer()
+    store_cmds.register(app)
+    res = CliRunner().invoke(app, ["store", "check", "--results", str(root)])
+    return res.exit_code, res.output
+
+
+def test_a_deleted_items_part_stops_compare_and_regress_in_one_line(tmp_path: Path) -> None:
+    from cfbench.comparison import compare, regress
+
+    parts = _two_run_store(tmp_path)
+    ok = compare("base", ["tuned"], suite="offline", results=tmp_path, n_boot=50)
+    assert ok.report.base_comparisons[0].avg.ci is not None
+    assert _check_cli(tmp_path) == (0, f"{tmp_path}: all parts readable, every run's items present\n")
+    parts["base"][2].unlink()  # base's copa 0-19
+    for call in (lambda: compare("base", ["tuned"], suite="offline", results=tmp_path, n_boot=50),
+                 lambda: regress("base", "tuned", max_drop=["AVG=1"], n_boot=50, suite="offline", results=tmp_path)):
+        with pytest.raises(CfbenchError, match=r"run 'base' .* scored 40 copa items but only 20 are stored") as err:
+            call()
+        assert "\n" not in str(err.value)
+    rc, line = _cli("compare", "base", "tuned", "--suite", "offline", "--n-boot", "50", "--results", str(tmp_path))
+    assert rc == 2 and "scored 40 copa items but only 20" in line
+
+
+def test_check_fix_moves_a_bad_items_part_then_names_the_runs_that_lost_items(tmp_path: Path) -> None:
+    parts = _two_run_store(tmp_path)
+    parts["tuned"][1].write_bytes(b"not parquet")
+    app = typer.Typer()
+    store_cmds.register(app)
+    res = CliRunner().invoke(app, ["store", "check", "--results", str(tmp_path), "--fix"])
+    assert res.exit_code == 1 and "moved 1 bad part(s)" in res.output
+    assert "run 'tuned'" in res.output and "scored 40 boolq items but only 20" in res.output
+
+
+def test_task_level_imports_and_complete_runs_are_not_short(tmp_path: Path) -> None:
+    from cfbench.importers import import_lmeval
+    from cfbench.store.check import missing_items
+
+    src = Path(__file__).parent / "fixtures" / "imports" / "lmeval" / "org__tiny-sft"
+    import_lmeval(src, "sft", ResultStore(tmp_path))  # items from lm-eval's samples files
+    summary = tmp_path / "summary.csv"
+    summary.write_text("dataset,version,metric,mode,m\nBoolQ,314797,accuracy,ppl,61.25\n")
+    import_opencompass(summary, ResultStore(tmp_path))  # task-level only: no items to miss
+    assert missing_items(tmp_path) == []
+
+
+# ------------------------------------------------ 14. temps of killed writers are removed, wherever they were
+
+
+def _killed_save(out: Path, cache: Path) -> Path:
+    """A process that is kill -9-ed in the middle of an atomic save into ``out``; returns the temp it left."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom pathlib import Path\nfrom cfbench.train._io import atomic_dir\n"
+            "with atomic_dir(Path(sys.argv[1])) as tmp:\n"
+            "    (tmp / 'model.safetensors').write_bytes(b'0' * 4096)\n    os.kill(os.getpid(), 9)\n")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code, str(out)], env={**os.environ, "CFBENCH_CACHE": str(cache)},
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == -9, res.stderr
+    (left,) = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-pid")]
+    assert (left / "model.safetensors").exists()
+    return left
+
+
+def test_a_killed_save_s_temp_is_removed_by_a_later_save_into_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cfbench.train._io import atomic_dir
+
+    monkeypatch.setenv("CFBENCH_CACHE", str(tmp_path / "cache"))
+    left = _killed_save(tmp_path / "runs-a" / "ft", tmp_path / "cache")
+    with atomic_dir(tmp_path / "runs-b" / "merged") as tmp:  # another --out, in another folder
+        (tmp / "config.json").write_text("{}")
+    assert not left.exists() and (tmp_path / "runs-b" / "merged" / "config.json").exists()
+    assert list((tmp_path / "cache" / "writers").iterdir()) == []  # its ledger entry went with it, and ours
+
+
+def test_the_writers_ledger_deletes_only_a_dead_writer_s_own_temp(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import os
+    import subprocess
+    import sys
+
+    from cfbench.fsutil import sweep_dead_writers
+
+    monkeypatch.setenv("CFBENCH_CACHE", str(tmp_path / "cache"))
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    ledger = tmp_path / "cache" / "writers"
+    ledger.mkdir(parents=True)
+    keep = [tmp_path / "precious", tmp_path / f".x.tmp-pid{dead + 1}-abc", tmp_path / f".y.tmp-pid{os.getppid()}-abc"]
+    for i, p in enumerate(keep):  # not a temp; another pid's temp; a live writer's temp
+        p.mkdir()
+        pid = os.getppid() if i == 2 else dead
+        (ledger / f"{pid}-{i}").write_text(str(p))
+    gone = tmp_path / f".z.tmp-pid{dead}-abc"
+    gone.mkdir()
+    (ledger / f"{dead}-9").write_text(str(gone))
+    assert sweep_dead_writers() == [gone]
+    assert not gone.exists() and all(p.exists() for p in keep)
+
+
+def test_store_check_lists_and_fix_deletes_a_dead_writer_s_temp_part(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _two_run_store(tmp_path)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    stale = tmp_path / "items" / f".tmp-pid{dead}-0123abcd.partial"
+    stale.write_bytes(b"PAR1 half a part")
+    live = tmp_path / "items" / f".tmp-pid{os.getppid()}-4567abcd.partial"  # a writer still at work
+    live.write_bytes(b"PAR1 being written")
+    rc, out = _check_cli(tmp_path)
+    assert rc == 1 and str(stale) in out and str(live) not in out and stale.exists()
+    app = typer.Typer()
+    store_cmds.register(app)
+    res = CliRunner().invoke(app, ["store", "check", "--results", str(tmp_path), "--fix"])
+    assert res.exit_code == 0 and "deleted 1 temp(s)" in res.output, res.output
+    assert not stale.exists() and live.exists()
+    stale.write_bytes(b"PAR1 again")
+    ResultStore(tmp_path).compact()  # compact removes it at once too (not only after an hour)
+    assert not stale.exists() and live.exists()
+
+
+def test_the_store_s_own_temp_names_carry_the_writer_pid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from cfbench.fsutil import tmp_writer_pid
+
+    seen: list[str] = []
+    real = os.replace
+
+    def spy(src: object, dst: object) -> None:
+        seen.append(Path(str(src)).name)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    _two_run_store(tmp_path)
+    assert seen and all(tmp_writer_pid(n) == os.getpid() for n in seen)
+
+
+# ------------------------------------------------ 12. output that cannot be written is refused before the work
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path):  # -> Iterator[Path]
+    """A folder nobody may create files in: chmod 555, or for root (whom chmod does not stop) ``chattr +i``."""
+    import os
+    import subprocess
+
+    d = tmp_path / "readonly"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        undo = ["chmod", "755", str(d)]
+    else:
+        if subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode != 0:
+            pytest.skip("running as root where chattr +i is not permitted: no way to make a read-only folder")
+        undo = ["chattr", "-i", str(d)]
+    try:
+        yield d
+    finally:
+        subprocess.run(undo, check=False)
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch, free: int = 1000) -> None:
+    """Every file system reports ``free`` bytes left (a disk without room for a checkpoint)."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free, free))
+
+
+def _must_not_run(monkeypatch: pytest.MonkeyPatch, target: str, what: str) -> None:
+    import importlib
+
+    def stop(*a: object, **k: object) -> None:
+        raise AssertionError(f"{what} started before the output was checked")
+
+    module, name = target.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(module), name, stop)  # the module, not a same-named function
+
+
+def test_float32_weight_bytes_is_four_bytes_a_parameter(tiny_model: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from cfbench.models.checkpoint import float32_weight_bytes
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert float32_weight_bytes(tiny_model) == 4 * sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("where", ["readonly", "full", "under_a_file"])
+def test_merge_refuses_an_unwritable_or_full_output_before_reading_weights(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+) -> None:
+    from cfbench.train.merge import merge
+
+    out = {"full": tmp_path / "merged", "under_a_file": tmp_path / "file" / "merged"}.get(where)
+    if where == "readonly":
+        out = request.getfixturevalue("readonly_dir") / "merged"
+    elif where == "full":
+        _full_disk(monkeypatch)
+    else:
+        (tmp_path / "file").write_text("x")
+    _must_not_run(monkeypatch, "cfbench.train.merge.load_safetensors_folder", "merging")
+    needle = {"readonly": "cannot write in", "full": "needs about", "under_a_file": "is a file, not a folder"}[where]
+    with pytest.raises(CfbenchError, match=needle) as err:
+        merge(tiny_model, tiny_model, 0.5, out)
+    assert "\n" not in str(err.value) and str(out) in str(err.value) and not out.exists()
+
+
+def test_merge_sums_the_room_of_every_alpha_on_one_disk(tiny_model: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from cfbench.train.merge import merge_sweep
+
+    one = (tiny_model / "model.safetensors").stat().st_size
+    _full_disk(monkeypatch, free=int(one * 2.5))  # room for two merged folders, not three
+    _must_not_run(monkeypatch, "cfbench.train.merge.load_safetensors_folder", "merging")
+    with pytest.raises(CfbenchError, match="needs about"):
+        merge_sweep(tiny_model, tiny_model, [0.25, 0.5, 0.75], tmp_path / "sweep")
+
+
+@pytest.mark.parametrize("where", ["readonly", "full"])
+def test_finetune_refuses_an_unwritable_or_full_output_before_training(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+) -> None:
+    from cfbench.train.finetune import finetune
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"q{i}", "input": "", "output": "a"}) + "\n" for i in range(8)))
+    if where == "readonly":
+        out = request.getfixturevalue("readonly_dir") / "ft"
+    else:
+        out = tmp_path / "ft"
+        _full_disk(monkeypatch, free=(tiny_model / "model.safetensors").stat().st_size)  # bf16/f32 base: f32 saved
+    _must_not_run(monkeypatch, "cfbench.train.finetune.encode_train_set", "training")
+    with pytest.raises(CfbenchError, match="cannot write in" if where == "readonly" else "needs about") as err:
+        finetune(tiny_model, data, out, max_steps=1, batch_size=2, micro_batch=2)
+    assert "--out" in str(err.value) and not out.exists()
+
+
+@pytest.mark.parametrize("where", ["readonly", "full"])
+def test_eval_refuses_an_unwritable_or_full_results_store_before_scoring(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+) -> None:
+    from cfbench.engine import plan_evaluation
+
+    _copa_task(tmp_path)
+    results = request.getfixturevalue("readonly_dir") / "r" if where == "readonly" else tmp_path / "r"
+    if where == "full":
+        _full_disk(monkeypatch)
+    with pytest.raises(CfbenchError, match=r"--results .*(cannot write in|needs about)"):
+        plan_evaluation(str(tiny_model), tasks=["copa"], data_dir=tmp_path / "data", results=results)
+    assert not results.exists()
+
+
+# ------------------------------------------------ 11. checkpoint defects: one line before any work
+
+
+def _tiny_copy(tiny_model: Path, dst: Path, **config: object) -> Path:
+    import shutil
+
+    shutil.copytree(tiny_model, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _bin_only(tiny_model: Path, dst: Path, legacy: bool = False, nan: bool = False) -> Path:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(tiny_model, dst)
+    sd = load_file(dst / "model.safetensors")
+    (dst / "model.safetensors").unlink()
+    if nan:
+        name = sorted(sd)[-1]
+        sd[name] = sd[name].clone()
+        sd[name].view(-1)[0] = float("nan")
+    torch.save(sd, dst / "pytorch_model.bin", _use_new_zipfile_serialization=not legacy)
+    return dst
+
+
+def test_unknown_model_type_is_one_line_before_the_model_loads(tiny_model: Path, tmp_path: Path) -> None:
+    from cfbench.backends.hf import load_causal_lm
+    from cfbench.models.checkpoint import check_model_type
+
+    bad = _tiny_copy(tiny_model, tmp_path / "m", model_type="llama9000")
+    with pytest.raises(CfbenchError, match=r"model_type 'llama9000', which transformers .* does not know"):
+        check_model_type(bad)
+    with pytest.raises(CfbenchError, match="llama9000"):
+        load_causal_lm(bad)
+    check_model_type(tiny_model)
+    _copa_task(tmp_path)
+    rc, line = _cli("eval", str(bad), "--tasks", "copa", "--data-dir", str(tmp_path / "data"),
+                    "--results", str(tmp_path / "r"))  # fmt: skip
+    assert rc == 2 and "llama9000" in line and "upgrade transformers" in line
+    assert not (tmp_path / "r").exists() or ResultStore(tmp_path / "r").runs().empty
+
+
+def test_config_vocab_smaller_than_the_tokenizer_is_refused_at_resolution(tiny_model: Path, tmp_path: Path) -> None:
+    from cfbench.models.checkpoint import resolve_checkpoint
+
+    bad = _tiny_copy(tiny_model, tmp_path / "m", vocab_size=1000)
+    with pytest.raises(CfbenchError, match=r"vocab_size 1000 but its tokenizer produces ids up to 491\d\d") as err:
+        resolve_checkpoint(str(bad), cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value)
+    resolve_checkpoint(str(_tiny_copy(tiny_model, tmp_path / "ok", vocab_size=49152 + 64)), cache_dir=tmp_path / "c")
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_pytorch_model_bin_only_folders_resolve_and_their_weights_are_checked(tiny_model: Path, tmp_path: Path,
+                                                                               legacy: bool) -> None:  # fmt: skip
+    """A .bin-only folder (torch's pre-1.6 legacy format too) loads as transformers loads it; the NaN scan
+    reads it (no "mmap can only be used ..." RuntimeError) and names a bad tensor."""
+    from cfbench.models.checkpoint import resolve_checkpoint
+    from cfbench.models.hashing import first_bad_tensor, require_finite_weights
+
+    good = _bin_only(tiny_model, tmp_path / "good", legacy)
+    ck = resolve_checkpoint(str(good), cache_dir=tmp_path / "cache")
+    require_finite_weights(ck.path, ck.content_hash, ck.name, cache_dir=tmp_path / "cache")
+    assert first_bad_tensor(good) is None
+    nan = _bin_only(tiny_model, tmp_path / "nan", legacy, nan=True)
+    assert "(nan)" in str(first_bad_tensor(nan))
+
+
+def test_a_malicious_pickle_in_an_hf_folder_is_one_line_and_never_runs(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from cfbench.models.checkpoint import resolve_checkpoint
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str, str]]:
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil"
+    shutil.copytree(tiny_model, evil)
+    (evil / "model.safetensors").unlink()
+    torch.save({"model.embed_tokens.weight": Evil()}, evil / "pytorch_model.bin")
+    with pytest.raises(CfbenchError, match=r"holds more than tensors.*safetensors from a source you trust") as err:
+        resolve_checkpoint(str(evil), cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value) and not marker.exists()
+    (tmp_path / "doc.txt").write_text("The cat sat on the mat. " * 20)
+    rc, line = _cli("ppl", str(evil), "--data", str(tmp_path / "doc.txt"), "--results", str(tmp_path / "r"))
+    assert rc == 2 and "holds more than tensors" in line and not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["claims_2gb", "bad_json", "truncated", "empty"])
+def test_a_corrupt_raw_safetensors_with_base_is_one_line(tiny_model: Path, tmp_path: Path, damage: str) -> None:
+    from cfbench.models.checkpoint import resolve_checkpoint
+
+    raw = tmp_path / "sd.safetensors"
+    good = (tiny_model / "model.safetensors").read_bytes()
+    raw.write_bytes({"claims_2gb": (2 * 1024**3).to_bytes(8, "little") + good[8:],
+                     "bad_json": good[:8] + b"{" * int.from_bytes(good[:8], "little") + good[8 + int.from_bytes(
+                         good[:8], "little"):],
+                     "truncated": good[: len(good) // 2], "empty": b""}[damage])  # fmt: skip
+    with pytest.raises(CfbenchError, match=r"sd\.safetensors") as err:
+        resolve_checkpoint(str(raw), base=str(tiny_model), cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value)
+
+
+def test_diff_against_a_nan_checkpoint_names_the_tensor_before_any_diff(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cfbench.analysis.run import diff_checkpoints
+
+    monkeypatch.setenv("CFBENCH_CACHE", str(tmp_path / "cache"))
+    bad = _nan_copy(tiny_model, tmp_path / "bad")
+    with pytest.raises(CfbenchError, match=r"checkpoint bad has non-finite .*\(tensor .*\(nan\)\)") as err:
+        diff_checkpoints(str(tiny_model), [str(tiny_model), str(bad)], results=tmp_path / "r")
+    assert "\n" not in str(err.value) and not (tmp_path / "r").exists()

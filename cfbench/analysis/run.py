@@ -25,7 +25,8 @@ from cfbench.analysis.landscape import Surface, grid_axis, interpolation_curve, 
 from cfbench.analysis.plot import plot_diff, plot_landscapes
 from cfbench.analysis.sharpness import Sharpness, model_sharpness
 from cfbench.errors import CfbenchError
-from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
+from cfbench.models.checkpoint import ResolvedCheckpoint, check_model_type, resolve_checkpoint
+from cfbench.models.hashing import require_finite_weights
 from cfbench.progress import Progress
 from cfbench.store import ResultStore
 from cfbench.store.diagnostics import LayerDiff, write_diagnostics, write_landscape, write_weight_diff
@@ -58,6 +59,7 @@ def load_model(spec: str, device: str | None, attn: str | None = None) -> tuple[
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ck = full_weights(resolve_checkpoint(spec))
+    check_model_type(ck.path)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(
         ck.path, dtype=torch.float32, **({"attn_implementation": attn} if attn else {})
@@ -359,6 +361,9 @@ def diff_checkpoints(
     and the total displacement, stored; ``plot`` writes the per-layer ‖ΔW‖/‖W‖ figure."""
     names = labels_for(labels, tuned, "tuned checkpoint")
     store = ResultStore(results)
+    for spec in [base, *tuned]:  # every checkpoint first: a NaN one is named (with its tensor), not an SVD error
+        ck = full_weights(resolve_checkpoint(spec))
+        require_finite_weights(ck.path, ck.content_hash, ck.name, consequence="its weight diff would be meaningless")
     bck = full_weights(resolve_checkpoint(base))
     bstate, barch = load_state(bck.path)
     runs = []

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from cfbench.backends import rolling
 from cfbench.errors import CfbenchError
 from cfbench.models.adapter import adapter_marker
+from cfbench.models.checkpoint import check_model_type
 from cfbench.models.tokenize import encode_pairs
 from cfbench.requests import (
     GenerateRequest,
@@ -117,6 +118,7 @@ def load_causal_lm(model_path: str | Path, **kwargs: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     marker = adapter_marker(model_path)
+    check_model_type(Path(model_path) if marker is None else Path(marker["base_path"]))  # one line, not a ValueError
     if marker is None:
         return AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
     try:
@@ -561,6 +563,7 @@ class HFBackend:
         if not max_length:  # no length in config.json: ask transformers (seconds: it imports a lot)
             from transformers import AutoConfig, AutoTokenizer
 
+            check_model_type(Path(model_path))
             config = AutoConfig.from_pretrained(str(model_path), trust_remote_code=trust)
             tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust)
             max_length = resolve_max_length(config, tokenizer)
@@ -592,6 +595,8 @@ class HFBackend:
     ) -> None:
         from transformers import AutoTokenizer
 
+        marker = adapter_marker(model_path)  # before the tokenizer, whose config read would warn first
+        check_model_type(Path(model_path) if marker is None else Path(marker["base_path"]))
         self._settings = self.key_settings(
             model_path,
             {"dtype": dtype, "max_length": max_length, "device": device, "scoring_path": scoring_path,

@@ -47,6 +47,7 @@ from cfbench.backends import rolling
 from cfbench.backends.token_prompts import PromptPlan, plan_prompts
 from cfbench.errors import CfbenchError
 from cfbench.models.adapter import adapter_marker, vllm_lora_rank
+from cfbench.models.checkpoint import check_model_type
 from cfbench.requests import LoglikRequest, LoglikResult, ProgressFn, RollingRequest, RollingResult
 
 # Fail at import (the registry turns this into "pip install 'cfbench[vllm]'") without paying for
@@ -265,8 +266,7 @@ class VLLMBackend:
         extra_llm_kwargs.pop("data_parallel_size", None)  # 1 here: key_settings refused anything else
         tensor_parallel_size = self._settings["tensor_parallel_size"]
         max_length = extra_llm_kwargs.pop("max_length", None)
-        if max_model_len is None and max_length is not None:
-            max_model_len = int(max_length)
+        max_model_len = int(max_length) if max_model_len is None and max_length is not None else max_model_len
         from transformers import AutoTokenizer
         from vllm import LLM, SamplingParams
         from vllm.platforms import current_platform
@@ -305,6 +305,7 @@ class VLLMBackend:
             kwargs["max_model_len"] = int(max_model_len)
         kwargs.update(extra_llm_kwargs)
         self._lora: Any = _apply_lora(model_path, kwargs, self.on_cpu)
+        check_model_type(Path(kwargs["model"]))  # one line before vLLM starts, not its ValueError
         self._llm: Any = LLM(**kwargs)
         self._SamplingParams = SamplingParams
         self.dtype = dtype

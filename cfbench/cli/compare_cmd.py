@@ -106,8 +106,9 @@ CNoiseFloor = Annotated[
     str | None,
     typer.Option(
         "--noise-floor",
-        help="Stored run of the base scored another way (backend/dtype/scoring path): divergences "
-        "(kl, js) are significant only above this floor.",
+        help="Noise floor divergences (kl, js) must clear: `dtype` (re-score the base in bfloat16; float32 for a "
+        "bfloat16 base), `dtype:NAME`, `plain` (scoring_path=plain: numerically nil), or a stored run of the base "
+        "scored another way (run:NAME).",
     ),
 ]
 CPpl = Annotated[

@@ -32,7 +32,12 @@ _Limit = Annotated[int, typer.Option("--limit", help="Documents scored per task.
 _MmluLimit = Annotated[int, typer.Option("--mmlu-limit", help="Documents per MMLU subject (57).")]
 _Heldout = Annotated[int, typer.Option("--heldout", help="Fine-tune documents held out for the in-domain gain.")]
 _Floor = Annotated[
-    bool, typer.Option("--floor/--no-floor", help="Re-score the base (scoring_path=plain) as the drift noise floor.")
+    str,
+    typer.Option(
+        "--floor",
+        help="Drift noise floor: dtype (the base re-scored in bfloat16), plain (scoring_path=plain: numerically "
+        "nil, stars nothing) or none.",
+    ),
 ]
 _PplLimit = Annotated[int, typer.Option("--ppl-limit", help="LAMBADA passages for perplexity drift (0: skip).")]
 

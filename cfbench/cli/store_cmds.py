@@ -232,25 +232,38 @@ def compact_cmd(results: Results = "results") -> None:  # type: ignore[assignmen
     typer.echo(f"compacted {results}")
 
 
-Fix = Annotated[bool, typer.Option("--fix", help="Move bad parts to RESULTS/_quarantine/.")]
+Fix = Annotated[
+    bool, typer.Option("--fix", help="Move bad parts to RESULTS/_quarantine/ and delete killed writers' temps.")
+]
 
 
 def check_cmd(results: Results = "results", fix: Fix = False) -> None:  # type: ignore[assignment]
-    """Verify every Parquet part (readable, right schema); exit 1 if any is bad and --fix was not given."""
-    from cfbench.store.check import check_store, move_aside
+    """Verify every Parquet part (readable, right schema), that every run's items are all there and that no
+    killed writer left temp files; exit 1 if anything is wrong (--fix moves bad parts aside and deletes the
+    temps; missing items need a re-score)."""
+    from cfbench.store.check import check_store, dead_temps, missing_items, move_aside, remove_dead_temps
 
-    bad = check_store(Path(results))
+    root = Path(results)
+    bad, temps = check_store(root), dead_temps(root)
     for b in bad:
         typer.echo(f"bad part {b.path}: {b.problem}")
-    if not bad:
-        typer.echo(f"{results}: all parts readable")
-        return
-    if fix:
-        moved = move_aside(Path(results), bad)
-        typer.echo(f"moved {len(moved)} bad part(s) to {Path(results) / '_quarantine'}; re-run eval to re-score")
-        return
-    typer.echo("run again with --fix to move them aside")
-    raise typer.Exit(1)
+    for t in temps:
+        typer.echo(f"temp {t}: left by a writer that was killed (its process is gone)")
+    if (bad or temps) and not fix:
+        typer.echo("run again with --fix to move bad parts aside and delete the temps")
+        raise typer.Exit(1)
+    if temps:
+        typer.echo(f"deleted {len(remove_dead_temps(root))} temp(s) of killed writers")
+    if bad:
+        moved = move_aside(root, bad)
+        typer.echo(f"moved {len(moved)} bad part(s) to {root / '_quarantine'}; re-run eval to re-score")
+    short = missing_items(root)
+    for s in short:
+        typer.echo(f"missing items: {s.message(root)}")
+    if short:
+        raise typer.Exit(1)
+    if not bad and not temps:
+        typer.echo(f"{results}: all parts readable, every run's items present")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,14 +14,17 @@ from typing import Any
 
 import pandas as pd
 
-from cfbench.comparison.runs import RunRef, check_floor
+from cfbench.comparison.gather import gather
+from cfbench.comparison.runs import RunRef, check_floor, floor_change
 from cfbench.data.text import load_text_source
 from cfbench.errors import CfbenchError
 from cfbench.metrics.drift import DriftSettings, PairDrift, drift_signals, load_choice_frames
+from cfbench.metrics.floor import floor_flips
 from cfbench.metrics.indomain import TABLE as INDOMAIN_TABLE
 from cfbench.metrics.indomain import indomain_gain
 from cfbench.metrics.ppl_drift import DriftRow, ppl_drift_for_runs
 from cfbench.report.table import ComparisonReport
+from cfbench.signals import NoiseFloor
 from cfbench.store import ResultStore, RunRecord
 from cfbench.tasks.registry import Suite
 
@@ -42,13 +45,12 @@ def attach_drift(
     reasons: dict[str, str],
     pairs_out: dict[str, PairDrift] | None = None,
 ) -> list[str]:
-    """Compute every registered item metric from the stored items and attach them as signals.
-
-    ``pairs_out`` (if given) receives each tuned run's paired items and values (for contrasts).
+    """Compute every registered item metric from the stored items and attach them as signals; with a
+    floor, also its own values and flips (``report.noise_floor``). ``pairs_out`` (if given) receives
+    each tuned run's paired items and values (for contrasts).
     """
     records = {r.label: r.record for r in refs}
     floor_label = None
-    notes: list[str] = []
     if floor is not None:
         check_floor(floor, refs[0].record)
         floor_label = f"noise floor {floor.name}"
@@ -56,10 +58,9 @@ def attach_drift(
             floor_label += "'"
         records[floor_label] = floor
     frames, notes = load_choice_frames(store, records, suite.tasks, items=raw, data_dir=data_dir)
+    same: list[str] = []
     if floor is not None:
-        base_keys = (refs[0].record.extra or {}).get("cache_keys") or {}
-        floor_keys = (floor.extra or {}).get("cache_keys") or {}
-        same = sorted(t for t in frames[floor_label] if t in base_keys and base_keys[t] == floor_keys.get(t))
+        same = _same_items(refs[0].record, floor, frames[floor_label])
         for t in same:  # the very items the base scored: a floor of exactly 0 would judge nothing
             del frames[floor_label][t]
         if same:
@@ -76,7 +77,32 @@ def attach_drift(
             report.add_signals(run, sigs)
     if pairs_out is not None:
         pairs_out.update(result.pairs)
+    if floor is not None:
+        report.noise_floor = noise_floor(store, refs[0], floor, suite, result.floor_values, skip=same)
     return list(dict.fromkeys(notes + result.notes))
+
+
+def _same_items(base: RunRecord, floor: RunRecord, floor_frames: dict[str, pd.DataFrame]) -> list[str]:
+    """Tasks whose floor items are the base's own cached items (same cache key): no floor there."""
+    base_keys = (base.extra or {}).get("cache_keys") or {}
+    floor_keys = (floor.extra or {}).get("cache_keys") or {}
+    return sorted(t for t in floor_frames if t in base_keys and base_keys[t] == floor_keys.get(t))
+
+
+def noise_floor(
+    store: ResultStore, base: RunRef, floor: RunRecord, suite: Suite, values: dict[str, float], skip: Sequence[str]
+) -> NoiseFloor:
+    """The floor as the report shows it: what it changed, its overall divergences and the items numerics
+    alone flipped (scored like the tuned runs' Forgotten/Gained: the task's primary metric, paired items)."""
+    floor_ref = RunRef("noise floor", floor)
+    tasks = [t for t in suite.tasks if t not in skip]
+    items, _ = gather(store, [RunRef("base", base.record, store=base.store), floor_ref], tasks)
+    total, per_task = None, {}
+    if items is not None and not items.empty:
+        total, per_task = floor_flips(
+            items[items["run"] == "base"], items[items["run"] == "noise floor"], suite.categories, suite.extras
+        )
+    return NoiseFloor(floor.name, floor_change(base.record, floor), dict(values), total, per_task)
 
 
 def attach_indomain(

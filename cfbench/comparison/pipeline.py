@@ -32,7 +32,7 @@ from cfbench.comparison.gather import (
     refuse_other_rules,
     subgroups,
 )
-from cfbench.comparison.runs import RunRef, check_labels, floor_record, resolve_runs
+from cfbench.comparison.runs import RunRef, check_labels, plan_floor, resolve_runs, score_floor
 from cfbench.errors import CfbenchError
 from cfbench.metrics.drift import PairDrift
 from cfbench.report.contrast import ItemValues
@@ -75,7 +75,8 @@ def compare(
 
     Besides accuracy, every registered item metric (:mod:`cfbench.metrics`) is attached to the report
     as :class:`cfbench.signals.Signal` records per tuned run; ``noise_floor`` names a stored run of
-    the base checkpoint scored another way, against which divergences are judged. ``runner``: spread
+    the base checkpoint scored another way, or a recipe compare scores itself (``dtype``, ``dtype:NAME``,
+    ``plain``: :func:`cfbench.comparison.runs.plan_floor`), against which divergences are judged. ``runner``: spread
     the scoring over workers (see :func:`resolve_runs`); None scores in this process. ``ppl`` adds
     held-out perplexity drift (checked before anything is scored). ``contrasts`` are (A, B) labels of
     tuned runs or ``groups`` (name → run labels: seeds of one method), or ``"B-A"`` strings; each gives
@@ -94,11 +95,12 @@ def compare(
     groups = _check_contrast_args(labels, contrasts or [], groups or {}, pair_contrast, len(tuned))  # before scoring
     suite_obj = load_suite(suite)
     store = ResultStore(Path(results))
-    floor = floor_record(noise_floor, store) if noise_floor is not None else None  # before any scoring
+    planned = plan_floor(noise_floor, base, store, eval_kwargs) if noise_floor is not None else None  # before scoring
     clusters, cluster_notes = cluster_maps(suite_obj.tasks, (eval_kwargs or {}).get("data_dir"))  # likewise
     refs = resolve_runs(
         [base, *tuned], store, labels=labels, eval_kwargs={"suite": suite, **(eval_kwargs or {})}, runner=runner
     )
+    floor = score_floor(planned, base, store, {"suite": suite, **(eval_kwargs or {})}, runner)
     used: dict[str, set[str]] = {}
     raw: dict[str, pd.DataFrame] = {}
     items, scores = gather(store, refs, suite_obj.tasks, used, raw)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cfbench.backends import check_backend_options
 from cfbench.comparison.refs import resolve_ref
 from cfbench.engine import describe_plans, plan_evaluation, progress_mode, run_plan
 from cfbench.errors import CfbenchError
@@ -102,15 +103,106 @@ def resolve_runs(
 
 
 def floor_record(spec: str, store: ResultStore) -> RunRecord:
-    """``--noise-floor``: a stored run (scoring the base another way is the user's explicit step)."""
-    ref = resolve_ref(spec, store)
+    """``--noise-floor RUN``: a stored run of the base scored another way (the user's own step)."""
+    try:
+        ref = resolve_ref(spec, store)
+    except CfbenchError as exc:
+        raise CfbenchError(f"--noise-floor {spec!r}: {exc}; or name a floor recipe: dtype, dtype:NAME, plain") from exc
     if ref.kind != "run" or ref.record is None:
         raise CfbenchError(
-            f"--noise-floor {spec!r} is not a stored run: score the base checkpoint another way first (e.g. "
-            "`cfbench eval BASE --backend vllm`, `--dtype bfloat16` or `--model-args scoring_path=plain`) "
-            "and pass that run's name"
+            f"--noise-floor {spec!r} is not a stored run: pass `dtype` (compare re-scores the base in bfloat16), "
+            "or score the base checkpoint another way first (e.g. `cfbench eval BASE --dtype bfloat16 --name "
+            "base-bf16`, `--backend vllm`) and pass that run's name"
         )
     return ref.record
+
+
+#: ``--noise-floor`` recipes (compare re-scores the base itself): ``dtype`` (bfloat16, or float32 for a
+#: bfloat16 base), ``dtype:NAME``, and ``plain`` (the hf backend's plain scoring path: numerically nil, ~1e-11
+#: nats, kept to check the tree path). Measured sizes and costs: docs/metrics.md.
+FLOOR_RECIPES = ("dtype", "dtype:NAME", "plain")
+FLOOR_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class FloorRecipe:
+    """A floor compare scores itself: the base, its scoring changed by ``options`` (a change users meet)."""
+
+    spec: str
+    options: dict[str, Any]
+
+    @property
+    def change(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+
+
+def floor_recipe(spec: str, backend_options: dict[str, Any] | None) -> FloorRecipe | None:
+    """The recipe ``spec`` names (None: it names a stored run); a bad dtype is one line, before any work."""
+    if spec == "plain":
+        return FloorRecipe(spec, {"scoring_path": "plain"})
+    if spec != "dtype" and not spec.startswith("dtype:"):
+        return None
+    base = (backend_options or {}).get("dtype") or "float32"
+    want = spec.partition(":")[2] or ("float32" if base == "bfloat16" else "bfloat16")
+    if want not in FLOOR_DTYPES:
+        raise CfbenchError(f"--noise-floor {spec!r}: unknown dtype {want!r}; choose one of {', '.join(FLOOR_DTYPES)}")
+    if want == base:
+        raise CfbenchError(
+            f"--noise-floor {spec!r} re-scores the base in its own dtype {base}: its floor would be exactly 0; "
+            f"name another dtype, e.g. --noise-floor dtype:{'bfloat16' if base != 'bfloat16' else 'float32'}"
+        )
+    return FloorRecipe(spec, {"dtype": want})
+
+
+def plan_floor(spec: str, base: str, store: ResultStore, eval_kwargs: dict[str, Any] | None) -> RunRecord | FloorRecipe:
+    """``--noise-floor``, checked before anything is scored: a stored run, or a recipe whose base is a checkpoint
+    and whose option the backend takes (``eval_kwargs``: compare's, for the backend and its options).
+
+    A recipe name that is also a stored run's name is refused (as :mod:`cfbench.comparison.refs` refuses an
+    argument with two meanings): ``run:NAME`` picks the run.
+    """
+    backend = (eval_kwargs or {}).get("backend") or "hf"
+    options = dict((eval_kwargs or {}).get("backend_options") or {})
+    recipe = floor_recipe(spec, options)
+    if recipe is None:
+        return floor_record(spec, store)
+    try:
+        check_backend_options(backend, {**options, **recipe.options})
+    except CfbenchError as exc:
+        raise CfbenchError(
+            f"--noise-floor {spec}: the {backend} backend cannot re-score with {recipe.change} ({exc}); score the "
+            "floor yourself (cfbench eval BASE ...) and pass its run name"
+        ) from exc
+    clash = store.match_run(spec)
+    if clash is not None:
+        raise CfbenchError(
+            f"--noise-floor {spec!r} is ambiguous: it is a floor recipe and the stored run {clash.name!r}; write "
+            f"run:{spec} for the stored run, or rename it"
+        )
+    if resolve_ref(base, store).kind != "checkpoint":
+        raise CfbenchError(
+            f"--noise-floor {spec} re-scores the base checkpoint, but the base {base!r} is a stored run: pass the "
+            "base as a checkpoint (ckpt:SPEC), or score the floor yourself (cfbench eval BASE --dtype bfloat16 "
+            "--name base-bf16) and pass --noise-floor base-bf16"
+        )
+    return recipe
+
+
+def score_floor(
+    floor: RunRecord | FloorRecipe | None,
+    base: str,
+    store: ResultStore,
+    eval_kwargs: dict[str, Any],
+    runner: Any = None,
+) -> RunRecord | None:
+    """The floor run: a stored one as is; a recipe's by scoring the base with its options (cached like any run)."""
+    if floor is None or isinstance(floor, RunRecord):
+        return floor
+    spec = resolve_ref(base, store).spec
+    kwargs = dict(eval_kwargs)
+    kwargs["backend_options"] = {**(kwargs.get("backend_options") or {}), **floor.options}
+    kwargs["name"] = f"{spec} ({floor.change})"  # e.g. "smollm2-135m (dtype=bfloat16)"
+    return resolve_runs([f"ckpt:{spec}"], store, eval_kwargs=kwargs, runner=runner)[0].record
 
 
 def check_floor(floor: RunRecord, base: RunRecord) -> None:
@@ -124,3 +216,18 @@ def check_floor(floor: RunRecord, base: RunRecord) -> None:
             f"--noise-floor {floor.name!r} scored checkpoint {floor.checkpoint_name!r}, not the base "
             f"{base.checkpoint_name!r} (content hashes differ): the floor must be the base scored another way"
         )
+
+
+#: Backend settings that say nothing about the numbers (bookkeeping), left out of a floor's description.
+_NOT_A_CHANGE = frozenset({"scoring_version"})
+
+
+def floor_change(base: RunRecord, floor: RunRecord) -> str | None:
+    """What the floor run changed in the base's scoring, from the two records: e.g. ``dtype bfloat16 (base
+    float32)``. None where the records hold no settings to compare (imported runs)."""
+    a = {"backend": base.backend, **(base.backend_settings or {})}
+    b = {"backend": floor.backend, **(floor.backend_settings or {})}
+    if not base.backend_settings or not floor.backend_settings:
+        return None
+    diff = [k for k in sorted(set(a) | set(b)) if k not in _NOT_A_CHANGE and a.get(k) != b.get(k)]
+    return ", ".join(f"{k} {b.get(k)} (base {a.get(k)})" for k in diff) or "same settings"

@@ -15,7 +15,9 @@ Pipeline, the same for every metric (so a new metric needs no code here):
    run: it is judged against the *noise floor*, the same statistic between the base and the base
    re-scored another way (another backend, dtype or scoring path). Significant iff the CI's lower
    bound is above the floor's CI upper bound (the floor's own sampling noise included; with no floor
-   CI, above the floor's value). Without a floor a divergence is shown unjudged ("no floor"). Each of
+   CI, above the floor's value). Without a floor a divergence is shown unjudged ("no floor"); a floor
+   below :data:`cfbench.signals.NIL_FLOOR` (1e-6 nats) is *numerically nil* and judges nothing either
+   (every divergence clears rounding, and "excludes 0" is no test for a divergence). Each of
    these statements has its bootstrap p; the scopes of one signal of one run are one Holm family, and
    the star uses the adjusted p (issue 19, multiplicity).
 
@@ -36,7 +38,7 @@ from cfbench.data import default_sources
 from cfbench.errors import CfbenchError
 from cfbench.metrics.choices import ChoiceSource, choice_frame
 from cfbench.metrics.registry import ChoiceBatch, ItemMetric, registered_metrics
-from cfbench.signals import Signal
+from cfbench.signals import NIL_FLOOR, Signal
 from cfbench.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_BOOT,
@@ -106,6 +108,8 @@ class DriftResult:
     signals: dict[str, list[Signal]]
     notes: list[str]
     pairs: dict[str, PairDrift]
+    #: The floor's own overall value per divergence metric (empty without a floor).
+    floor_values: dict[str, float] = field(default_factory=dict)
 
 
 # -- per item ---------------------------------------------------------------------------------------
@@ -261,6 +265,11 @@ def _judge(metric: ItemMetric, ci: tuple[float, float] | None, floor: float | No
         return ci_excludes_zero(ci), None, (bootstrap_p(reps) if reps is not None else None)
     if floor is None:
         return None, "no floor: a divergence is never below 0, so it is not judged without --noise-floor", None
+    if abs(floor) < NIL_FLOOR:  # every divergence clears a rounding-sized floor: clearing it says nothing
+        return None, (
+            f"floor numerically nil ({floor:.2g} < {NIL_FLOOR:g} {metric.unit}): it stars nothing; re-score the base "
+            "under a numeric change a user meets, e.g. --noise-floor dtype"
+        ), None
     bar = floor_ci[1] if floor_ci is not None else floor
     return ci[0] > bar, None, (bootstrap_p_above(reps, bar) if reps is not None else None)
 
@@ -326,9 +335,11 @@ def drift_signals(
     tasks = [*(t for m in categories.values() for t in m), *extras]
     notes: list[str] = []
     floor_pair: PairDrift | None = None
+    floor_values: dict[str, float] = {}
     if floor is not None:
         floor_pair = pair_drift(frames.get(base, {}), frames.get(floor, {}), base, floor, tasks, metrics, settings)
         notes += [f"noise floor: {n}" for n in floor_pair.notes]
+        floor_values = _floor_values(floor_pair, metrics, categories, settings, reference, reasons)
     signals: dict[str, list[Signal]] = {}
     pairs: dict[str, PairDrift] = {}
     for run in tuned:
@@ -337,34 +348,65 @@ def drift_signals(
         notes += [f"drift {run}: {n}" for n in pd_.notes]
         out: list[Signal] = []
         for m in metrics:
-            per_task = pd_.tasks[m.name]
-            if not per_task:
-                continue
-            mine: list[Signal] = []
-            fl = floor_pair.tasks[m.name] if floor_pair is not None else {}
-            cats, overall = _aggregates(per_task, categories, settings, reference, reasons)
-            f_cats, f_all = _floor_aggregates(fl, per_task, categories, settings) if floor_pair else ({}, None)
-            lacking = floor_pair is not None and m.kind == "divergence"
-            same: dict[str, str] = {}
-            for scope, agg, f_agg in [(OVERALL, overall, f_all), *((c, a, f_cats.get(c)) for c, a in cats.items())]:
-                if agg.other_mean is None:
-                    continue
-                if len(agg.coverage.present) == 1:
-                    same[scope] = agg.coverage.present[0]
-                n = sum(per_task[t].n for t in agg.coverage.present)
-                note = f"partial: {agg.coverage.label}" if agg.coverage.partial else None
-                if lacking and f_agg is None:
-                    note = "; ".join(x for x in (note, "the floor run lacks some of these tasks") if x)
-                mine.append(_signal(m, scope, agg.other_mean, agg.ci, n, f_agg, note, agg.replicates))
-            for task, v in per_task.items():
-                f_task = fl.get(task)
-                note = "the floor run has no paired items here" if lacking and f_task is None else None
-                mine.append(_signal(m, task, v.mean, v.ci, v.n, f_task, note, v.replicates))
-            out += _holm(mine, 1 - settings.confidence, same)
+            if pd_.tasks[m.name]:
+                out += _metric_signals(m, pd_.tasks[m.name], floor_pair, categories, settings, reference, reasons)
         if not out:
             notes.append(f"drift {run}: no task with per-choice log-probs paired with {base}; no drift metrics")
         signals[run] = out
-    return DriftResult(signals, list(dict.fromkeys(notes)), pairs)
+    return DriftResult(signals, list(dict.fromkeys(notes)), pairs, floor_values)
+
+
+def _floor_values(
+    floor_pair: PairDrift,
+    metrics: Sequence[ItemMetric],
+    categories: Mapping[str, Sequence[str]],
+    settings: DriftSettings,
+    reference: Mapping[str, Sequence[str]] | None,
+    reasons: Mapping[str, str] | None,
+) -> dict[str, float]:
+    """The floor's own overall value of every divergence (AVG-style, over every task it pairs): what the
+    report prints as "the floor", and what decides whether it is numerically nil."""
+    out: dict[str, float] = {}
+    for m in metrics:
+        if m.kind != "divergence" or not floor_pair.tasks[m.name]:
+            continue
+        overall = _aggregates(floor_pair.tasks[m.name], categories, settings, reference, reasons)[1]
+        if overall.other_mean is not None:
+            out[m.name] = float(overall.other_mean)
+    return out
+
+
+def _metric_signals(
+    m: ItemMetric,
+    per_task: Mapping[str, TaskValues],
+    floor_pair: PairDrift | None,
+    categories: Mapping[str, Sequence[str]],
+    settings: DriftSettings,
+    reference: Mapping[str, Sequence[str]] | None,
+    reasons: Mapping[str, str] | None,
+) -> list[Signal]:
+    """One metric of one run at every scope (overall, categories, tasks), each against its floor; Holm-judged."""
+    mine: list[Signal] = []
+    fl = floor_pair.tasks[m.name] if floor_pair is not None else {}
+    cats, overall = _aggregates(per_task, categories, settings, reference, reasons)
+    f_cats, f_all = _floor_aggregates(fl, per_task, categories, settings) if floor_pair else ({}, None)
+    lacking = floor_pair is not None and m.kind == "divergence"
+    same: dict[str, str] = {}  # scopes whose value is one task's value: they take that task's test
+    for scope, agg, f_agg in [(OVERALL, overall, f_all), *((c, a, f_cats.get(c)) for c, a in cats.items())]:
+        if agg.other_mean is None:
+            continue
+        if len(agg.coverage.present) == 1:
+            same[scope] = agg.coverage.present[0]
+        n = sum(per_task[t].n for t in agg.coverage.present)
+        note = f"partial: {agg.coverage.label}" if agg.coverage.partial else None
+        if lacking and f_agg is None:
+            note = "; ".join(x for x in (note, "the floor run lacks some of these tasks") if x)
+        mine.append(_signal(m, scope, agg.other_mean, agg.ci, n, f_agg, note, agg.replicates))
+    for task, v in per_task.items():
+        f_task = fl.get(task)
+        note = "the floor run has no paired items here" if lacking and f_task is None else None
+        mine.append(_signal(m, task, v.mean, v.ci, v.n, f_task, note, v.replicates))
+    return _holm(mine, 1 - settings.confidence, same)
 
 
 # -- I/O: from the store -----------------------------------------------------------------------------

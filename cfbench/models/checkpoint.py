@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from cfbench.errors import CfbenchError
-from cfbench.fsutil import remove_stale_tmp, tmp_prefix
+from cfbench.fsutil import clean_dead_writers, remove_stale_tmp, tmp_prefix, tracked_tmp
 from cfbench.models import adapter as peft_adapter
 from cfbench.models.adapter import is_adapter_folder
-from cfbench.models.hashing import HashCache, default_cache_dir, folder_content_hash
+from cfbench.models.hashing import HashCache, default_cache_dir, folder_content_hash, load_pickled_weights
 
 KINDS = ("hf-folder", "gguf", "hub", "state-dict", "builtin", "adapter")
 STATE_DICT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
@@ -130,11 +130,13 @@ def _atomic_build(final: Path, build: Callable[[Path], None]) -> Path:
     if (final / "config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(final.parent, f".tmp-{final.name}-")  # left by a conversion that was killed
+    clean_dead_writers(final.parent)  # left by conversions and saves that were killed
+    remove_stale_tmp(final.parent, f".tmp-{final.name}-")  # an older cfbench's temp (no pid): by age
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=tmp_prefix(f".tmp-{final.name}-")))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        build(tmp)
+        with tracked_tmp(tmp):
+            build(tmp)
         if not (tmp / "config.json").is_file():
             raise CfbenchError(f"conversion into {final} wrote no config.json: report this as a cfbench bug")
         try:
@@ -257,6 +259,84 @@ def check_hf_folder(path: Path, spec: str) -> None:
             raise CfbenchError(
                 f"{f} is truncated or corrupt ({str(exc).splitlines()[0]}): re-save or re-download the checkpoint"
             ) from exc
+    if not safetensors:  # transformers would unpickle these: a hostile or broken one is named now
+        for f in bins:
+            load_pickled_weights(f)
+    check_vocab_size(path, parsed)
+
+
+def _tokenizer_size(folder: Path) -> int | None:
+    """Ids the folder's ``tokenizer.json`` can produce (largest id + 1), read as JSON; None without one."""
+    try:
+        tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        vocab = tok.get("model", {}).get("vocab")
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))
+        ids += [int(t["id"]) for t in tok.get("added_tokens") or [] if isinstance(t, dict) and "id" in t]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return None  # no tokenizer.json (or one transformers will name): nothing to compare
+    return max(ids) + 1 if ids else None
+
+
+def check_vocab_size(folder: Path, config: dict[str, Any]) -> None:
+    """Refuse a config whose ``vocab_size`` is smaller than the ids its tokenizer produces.
+
+    The embedding has ``vocab_size`` rows; a token id past it fails deep inside the forward pass (an
+    IndexError on CPU, a device-side assert on CUDA), after the model has loaded and scoring started.
+    """
+    text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    vocab = config.get("vocab_size", text_cfg.get("vocab_size"))
+    n_tok = _tokenizer_size(folder)
+    if isinstance(vocab, int) and n_tok is not None and vocab < n_tok:
+        raise CfbenchError(
+            f"{folder / 'config.json'} has vocab_size {vocab} but its tokenizer produces ids up to {n_tok - 1}: "
+            "token ids past the embedding would crash the model; use the tokenizer it was trained with, or resize "
+            "the embeddings (model.resize_token_embeddings(len(tokenizer))) and re-save"
+        )
+
+
+def check_model_type(folder: Path) -> None:
+    """Before a model loads: refuse a ``model_type`` this transformers does not know, in one line.
+
+    Called where a model is about to be instantiated (transformers is imported then anyway), not at
+    resolution, which must stay cheap for fully cached evaluations. A config that ships its own code
+    (``auto_map``) is left to ``trust_remote_code``.
+    """
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # check_hf_folder names a broken config
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str) or "auto_map" in config:
+        return
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise CfbenchError(
+            f"{Path(folder) / 'config.json'} has model_type {model_type!r}, which transformers "
+            f"{transformers.__version__} does not know: upgrade transformers (pip install -U transformers), or fix "
+            "model_type if the config was edited"
+        )
+
+
+def float32_weight_bytes(folder: Path) -> int:
+    """Bytes the folder's weights take once saved in float32 (what finetune writes), from the safetensors
+    headers alone (no tensor is read); a ``pytorch_model*.bin``'s own size stands in for its part."""
+    total = 0
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(size)) if 0 < size <= 100_000_000 else {}
+        except (OSError, ValueError):
+            header = {}  # check_hf_folder names a corrupt file; the estimate only has to be near
+        for name, info in header.items():
+            if name != "__metadata__" and isinstance(info, dict):
+                numel = 1
+                for dim in info.get("shape", []):
+                    numel *= int(dim)
+                total += 4 * numel
+    return total + sum(f.stat().st_size for f in Path(folder).glob("pytorch_model*.bin"))
 
 
 def _check_gguf_magic(path: Path) -> None:
@@ -360,14 +440,38 @@ def _resolve_hub(spec: str, cache_dir: Path, hashes: HashCache) -> ResolvedCheck
 # Raw state dicts
 
 
+def _load_raw_safetensors(path: Path) -> dict[str, Any]:
+    """A raw ``.safetensors`` (``--base`` form), its header checked against the file before anything is read.
+
+    The first 8 bytes give the JSON header's length; a corrupt file can claim gigabytes there, which
+    would be allocated before safetensors notices. Any other defect is safetensors' own message.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    claimed = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 < claimed <= min(size - 8, 100_000_000):
+        raise CfbenchError(
+            f"{path} is not a safetensors file: its header claims {claimed:,} bytes but the file has {size:,}; "
+            "re-save it (safetensors.torch.save_file) or re-download it"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CfbenchError(
+            f"{path} is truncated or corrupt ({str(exc).splitlines()[0][:120]}): re-save or re-download it"
+        ) from None
+
+
 def load_state_dict_file(path: Path) -> dict[str, Any]:
     """Read a training checkpoint and unwrap ``{"state_dict": ...}`` / ``{"model": ...}`` and prefixes."""
     import torch
 
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: Any = load_file(str(path))
+        obj: Any = _load_raw_safetensors(path)
     else:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)

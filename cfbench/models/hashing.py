@@ -14,8 +14,10 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from cfbench.errors import CfbenchError
+from cfbench.fsutil import default_cache_dir as default_cache_dir  # moved to the core: the writers ledger uses it
 
 _CHUNK = 1 << 22
 
@@ -168,6 +170,34 @@ def tokenizer_hash(folder: str | Path) -> str | None:
 _BIG = 1e30  # |w| beyond this is not a trained weight, even if finite
 
 
+def load_pickled_weights(path: Path) -> Any:
+    """``torch.load`` of a ``.bin`` / ``.pt`` with ``weights_only=True`` (never anything else), one line on failure.
+
+    Memory-mapped when the file is in torch's zip format; PyTorch's legacy format (before 1.6), which
+    transformers still loads, cannot be memory-mapped and is read whole. A pickle that asks for more
+    than tensors (code: a malicious file) is refused by ``weights_only`` and named here, not traced back.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+        why = next((x for x in lines if "Unsupported global" in x or "GLOBAL" in x), lines[0] if lines else "")
+        raise CfbenchError(
+            f"{path} is a pickle that holds more than tensors, which cfbench refuses to load since it could run "
+            f"code ({why[:100]}): get the weights as safetensors from a source you trust"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CfbenchError(
+            f"{path} is not a readable PyTorch weights file ({str(exc).splitlines()[0][:120]}): re-save or "
+            "re-download the checkpoint (model.save_pretrained writes safetensors)"
+        ) from None
+
+
 def first_bad_tensor(folder: Path) -> str | None:
     """``"NAME (nan)"`` for the first weight tensor with a NaN / inf / absurd (>1e30) value, else None.
 
@@ -198,17 +228,11 @@ def first_bad_tensor(folder: Path) -> str | None:
                     if (bad := verdict(name, fh.get_tensor(name))) is not None:
                         return bad
         elif p.name.endswith((".bin", ".pt", ".pth")):
-            state = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+            state = load_pickled_weights(p)
             for name, t in (state.items() if isinstance(state, dict) else []):
                 if isinstance(t, torch.Tensor) and (bad := verdict(name, t)) is not None:
                     return bad
     return None
-
-
-def default_cache_dir() -> Path:
-    """``$CFBENCH_CACHE`` or ``~/.cache/cfbench``: where conversions and the hash cache live."""
-    env = os.environ.get("CFBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cfbench"
 
 
 def require_finite_weights(

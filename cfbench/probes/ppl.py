@@ -159,7 +159,7 @@ def _score_missing(
     writing per batch lets an interrupted run resume, and a non-finite log p is refused rather than
     cached, since a broken model's number would otherwise be reused on every rerun.
     """
-    store.require_writable()  # before the model loads: a read-only store takes no new rows
+    store.require_room()  # before the model loads: a read-only, unwritable or full store takes no new rows
     ckpt, docs = inp.ckpt, inp.docs
     bar = Progress(ckpt.name, len(todo), unit="docs", mode=progress_mode(progress))
     bar.set_detail(f"held-out {data}: {len(todo):,} of {len(docs):,} documents")

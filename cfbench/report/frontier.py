@@ -220,7 +220,7 @@ def plot_frontier(
             f"cannot write {path}: folder {path.parent} does not exist; create it or choose another path"
         )
     fig = frontier_figure(points, title=title, base_label=base_label, arrows=arrows)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-pid{os.getpid()}-png")  # a killed writer's is found by its pid
     try:
         fig.savefig(tmp, dpi=dpi, format="png")
         os.replace(tmp, path)

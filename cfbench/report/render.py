@@ -30,7 +30,7 @@ import pandas as pd
 from cfbench.csvsafe import frame_to_csv
 from cfbench.report.contrast import ContrastLine, ContrastResult, SeedGroup
 from cfbench.report.table import Comparison, ComparisonReport, TaskRow
-from cfbench.signals import Signal
+from cfbench.signals import NIL_FLOOR, NoiseFloor, Signal
 from cfbench.stats import AggregateDelta, Coverage
 
 if TYPE_CHECKING:
@@ -211,11 +211,45 @@ def summary_sentences(report: ComparisonReport) -> list[str]:
             f"{run} vs {report.base}: AVG {fmt_delta(avg.delta)} points{part} {fmt_ci(avg.ci)} ({sure}); "
             f"{moves}{flips}{prior}."
         )
-    return out
+    return out + floor_lines(report)
+
+
+def floor_lines(report: ComparisonReport) -> list[str]:
+    """What the noise floor is: its change, its overall divergences and the flips numerics alone made
+    (next to the tuned runs' forgotten/gained counts), or that it is numerically nil and stars nothing."""
+    nf = report.noise_floor
+    if nf is None:
+        return []
+    change = f", which changed {nf.change}," if nf.change else ""
+    values = ", ".join(f"{_metric_label(report, k)} {fmt_signal(v)}" for k, v in nf.values.items())
+    if nf.nil:
+        head = (
+            f"Noise floor {nf.run}{change} is numerically nil ({values}; every value below {NIL_FLOOR:g}): it stars "
+            "no divergence; re-score the base under a numeric change a user meets (compare --noise-floor dtype)"
+        )
+    else:
+        head = f"Noise floor {nf.run}{change} is {values or 'no divergence paired'} overall"
+    if nf.flips is not None:
+        head += (
+            f"; numerics alone flipped {nf.flips.forgotten} items right→wrong and {nf.flips.gained} wrong→right "
+            f"of {nf.flips.n} (compare each run's forgotten/gained)"
+        )
+    return [head + "."]
+
+
+def _metric_label(report: ComparisonReport, name: str) -> str:
+    """A signal's display label (e.g. ``KL(base‖tuned)``) from any run that has it, else its name."""
+    for sigs in report.signals.values():
+        for s in sigs:
+            if s.name == name:
+                return s.label
+    return name
 
 
 def _sureness(report: ComparisonReport, agg: AggregateDelta) -> str:
     """``significant, Holm p 0.003`` / ``not significant, Holm p 0.41`` / ``untested (no item scores)``."""
+    if report.settings.n_boot == 0:  # "no CIs, no stars": the gate says the same
+        return "untested: --n-boot 0"
     if agg.p is None:
         return "untested: no item-level scores"
     word = "significant" if report.aggregate_significant(agg) else "not significant"
@@ -362,17 +396,31 @@ def fmt_signal(x: float) -> str:
     return "0" if text in ("-0", "0", "+0") else text
 
 
-def signal_text(s: Signal) -> str:
-    """``value* [lo, hi] (floor f)``; an unjudged signal says why: ``(no floor)`` or ``(no CI)``.
+def fmt_multiple(s: Signal) -> str:
+    """``140×`` (the value as a multiple of its floor), ``nil floor`` for a numerically nil one, else ''."""
+    if s.floor is None:
+        return ""
+    if s.floor_nil:
+        return "nil floor"
+    m = s.floor_multiple
+    return "" if m is None or not math.isfinite(m) else f"{m:.3g}×"
 
-    A signal with a CI is left unjudged only for want of a floor (a divergence); without a CI nothing
-    can be judged, floor or not.
+
+def signal_text(s: Signal) -> str:
+    """``value* [lo, hi] (140× floor f)``; an unjudged signal says why: ``(no floor)``, ``(no CI)`` or a
+    ``numerically nil`` floor (below 1e-6: it judges nothing).
+
+    A signal with a CI is left unjudged only for want of a floor that means something (a divergence);
+    without a CI nothing can be judged, floor or not.
     """
     text = fmt_signal(s.value) + ("*" if s.significant else "")
     if s.ci is not None:
         text += f" [{fmt_signal(s.ci[0])}, {fmt_signal(s.ci[1])}]"
-    if s.floor is not None:
-        text += f" (floor {fmt_signal(s.floor)})"
+    if s.floor is not None and s.floor_nil:
+        text += f" (floor {fmt_signal(s.floor)}: numerically nil)"
+    elif s.floor is not None:
+        times = fmt_multiple(s)
+        text += f" ({times} floor {fmt_signal(s.floor)})" if times else f" (floor {fmt_signal(s.floor)})"
     if s.significant is None:
         text += " (no CI)" if s.ci is None else ("" if s.floor is not None else " (no floor)")
     return text
@@ -390,7 +438,11 @@ def _signal_tone(s: Signal) -> Literal["neg", "pos"] | None:
 def _signal_cell(s: Signal | None, *, compact: bool = False) -> Cell:
     if s is None:
         return Cell(MISSING)
-    text = fmt_signal(s.value) + ("*" if s.significant else "") if compact else signal_text(s)
+    if compact:
+        times = fmt_multiple(s)
+        text = fmt_signal(s.value) + ("*" if s.significant else "") + (f" ({times})" if times else "")
+    else:
+        text = signal_text(s)
     return Cell(text, _signal_tone(s), bool(s.significant))
 
 
@@ -419,8 +471,10 @@ def _signal_legend(report: ComparisonReport) -> str:
         "(the same statistic between the base and the base scored another way, compare --noise-floor); "
         "drift signals judge that by its bootstrap p, Holm-adjusted over the signal's scopes of one run "
         "(p, p_holm in json/csv); "
-        "(no floor): a divergence without a floor is not judged; (no CI): --n-boot 0. Forgotten/Gained: 0/1 "
-        "items flipped right→wrong / wrong→right, summed over the tasks in AVG."
+        "(no floor): a divergence without a floor is not judged; (no CI): --n-boot 0; N× floor: the value as a "
+        f"multiple of its floor; a floor below {NIL_FLOOR:g} is numerically nil and stars nothing. Forgotten/Gained: "
+        "0/1 items flipped right→wrong / wrong→right, summed over the tasks in AVG; the noise floor row counts "
+        "the flips numerics alone make."
     )
 
 
@@ -448,8 +502,21 @@ def signals_table(report: ComparisonReport) -> TableSpec | None:
         found = [_signal_at(report, run, name, "all") for name, _ in cols]
         spec.rows.append([Cell(run), d, Cell(forgotten), Cell(gained), *(_signal_cell(s) for s in found)])
         spec.notes += _signal_notes(run, found)
+    if report.noise_floor is not None:
+        spec.rows.append(_floor_row(report.noise_floor, cols))
     spec.notes.append(_signal_legend(report))
     return spec
+
+
+def _floor_row(nf: NoiseFloor, cols: list[tuple[str, str]]) -> list[Cell]:
+    """The floor's own row: its flips under Forgotten/Gained and its overall divergence per signal column."""
+    flips = [Cell(NA), Cell(NA)] if nf.flips is None else [Cell(str(nf.flips.forgotten)), Cell(str(nf.flips.gained))]
+    cells = []
+    for name, _ in cols:
+        v = nf.values.get(name)
+        nil = " (numerically nil)" if v is not None and abs(v) < NIL_FLOOR else ""
+        cells.append(Cell(MISSING if v is None else fmt_signal(v) + nil))
+    return [Cell(f"noise floor: {nf.run}"), Cell(MISSING), *flips, *cells]
 
 
 def _signal_notes(where: str, signals: list[Signal | None]) -> list[str]:
@@ -796,6 +863,7 @@ def report_to_dict(report: ComparisonReport) -> dict[str, Any]:
         "signals": {run: [_signal_dict(x) for x in sigs] for run, sigs in report.signals.items()},
         "contrasts": [_contrast_dict(c) for c in report.contrasts],
         "groups": [_group_dict(g) for g in report.groups],
+        "noise_floor": report.noise_floor.to_dict() if report.noise_floor is not None else None,
         "summary": summary_sentences(report),
         "label_prior": _label_prior_dicts(report),
         "label_prior_lines": label_prior_lines(report),
@@ -828,7 +896,7 @@ def _group_dict(g: SeedGroup) -> dict[str, Any]:
 
 def _signal_dict(s: Signal) -> dict[str, Any]:
     out = s.to_dict()
-    for key in ("value", "floor"):
+    for key in ("value", "floor", "floor_multiple"):
         out[key] = _finite(out[key])
     return out
 
@@ -875,6 +943,8 @@ FRAME_COLUMNS = [
     "floor",
     "floor_ci_low",
     "floor_ci_high",
+    "floor_multiple",
+    "floor_nil",
     "better",
     "note",
     # section="contrast" rows (ref = arm A, run = arm B, value = B − A) and section="group" rows (seed groups):
@@ -979,16 +1049,16 @@ def _delta_records(report: ComparisonReport) -> list[dict[str, Any]]:
 def report_to_frame(report: ComparisonReport) -> pd.DataFrame:
     """Tidy long table: ``section="score"`` rows hold what each run scored, ``"delta"`` rows the Δs."""
     recs = _score_records(report) + _delta_records(report)
-    recs += _signal_records(report) + _contrast_records(report) + _group_records(report)
+    recs += _signal_records(report) + _floor_records(report) + _contrast_records(report) + _group_records(report)
     frame = pd.DataFrame.from_records(recs, columns=FRAME_COLUMNS)
     for col in ("forgotten", "gained", "n", "dropped_ref", "dropped_run", "coverage_present", "coverage_total",
                 "flagged_tasks", "holm_m"):  # fmt: skip
         frame[col] = frame[col].astype("Int64")
-    for col in ("significant", "partial", "item_level", "unpaired", "label_prior"):
+    for col in ("significant", "partial", "item_level", "unpaired", "label_prior", "floor_nil"):
         frame[col] = frame[col].astype("boolean")
     for col in ("ref_score", "score", "delta", "ci_low", "ci_high", "p_mcnemar", "p", "p_holm", "mde", "value",
                 "floor",
-                "floor_ci_low", "floor_ci_high", "seed_sd_ref", "seed_sd_run"):  # fmt: skip
+                "floor_ci_low", "floor_ci_high", "floor_multiple", "seed_sd_ref", "seed_sd_run"):  # fmt: skip
         frame[col] = frame[col].astype("float64")
     return frame
 
@@ -1016,9 +1086,28 @@ def _signal_records(report: ComparisonReport) -> list[dict[str, Any]]:
                     "signal": s.name, "signal_kind": s.kind, "scope": s.scope, "value": s.value, "unit": s.unit,
                     "floor": s.floor, "floor_ci_low": s.floor_ci[0] if s.floor_ci else None,
                     "floor_ci_high": s.floor_ci[1] if s.floor_ci else None, "better": s.better, "note": s.note,
-                    "p": s.p, "p_holm": s.p_adj, "holm_m": s.holm_m,
+                    "p": s.p, "p_holm": s.p_adj, "holm_m": s.holm_m, "floor_multiple": s.floor_multiple,
+                    "floor_nil": s.floor_nil if s.floor is not None else None,
                 }
             )  # fmt: skip
+    return recs
+
+
+def _floor_records(report: ComparisonReport) -> list[dict[str, Any]]:
+    """``section="noise_floor"`` rows: the floor's flips (overall over the tasks in AVG, then per task; ``note``
+    says what it changed) and its overall value per divergence (``signal``, ``value``, ``floor_nil``)."""
+    nf = report.noise_floor
+    if nf is None:
+        return []
+    common = {"section": "noise_floor", "kind": "floor", "ref": report.base, "run": nf.run, "note": nf.change}
+    recs: list[dict[str, Any]] = []
+    parts = [("avg", None, nf.flips), *(("task", t, f) for t, f in nf.tasks.items())]
+    for level, task, f in parts:
+        if f is not None:
+            recs.append({**common, "level": level, "task": task, "forgotten": f.forgotten, "gained": f.gained,
+                         "n": f.n})  # fmt: skip
+    for name, v in nf.values.items():
+        recs.append({**common, "level": "avg", "signal": name, "value": v, "floor_nil": abs(v) < NIL_FLOOR})
     return recs
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from cfbench.errors import CfbenchError
 from cfbench.report.contrast import ContrastResult, SeedGroup
-from cfbench.signals import Signal
+from cfbench.signals import NoiseFloor, Signal
 from cfbench.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_BOOT,
@@ -177,6 +177,8 @@ class ComparisonReport:
     contrasts: list[ContrastResult] = field(default_factory=list)
     #: Seed groups (runs of one method): each signal's mean and between-seed SD (:mod:`cfbench.report.contrast`).
     groups: list[SeedGroup] = field(default_factory=list)
+    #: The noise floor divergences were judged against (its change, values and own flips); None: no floor.
+    noise_floor: NoiseFloor | None = None
 
     def flagged(self, cmp: Comparison, agg: AggregateDelta) -> int:
         """How many of an aggregate's present tasks are label-prior flagged in this comparison."""
@@ -399,17 +401,19 @@ def _item_row(task: str, category: str | None, group: str | None, d: TaskDelta) 
     )  # fmt: skip
 
 
-def _judge_tasks(rows: list[TaskRow], alpha: float) -> list[TaskRow]:
+def _judge_tasks(rows: list[TaskRow], alpha: float, stars: bool = True) -> list[TaskRow]:
     """Holm over one family: every tested task and sub-group row of one comparison.
 
     One comparison runs a dozen task tests; at raw α the chance of at least one false star under the
     global null is ~1 − 0.95^13 ≈ 0.49. Holm bounds it by α whatever the dependence between tasks.
+    ``stars=False`` (``--n-boot 0``: "no CIs, no stars" everywhere) keeps the p values but stars no
+    row, so a task row never claims what its category, AVG and the gate do not test.
     """
     tested = [i for i, r in enumerate(rows) if r.p is not None]
     adj = holm_adjust([rows[i].p for i in tested])  # type: ignore[misc]
     out = list(rows)
     for i, a in zip(tested, adj, strict=True):
-        out[i] = replace(rows[i], p_adj=a, significant=a < alpha, holm_m=len(tested))
+        out[i] = replace(rows[i], p_adj=a, significant=stars and a < alpha, holm_m=len(tested))
     return out
 
 
@@ -430,11 +434,11 @@ def _only_mover(agg: AggregateDelta, top: Mapping[str, TaskRow]) -> TaskRow | No
 
 
 def _judge_aggregates(
-    cats: dict[str, AggregateDelta], avg: AggregateDelta, rows: list[TaskRow], alpha: float
+    cats: dict[str, AggregateDelta], avg: AggregateDelta, rows: list[TaskRow], alpha: float, stars: bool = True
 ) -> tuple[dict[str, AggregateDelta], AggregateDelta, list[str]]:
     """One rule per quantity: an aggregate that *is* one task's Δ (:func:`_only_mover`) takes that task's
     test and star; the others (bootstrap p) are one Holm family, categories and AVG together, whose
-    members' names come back third."""
+    members' names come back third. ``stars=False`` (``--n-boot 0``) stars none of them."""
     top = {r.task: r for r in rows if r.group is None}
     aggs = [*cats.values(), avg]
     judged: dict[str, AggregateDelta] = {}
@@ -452,7 +456,7 @@ def _judge_aggregates(
         else:
             family.append(agg)
     for agg, a in zip(family, holm_adjust([a.p for a in family]), strict=True):  # type: ignore[misc]
-        judged[agg.name] = replace(agg, p_adj=a, significant=a < alpha, holm_m=len(family))
+        judged[agg.name] = replace(agg, p_adj=a, significant=stars and a < alpha, holm_m=len(family))
     return {n: judged[n] for n in cats}, judged[avg.name], [a.name for a in family]
 
 
@@ -550,10 +554,11 @@ def _compare(
     cats, avg = aggregate_deltas(
         categories, points, confidence=settings.confidence, reference=reference, reasons=reasons
     )
-    rows = _judge_tasks(rows, settings.alpha)
+    stars = settings.n_boot > 0  # --n-boot 0: no CIs and no stars, on every row and in every format
+    rows = _judge_tasks(rows, settings.alpha, stars)
     rows = [replace(r, label_prior=True) if {(ref, r.task), (run, r.task)} & flags else r for r in rows]
-    cats, avg, family = _judge_aggregates(cats, avg, rows, settings.alpha)
-    return Comparison(ref, run, kind, rows, cats, avg, notes, _singletons(rows, family))
+    cats, avg, family = _judge_aggregates(cats, avg, rows, settings.alpha, stars)
+    return Comparison(ref, run, kind, rows, cats, avg, notes, _singletons(rows, family) if stars else [])
 
 
 def build_report(

@@ -30,6 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from cfbench.errors import CfbenchError
+from cfbench.fsutil import check_room, remove_dead_tmp, tmp_prefix
 from cfbench.store.parts import part_problem, repair_hint
 from cfbench.store.schema import (
     ITEMS_SCHEMA,
@@ -45,6 +46,8 @@ from cfbench.store.schema import (
 DEFAULT_ROOT = Path("results")
 SCHEMA_FILE = "_schema.json"
 _STALE_TMP_S = 3600.0
+#: Free space a store must have before scoring starts: a full suite's items are a few MB.
+MIN_FREE_BYTES = 16 * 1024 * 1024
 _JSON_FIELDS = {"hparams": "hparams_json", "task_hashes": "task_hashes_json",
                 "backend_settings": "backend_settings_json", "extra": "extra_json"}
 _METRIC_COLUMNS = ("acc", "acc_norm", "mc1", "mc2")
@@ -128,6 +131,12 @@ class ResultStore:
                 f"results store {self.root} is read-only ({note}): pass another --results folder for your own runs"
             )
 
+    def require_room(self) -> None:
+        """Before scoring: refuse a read-only store, a folder that cannot be written or a full disk now, in
+        one line, rather than after the model has scored everything (the writes come last)."""
+        self.require_writable()
+        check_room([self.root], MIN_FREE_BYTES, "--results")
+
     def _ensure_schema_file(self) -> None:
         self._check_schema_version()
         self.require_writable()
@@ -150,7 +159,7 @@ class ResultStore:
         The temp name starts with ``.`` (pyarrow/pandas discovery skip it) and does not end in
         ``.parquet`` (so a ``*.parquet`` glob, as in duckdb, never matches a half-written file).
         """
-        tmp = final.parent / f".tmp-{uuid.uuid4().hex}.partial"
+        tmp = final.parent / f"{tmp_prefix('.tmp-')}{uuid.uuid4().hex}.partial"  # the pid: a dead writer's is found
         try:
             with open(tmp, "wb") as f:
                 write(f)
@@ -326,6 +335,11 @@ class ResultStore:
             flt = _and(flt, (by_run | ds.field("cache_key").isin(keys)) if keys else by_run)
         return _to_pandas(self._read("items", flt))
 
+    def item_keys(self, cache_keys: Iterable[str]) -> pd.DataFrame:
+        """``cache_key, task, doc_id`` of the items stored under ``cache_keys`` (no scores decoded)."""
+        flt = ds.field("cache_key").isin(list(cache_keys))
+        return _to_pandas(self._read("items", flt, ["cache_key", "task", "doc_id"]))
+
     def cached_doc_ids(self, cache_key: str) -> set[int]:
         """Doc ids already scored under ``cache_key``: the engine skips these."""
         table = self._read("items", ds.field("cache_key") == cache_key, ["doc_id"])
@@ -395,9 +409,11 @@ class ResultStore:
                     p.unlink()
 
     def _remove_stale_tmp(self, name: str) -> None:
+        """Temp files of writers that are gone (their pid), and of older cfbench (no pid) after an hour."""
         folder = self.root / name
         if not folder.is_dir():
             return
+        remove_dead_tmp(folder)
         now = time.time()
         for tmp in folder.glob(".tmp-*"):
             with contextlib.suppress(OSError):

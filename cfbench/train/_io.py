@@ -20,7 +20,7 @@ from typing import Any
 
 from cfbench._version import __version__
 from cfbench.errors import CfbenchError
-from cfbench.fsutil import remove_stale_tmp, tmp_prefix
+from cfbench.fsutil import clean_dead_writers, remove_stale_tmp, tmp_prefix, tracked_tmp
 from cfbench.models.checkpoint import MANIFEST as MANIFEST  # re-exported: finetune / merge write it
 
 
@@ -43,21 +43,23 @@ def atomic_dir(out: Path, carry: Sequence[str] = ()) -> Iterator[Path]:
     out = Path(out)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(out.parent, f".{out.name}.tmp-")  # left by a save that was killed mid-write
+    clean_dead_writers(out.parent)  # left by saves that were killed mid-write, into any --out
+    remove_stale_tmp(out.parent, f".{out.name}.tmp-")  # an older cfbench's temp (no pid): by age
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=tmp_prefix(f".{out.name}.tmp-")))
     tmp.chmod(0o755)
     try:
-        yield tmp
-        for name in carry:
-            if (out / name).exists() and not (tmp / name).exists():
-                os.rename(out / name, tmp / name)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with tracked_tmp(tmp):
+            yield tmp
+            for name in carry:
+                if (out / name).exists() and not (tmp / name).exists():
+                    os.rename(out / name, tmp / name)
+            old = None
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(out, old)
+            os.rename(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -65,7 +67,7 @@ def atomic_dir(out: Path, carry: Sequence[str] = ()) -> Iterator[Path]:
 
 def write_json(path: Path, data: Any) -> None:
     """Pretty JSON, written to a temp file and renamed (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(f"{tmp_prefix(f'.{path.name}.tmp-')}{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
 

@@ -50,8 +50,9 @@ import torch
 
 import cfbench.train.distributed as distributed
 from cfbench.errors import CfbenchError
+from cfbench.fsutil import check_room
 from cfbench.integrations.probe import ForgettingMonitor, Probe, parse_budgets
-from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
+from cfbench.models.checkpoint import ResolvedCheckpoint, check_model_type, float32_weight_bytes, resolve_checkpoint
 from cfbench.train._io import MANIFEST, atomic_dir, check_output_dir, environment, write_json
 from cfbench.train.data import (
     Encoded,
@@ -488,6 +489,7 @@ def build_run(req: FinetuneRequest, inputs: Inputs) -> Run:
 
     from transformers import AutoModelForCausalLM
 
+    check_model_type(inputs.resolved.path)
     model = AutoModelForCausalLM.from_pretrained(inputs.resolved.path, dtype=torch.float32)
     model.config.use_cache = False
     if inputs.lora is not None:
@@ -828,6 +830,15 @@ def finish_run(
     return FinetuneResult(out, manifest)
 
 
+def save_bytes(req: FinetuneRequest, base_folder: Path) -> int:
+    """About how many bytes the run will write into ``--out``: the float32 weights, once per ``--save-every``
+    snapshot too when ``--max-steps`` says how many there will be (a LoRA adapter alone: next to nothing)."""
+    if req.lora_r is not None and req.save == "adapter":
+        return 0
+    copies = 1 + (req.max_steps // req.save_every if req.save_every and req.max_steps else 0)
+    return copies * float32_weight_bytes(base_folder)
+
+
 def run_finetune(req: FinetuneRequest) -> FinetuneResult:
     """:func:`finetune` on a request: the stages in order, or a finished identical run reused."""
     check_request(req)
@@ -837,6 +848,7 @@ def run_finetune(req: FinetuneRequest) -> FinetuneResult:
     if out.is_dir() and (done := _existing(out, inputs.fingerprint)) is not None and not req.overwrite:
         return FinetuneResult(out, done)
     check_output_dir(out, req.overwrite)
+    check_room([out], save_bytes(req, inputs.resolved.path), "--out")  # not after training: nothing is saved then
     train_set = encode_train_set(req, inputs)
     run = build_run(req, inputs)
     plan = plan_steps(req, len(train_set.encoded), run.trainer.base_optimizer)

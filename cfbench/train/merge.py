@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from cfbench.errors import CfbenchError
+from cfbench.fsutil import check_room
 from cfbench.models.adapter import ADAPTER_CONFIG, ADAPTER_MARKER
 from cfbench.models.checkpoint import ResolvedCheckpoint, resolve_checkpoint
 from cfbench.models.hashing import require_finite_weights, tokenizer_hash
@@ -261,6 +262,13 @@ def _write_merged(
         write_json(tmp / MANIFEST, manifest)
 
 
+def _merged_bytes(base_folder: Path, tuned: ResolvedCheckpoint) -> int:
+    """About the size of one merged folder: the tuned weight files (its dtypes are kept), or the base's for
+    an adapter (merged into a base-shaped checkpoint)."""
+    folder = base_folder if tuned.kind == "adapter" else tuned.path
+    return sum(f.stat().st_size for f in _weight_files(folder))
+
+
 def _merge_many(
     base: str | Path, tuned: str | Path, targets: Sequence[tuple[float, Path]], overwrite: bool
 ) -> list[MergeResult]:
@@ -271,6 +279,7 @@ def _merge_many(
     base_ck = resolve_checkpoint(str(base))
     tuned_ck = resolve_checkpoint(str(tuned))
     _check_mergeable(base_ck, tuned_ck)
+    check_room([out for _, out in targets], _merged_bytes(base_ck.path, tuned_ck), "--out")  # before any is written
     base_sd = load_safetensors_folder(base_ck.path)
     if tuned_ck.kind == "adapter":
         tuned_sd = merged_adapter_state_dict(tuned_ck.path, list(base_sd))
