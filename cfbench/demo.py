@@ -115,17 +115,10 @@ def learned_signals(report: Any, labels: Sequence[str]) -> dict[str, list[Signal
     return {lb: [s for s in report.signals.get(lb, []) if s.kind == "learned"] for lb in labels}
 
 
-def drift_signals(
-    report: Any, records: Sequence[tuple[str, Any]], cfg: DemoConfig, results: Path
-) -> dict[str, list[Signal]]:
-    """``kind="forgot"`` signals: the item-metric drift compare attached (KL, JS, gold margin, judged
-    against the noise floor) plus held-out LAMBADA perplexity drift (:mod:`cfbench.metrics.ppl_drift`)."""
-    if cfg.ppl_limit:
-        from cfbench.metrics.ppl_drift import ppl_drift_for_runs
-
-        for row in ppl_drift_for_runs(list(records), data="lambada", limit=cfg.ppl_limit, results=results):
-            report.add_signals(row.label, [row.signal])
-    return {lb: [s for s in report.signals.get(lb, []) if s.kind == "forgot"] for lb, _ in records[1:]}
+def drift_signals(report: Any, labels: Sequence[str]) -> dict[str, list[Signal]]:
+    """``kind="forgot"`` signals compare attached: the item-metric drift (KL, JS, gold margin, judged
+    against the noise floor) and held-out LAMBADA perplexity drift (:mod:`cfbench.metrics.ppl_drift`)."""
+    return {lb: [s for s in report.signals.get(lb, []) if s.kind == "forgot"] for lb in labels}
 
 
 def frontier_points(
@@ -165,6 +158,7 @@ def run_demo(cfg: DemoConfig, out: Path, results: Path, *, progress: Any = None)
     ``progress``: a ``rich`` console for section rules (None: quiet).
     """
     from cfbench.comparison import compare
+    from cfbench.comparison.attach import PplDrift
     from cfbench.train.merge import merge_sweep
     from cfbench.train.pair import pair
 
@@ -208,6 +202,7 @@ def run_demo(cfg: DemoConfig, out: Path, results: Path, *, progress: Any = None)
     res = compare(
         f"ckpt:{cfg.base}", [f"ckpt:{p}" for p in checkpoints.values()], suite="offline", results=results,
         labels=[base_label, *labels], pairs=[(WO, pr.w_sam.label)], eval_kwargs=eval_kwargs, noise_floor=floor,
+        contrasts=[(WO, pr.w_sam.label)], ppl=PplDrift("lambada", cfg.ppl_limit) if cfg.ppl_limit else None,
     )  # fmt: skip
     seconds["scoring"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -215,7 +210,7 @@ def run_demo(cfg: DemoConfig, out: Path, results: Path, *, progress: Any = None)
     forgot: dict[str, list[Signal]] = {lb: [] for lb in labels}
     for lb, s in accuracy_signals(res.report).items():
         forgot.setdefault(lb, []).append(s)
-    for lb, sigs in drift_signals(res.report, [(r.label, r.record) for r in res.runs], cfg, results).items():
+    for lb, sigs in drift_signals(res.report, labels).items():
         forgot.setdefault(lb, []).extend(sigs)
     seconds["signals"] = time.perf_counter() - t
     result = DemoResult(checkpoints, res.report, learned, forgot, seconds, notes=list(res.notes))
