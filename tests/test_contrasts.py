@@ -52,7 +52,7 @@ def test_a_single_run_contrast_is_the_paired_difference_aggregated_like_avg() ->
     assert res.line("kl", "all").estimate == pytest.approx((0.10 + 0.02) / 2)  # AVG = mean of categories
     assert res.line("kl", "all").ci == pytest.approx((0.06, 0.06))
     assert res.line("kl", "all").level == "items"
-    assert res.verdicts == ["B forgot more than A: KL +0.06 [+0.06, +0.06] nats"]
+    assert res.verdicts == ["B forgot more than A: KL +0.06 [+0.06, +0.06] nats (p 0.010, Holm 0.010)"]
 
 
 def test_no_difference_reads_no_detectable_difference_and_direction_follows_better() -> None:
@@ -460,3 +460,19 @@ def test_cli_pair_contrasts_seed_groups_recognised_from_manifests(tiny_model: Pa
     assert (c["a"], c["b"], c["level"]) == ("w/o SAM", "w/ SAM", "seeds+items")
     assert {x["signal"] for x in c["lines"]} >= {"accuracy", "kl", "js", "gold_margin"}
     assert len(c["verdicts"]) == len([x for x in c["lines"] if x["scope"] == "all"])
+
+
+def test_verdict_names_the_holm_p_and_a_raw_ci_that_holm_did_not_star():
+    """A CI clear of 0 that Holm does not star must not read as plain 'no detectable difference'."""
+    from cfbench.report.contrast import ContrastLine, verdict
+
+    base = dict(signal="kl", label="KL", unit="nats", better="lower", kind="forgot", scope="all", estimate=-0.09,
+                n=414, mean_a=0.18, mean_b=0.09, seed_sd=(None, None), level="seeds+items")
+    holm_only = ContrastLine(**base, ci=(-0.17, -0.02), p=0.033, p_adj=0.185, significant=False)
+    assert verdict("B", "A", holm_only) == (
+        "B vs A: no detectable difference after Holm: KL −0.09 [−0.17, −0.02] nats (p 0.033, Holm 0.185)"
+    )
+    crossing = ContrastLine(**base, ci=(-0.2, 0.01), p=0.08, p_adj=0.3, significant=False)
+    assert verdict("B", "A", crossing).startswith("B vs A: no detectable difference: KL")
+    starred = ContrastLine(**base, ci=(-0.12, -0.06), p=0.001, p_adj=0.004, significant=True)
+    assert verdict("B", "A", starred) == "B forgot less than A: KL −0.09 [−0.12, −0.06] nats (p 0.001, Holm 0.004)"

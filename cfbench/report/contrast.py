@@ -305,14 +305,22 @@ def fmt_value(x: float) -> str:
 
 
 def verdict(b: str, a: str, x: ContrastLine) -> str:
-    """``w/ SAM forgot less: KL −0.047 [−0.061, −0.033]``; direction from the signal's ``better``."""
+    """``w/ SAM forgot less than w/o SAM: KL −0.047 [−0.061, −0.033] nats (p 0.001, Holm 0.004)``.
+
+    Direction from the signal's ``better``; the verdict follows the Holm-adjusted p (as the stars do),
+    so a raw CI that excludes 0 without surviving Holm reads "no detectable difference after Holm".
+    """
     ci = "" if x.ci is None else f" [{fmt_value(x.ci[0])}, {fmt_value(x.ci[1])}]"
     value = f"{x.label} {fmt_value(x.estimate)}{ci}" + ("" if x.unit in ("", "share") else f" {x.unit}")
     if x.significant is None:
         why = x.note or "no CI (--n-boot 0)"
         return f"{b} vs {a}: not judged ({why}): {value}"
+    if x.p is not None and x.p_adj is not None:  # the test behind the verdict: the star follows Holm, not the CI
+        value += f" (p {x.p:.3f}, Holm {x.p_adj:.3f})"
     if not x.significant:
-        return f"{b} vs {a}: no detectable difference: {value}"
+        # a raw CI clear of 0 that Holm does not star is said so, not read as "the same"
+        after = " after Holm" if x.ci is not None and (x.ci[0] > 0 or x.ci[1] < 0) else ""
+        return f"{b} vs {a}: no detectable difference{after}: {value}"
     b_better = x.estimate < 0 if x.better == "lower" else x.estimate > 0
     if x.verbs is not None:
         phrase = x.verbs[0] if b_better else x.verbs[1]
