@@ -466,8 +466,20 @@ def test_verdict_names_the_holm_p_and_a_raw_ci_that_holm_did_not_star():
     """A CI clear of 0 that Holm does not star must not read as plain 'no detectable difference'."""
     from cfbench.report.contrast import ContrastLine, verdict
 
-    base = dict(signal="kl", label="KL", unit="nats", better="lower", kind="forgot", scope="all", estimate=-0.09,
-                n=414, mean_a=0.18, mean_b=0.09, seed_sd=(None, None), level="seeds+items")
+    base = dict(
+        signal="kl",
+        label="KL",
+        unit="nats",
+        better="lower",
+        kind="forgot",
+        scope="all",
+        estimate=-0.09,
+        n=414,
+        mean_a=0.18,
+        mean_b=0.09,
+        seed_sd=(None, None),
+        level="seeds+items",
+    )
     holm_only = ContrastLine(**base, ci=(-0.17, -0.02), p=0.033, p_adj=0.185, significant=False)
     assert verdict("B", "A", holm_only) == (
         "B vs A: no detectable difference after Holm: KL −0.09 [−0.17, −0.02] nats (p 0.033, Holm 0.185)"
