@@ -246,3 +246,43 @@ def per_unit(num: Contrast, den: Contrast, *, confidence: float = 0.95) -> Contr
     df = min(x for x in (num.df, den.df, float("inf")) if x is not None)
     ci, p = _t_interval(estimate, diff, df, confidence)
     return Contrast(estimate, ci, p, reps_a, reps_b, df=df, **common)
+
+
+#: Why a contrast reads run means instead of items (each seed scored its own items).
+RUN_LEVEL_NOTE = (
+    "each run scored its own items (e.g. its seed's held-out split): a contrast of run means, seeds as replicates"
+)
+
+
+def run_level_contrast(
+    a_means: Sequence[float],
+    b_means: Sequence[float],
+    plan: ResamplePlan | None,
+    *,
+    confidence: float = 0.95,
+    n_items: int = 0,
+) -> Contrast:
+    """B − A when the runs did not score the same items (each seed's own held-out split): run means only.
+
+    Items cannot be paired, so the replicates are the seeds themselves: each run's mean already
+    carries its items' sampling noise, and the spread of run means within an arm estimates seed and
+    item noise together. The interval is ``estimate ± t(df) · SE`` over the plan's (inflated) seed
+    draws, df by Welch-Satterthwaite; an arm of one run has no spread, so there is then no CI.
+    """
+    ma, mb = np.asarray(a_means, dtype=float), np.asarray(b_means, dtype=float)
+    if not (np.isfinite(ma).all() and np.isfinite(mb).all()) or ma.size == 0 or mb.size == 0:
+        raise CfbenchError("a run-level contrast needs a finite mean for every run of both arms")
+    est = float(mb.mean() - ma.mean())
+    sd = tuple(float(m.std(ddof=1)) if m.size > 1 else None for m in (ma, mb))
+    common = dict(mean_a=float(ma.mean()), mean_b=float(mb.mean()), seed_sd=sd, n_items=n_items,
+                  k=(ma.size, mb.size), level="seeds")  # fmt: skip
+    if plan is None:
+        return Contrast(est, None, None, None, None, note=RUN_LEVEL_NOTE, **common)
+    if ma.size < 2 or mb.size < 2:
+        note = RUN_LEVEL_NOTE + "; an arm of one run has no seed spread, so no CI"
+        return Contrast(est, None, None, None, None, note=note, **common)
+    reps_a = _arm_reps(np.full((plan.n_boot, ma.size), ma), ma, plan.seed_a)
+    reps_b = _arm_reps(np.full((plan.n_boot, mb.size), mb), mb, plan.seed_b)
+    df = _welch_df(0.0, [ma[:, None], mb[:, None]], 2)
+    ci, p = _t_interval(est, reps_b - reps_a, df, confidence)
+    return Contrast(est, ci, p, reps_a, reps_b, df=df, note=RUN_LEVEL_NOTE, **common)

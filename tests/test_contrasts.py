@@ -488,3 +488,24 @@ def test_verdict_names_the_holm_p_and_a_raw_ci_that_holm_did_not_star():
     assert verdict("B", "A", crossing).startswith("B vs A: no detectable difference: KL")
     starred = ContrastLine(**base, ci=(-0.12, -0.06), p=0.001, p_adj=0.004, significant=True)
     assert verdict("B", "A", starred) == "B forgot less than A: KL −0.09 [−0.12, −0.06] nats (p 0.001, Holm 0.004)"
+
+
+def test_seeds_with_their_own_held_out_splits_contrast_run_means_not_a_few_shared_items() -> None:
+    """pair --seeds holds out a different split per seed: the in-domain documents of the six runs overlap
+    in one document here. The old code contrasted that one document; the contrast must use run means."""
+    values = _values(KL, {r: {"t1": np.full(20, 0.1)} for r in ("a0", "a1", "a2", "b0", "b1", "b2")})
+    gains = {"a0": -0.50, "a1": -0.60, "a2": -0.55, "b0": -0.40, "b1": -0.45, "b2": -0.35}
+    for s, run in enumerate(gains):
+        docs = ["shared"] + [f"s{s % 3}:{i}" for i in range(29)]  # seed s's split; "shared" in every split
+        v = np.full(30, gains[run])
+        v[0] = 5.0  # the shared document is an outlier: the intersection would see only it
+        values.add(GAIN, "all", run, pd.Series(v, index=docs))
+    res = build_contrast(values, "A", ["a0", "a1", "a2"], "B", ["b0", "b1", "b2"], {"C1": ("t1",)}, n_boot=300)
+    line = res.line("indomain_loss")
+    means = {r: (5.0 + 29 * g) / 30 for r, g in gains.items()}
+    assert line.estimate == pytest.approx(
+        np.mean([means[f"b{s}"] for s in range(3)]) - np.mean([means[f"a{s}"] for s in range(3)])
+    )
+    assert line.level == "seeds" and line.n == 180
+    assert line.ci is not None and line.ci[0] < line.estimate < line.ci[1]
+    assert "own items" in (line.note or "")

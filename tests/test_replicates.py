@@ -167,3 +167,30 @@ def test_bad_arms_are_refused_in_one_line(a, b, match):
 def test_plan_must_match_the_arms():
     with pytest.raises(CfbenchError, match="resample plan"):
         paired_contrast([np.ones(3)], [np.ones(3)], ResamplePlan(2, 1, 50, np.random.default_rng(0)))
+
+
+def test_run_level_contrast_of_seeds_that_scored_their_own_items():
+    """Each seed's own held-out split: no item pairs, so run means are the replicates (Welch t)."""
+    from cfbench.replicates import run_level_contrast
+
+    c = run_level_contrast([0.5, 0.6, 0.7], [0.3, 0.35, 0.4], ResamplePlan(3, 3, 2000, np.random.default_rng(12)))
+    assert c.estimate == pytest.approx(-0.25) and c.level == "seeds"
+    assert c.seed_sd == (pytest.approx(0.1), pytest.approx(0.05))
+    se = np.sqrt(0.1**2 / 3 + 0.05**2 / 3)
+    df = se**4 / ((0.1**2 / 3) ** 2 / 2 + (0.05**2 / 3) ** 2 / 2)
+    assert c.df == pytest.approx(df)
+    assert np.std(c.reps, ddof=1) == pytest.approx(se, rel=0.05)  # the inflated seed draws are unbiased
+    one = run_level_contrast([0.5], [0.3, 0.4], ResamplePlan(1, 2, 100, np.random.default_rng(0)))
+    assert one.ci is None and "no seed spread" in one.note
+
+
+def test_run_level_contrast_covers():
+    from cfbench.replicates import run_level_contrast
+
+    rng = np.random.default_rng(13)
+    hits = 0
+    for _ in range(400):
+        a, b = rng.normal(0.5, 0.1, 3), rng.normal(0.4, 0.1, 3)
+        c = run_level_contrast(a, b, ResamplePlan(3, 3, 400, rng))
+        hits += c.ci[0] <= -0.1 <= c.ci[1]
+    assert 0.90 <= hits / 400 <= 0.99

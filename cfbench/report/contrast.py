@@ -24,7 +24,7 @@ import pandas as pd
 from scipy.stats import t as student_t
 
 from cfbench.errors import CfbenchError
-from cfbench.replicates import Contrast, ResamplePlan, paired_contrast, per_unit
+from cfbench.replicates import Contrast, ResamplePlan, paired_contrast, per_unit, run_level_contrast
 from cfbench.stats import bootstrap_p, holm_adjust, percentile_ci, task_rng
 
 #: Scope of a signal's overall line (AVG-style for per-task signals, the whole item set otherwise).
@@ -174,6 +174,12 @@ def unit_contrast(values: ItemValues, name: str, unit: str, runs_a: Sequence[str
     if any(r not in per_run for r in (*runs_a, *runs_b)):
         return None
     index = _common([per_run[r] for r in (*runs_a, *runs_b)])
+    sizes = [len(per_run[r]) for r in (*runs_a, *runs_b)]
+    if len(index) < min(sizes) and len(runs_a) > 1 and len(runs_b) > 1:
+        # seeds that scored different items (each its own held-out split) pair no items: run means,
+        # seeds as replicates; an intersection of a few items would be a contrast of the wrong thing
+        means = [[float(per_run[r].mean()) for r in runs] for runs in (runs_a, runs_b)]
+        return run_level_contrast(means[0], means[1], plan, confidence=confidence, n_items=sum(sizes))
     if len(index) == 0:
         return None
     arm = [[per_run[r].reindex(index).to_numpy(float) for r in runs] for runs in (runs_a, runs_b)]
