@@ -575,7 +575,8 @@ def _contrast_legend(report: ComparisonReport) -> str:
         f"Contrast = B − A on the items (documents) both arms scored, in each signal's unit (accuracy ×100, "
         f"flips in items). {level} CI: one run per arm, a paired item bootstrap (the same resampled items for "
         f"both, B={s.n_boot}); seeds per arm, a two-level bootstrap (seeds within each arm, then items) with a "
-        "t interval. Categories and AVG: means of the task contrasts, from the same resamples. * significant at "
+        "t interval; seeds that scored their own items (each seed's held-out split), their run means with a "
+        "Welch t interval. Categories and AVG: means of the task contrasts, from the same resamples. * significant at "
         f"α={s.alpha:g} by the Holm-adjusted p (families: the overall lines of one contrast; each signal's "
         "categories and tasks). per nat learned: each forgetting signal ÷ the in-domain gain (loss decrease, "
         "nats/token), B's ratio − A's, from the same resamples. Seed SD: between-seed SD of each arm's value."
@@ -611,7 +612,8 @@ def contrast_table(report: ComparisonReport, c: ContrastResult) -> TableSpec:
         row = [Cell(f"{x.label} ({x.unit})"), Cell(x.scope), _contrast_value(x), Cell(fmt_signal(x.mean_a)),
                Cell(fmt_signal(x.mean_b)), Cell(f"{fmt_p(x.p)} ({fmt_p(x.p_adj)})"), Cell(str(x.n))]  # fmt: skip
         spec.rows.append(row + ([Cell(_sd_text(x.seed_sd))] if seeds else []))
-    spec.notes = [*c.verdicts, *c.notes]
+    line_notes = dict.fromkeys(f"{x.label}: {x.note}" for x in c.lines if x.note and not x.per_nat)
+    spec.notes = [*c.verdicts, *c.notes, *line_notes]
     if seeds:
         spec.notes.append(f"A = {c.a}: {', '.join(c.runs_a)}; B = {c.b}: {', '.join(c.runs_b)}")
     spec.notes.append(_contrast_legend(report))
