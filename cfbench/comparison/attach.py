@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from cfbench.backends.reuse import reuse_loads
 from cfbench.comparison.runs import RunRef, check_floor
 from cfbench.data.text import load_text_source
 from cfbench.errors import CfbenchError
@@ -121,9 +122,10 @@ def attach_ppl_drift(
     report: ComparisonReport, refs: Sequence[RunRef], spec: PplDrift, *, results: str | Path, n_boot: int, seed: int
 ) -> None:
     """One forgot-signal per tuned run: its held-out NLL against the base's (:mod:`cfbench.probes.ppl`)."""
-    rows = ppl_drift_for_runs(
-        [(r.label, r.record) for r in refs], data=spec.data, limit=spec.limit, backend=spec.backend,
-        backend_options=spec.backend_options, results=results, n_boot=n_boot, seed=seed, progress="auto",
-    )  # fmt: skip
+    with reuse_loads():  # one load of a base for its adapters
+        rows = ppl_drift_for_runs(
+            [(r.label, r.record) for r in refs], data=spec.data, limit=spec.limit, backend=spec.backend,
+            backend_options=spec.backend_options, results=results, n_boot=n_boot, seed=seed, progress="auto",
+        )  # fmt: skip
     for row in rows:
         report.add_signals(row.label, [row.signal])
