@@ -1,38 +1,55 @@
 """What ``ForgettingCallback`` costs: training wall time with and without it, on the built-in model.
 
 Trains SmolLM2-135M-Instruct (``smollm2-135m``, offline) with ``transformers.Trainer`` for ``--steps``
-optimizer steps twice, from the same seed: once plain and once with
-``ForgettingCallback(every=--every)`` at the default probe (64 offline-suite items + 32 LAMBADA
-passages, scored once at train begin and every ``--every`` steps). Prints both wall times, the
-overhead ratio (watched / plain − 1; the target is ≤ 10 % at the defaults) and whether the two loss
-curves are bit-identical. A benchmark, not a test: numbers depend on the machine. Example::
+optimizer steps, plain and with ``ForgettingCallback(every=--every)`` at the default probe (64
+offline-suite items + 32 LAMBADA passages, built and scored on the base at train begin, then scored
+every ``--every`` steps). The runs are interleaved (plain, watched, plain, watched, ...; ``--repeats``
+of each) so that a change of machine load hits both sides alike. Prints every wall time, the median
+of each side, the overhead ratio (median watched / median plain − 1; the target is ≤ 10 %), the time
+the probe itself took (built + base score, and each check), and whether the loss curves of all runs
+are bit-identical. A benchmark, not a test: numbers depend on the machine. Example::
 
-    OMP_NUM_THREADS=2 python benchmarks/callback_overhead.py --steps 100 --every 50
+    OMP_NUM_THREADS=1 python benchmarks/callback_overhead.py --steps 48 --every 24 --repeats 2
 
-``--model`` takes any checkpoint cfbench resolves; ``--items/--passages`` shrink the probe.
+Per check, the probe costs about ``check_s``; at another ``every`` the overhead is roughly
+``(setup_s + check_s * steps / every) / plain_s``. ``--model`` takes any checkpoint cfbench
+resolves; ``--items/--passages`` shrink the probe (the defaults are the callback's).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
-def _train(model_path: Path, args: argparse.Namespace, callbacks: list, out: Path) -> tuple[float, list[float]]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+def _rows(model_path: Path, args: argparse.Namespace) -> tuple[Any, list[dict[str, list[int]]]]:
+    """The tokenizer and ``steps * batch`` training rows of ``--data`` (cut to ``--seq`` tokens)."""
+    from transformers import AutoTokenizer
 
     from cfbench.train.data import load_data
 
     tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:  # the collator pads batches
+        tok.pad_token = tok.eos_token
     rows = []
     for ex in load_data(args.data).examples[: args.steps * args.batch]:
         text = ex.text if ex.text is not None else "\n".join(content for _, content in ex.messages)
         ids = tok.encode(text, add_special_tokens=False)[: args.seq]
         rows.append({"input_ids": ids, "labels": list(ids)})
+    return tok, rows
+
+
+def _train(model_path: Path, args: argparse.Namespace, callbacks: list, out: Path) -> tuple[float, list[float]]:
+    """One training run's wall time (``trainer.train()`` only: model load excluded) and its losses."""
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    tok, rows = _rows(model_path, args)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     targs = TrainingArguments(
         output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=args.batch, learning_rate=args.lr,
@@ -46,16 +63,43 @@ def _train(model_path: Path, args: argparse.Namespace, callbacks: list, out: Pat
     return wall, [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
-def main() -> None:
+def _timed_callback(every: int, items: int, passages: int) -> Any:
+    """A ForgettingCallback that records how long its train-begin set-up and each check take."""
     from cfbench.integrations.probe import Probe
     from cfbench.integrations.transformers import ForgettingCallback
+
+    class Timed(ForgettingCallback):
+        def __init__(self) -> None:
+            default = (items, passages) == (64, 32)  # the callback builds its default probe itself, timed
+            super().__init__(probe=None if default else Probe.default(items, passages), every=every)
+            self.setup_s = 0.0
+            self.check_s: list[float] = []
+
+        def on_train_begin(self, *a: Any, **kw: Any) -> None:
+            t0 = time.perf_counter()
+            super().on_train_begin(*a, **kw)
+            self.setup_s = time.perf_counter() - t0
+
+        def on_step_end(self, *a: Any, **kw: Any) -> Any:
+            n = len(self.history)
+            t0 = time.perf_counter()
+            out = super().on_step_end(*a, **kw)
+            if len(self.history) > n:
+                self.check_s.append(time.perf_counter() - t0)
+            return out
+
+    return Timed()
+
+
+def main() -> None:
     from cfbench.models.checkpoint import resolve_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--data", default="builtin:arithmetic")
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--every", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each side, interleaved")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-5)
@@ -63,15 +107,33 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=32)
     args = ap.parse_args()
     path = resolve_checkpoint(args.model).path
+    plain: list[float] = []
+    watched: list[float] = []
+    curves: list[list[float]] = []
+    cbs = []
     with tempfile.TemporaryDirectory() as tmp:
-        plain, losses_a = _train(path, args, [], Path(tmp) / "plain")
-        cb = ForgettingCallback(probe=Probe.default(args.items, args.passages), every=args.every)
-        watched, losses_b = _train(path, args, [cb], Path(tmp) / "watched")
+        for rep in range(args.repeats):
+            wall, losses = _train(path, args, [], Path(tmp) / f"plain{rep}")
+            plain.append(wall)
+            curves.append(losses)
+            cb = _timed_callback(args.every, args.items, args.passages)
+            wall, losses = _train(path, args, [cb], Path(tmp) / f"watched{rep}")
+            watched.append(wall)
+            curves.append(losses)
+            cbs.append(cb)
+            print(f"[bench] repeat {rep + 1}: plain {plain[-1]:.1f}s, watched {watched[-1]:.1f}s", file=sys.stderr)
+    med_p, med_w = statistics.median(plain), statistics.median(watched)
+    checks = [c for cb in cbs for c in cb.check_s]
     result = {
-        "model": args.model, "steps": args.steps, "every": args.every, "probe_items": args.items,
-        "probe_passages": args.passages, "plain_s": round(plain, 2), "watched_s": round(watched, 2),
-        "overhead": round(watched / plain - 1, 4), "probes": 1 + args.steps // args.every,
-        "losses_bit_identical": losses_a == losses_b, "last": cb.history[-1] if cb.history else None,
+        "model": args.model, "steps": args.steps, "every": args.every, "batch": args.batch, "seq": args.seq,
+        "probe_items": args.items, "probe_passages": args.passages, "repeats": args.repeats,
+        "plain_s": [round(x, 2) for x in plain], "watched_s": [round(x, 2) for x in watched],
+        "plain_median_s": round(med_p, 2), "watched_median_s": round(med_w, 2),
+        "overhead": round(med_w / med_p - 1, 4), "checks_per_run": len(cbs[0].check_s),
+        "setup_s": [round(cb.setup_s, 2) for cb in cbs], "check_s_median": round(statistics.median(checks), 2)
+        if checks else None, "step_s": round(med_p / args.steps, 3),
+        "losses_bit_identical": all(c == curves[0] for c in curves), "last": cbs[-1].history[-1] if cbs[-1].history
+        else None,
     }  # fmt: skip
     print(json.dumps(result, indent=2))
     print(f"overhead {100 * result['overhead']:.1f}% of training wall time (target <= 10%)", file=sys.stderr)

@@ -250,3 +250,110 @@ def test_landscape_and_diff_refuse_an_adapter_with_the_fix(run: dict[str, Path],
 
     with pytest.raises(CfbenchError, match="landscape/diff need full weights: cfbench merge BASE"):
         diff_checkpoints(str(run["base"]), [str(run["adapter"])], results=tmp_path / "r")
+
+
+def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every ``AutoModelForCausalLM.from_pretrained`` call (the weights the hf backend reads), by path."""
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained
+    loads: list[str] = []
+
+    def counting(path, *args, **kwargs):
+        loads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", staticmethod(counting))
+    return loads
+
+
+@pytest.fixture(scope="module")
+def more_adapters(run: dict[str, Path]) -> list[Path]:
+    """Two more adapters of the same base: one adapting other layers (q,k,v,o), one the same (q,v)."""
+    wide = _save_adapter(_lora(run["base"], targets=("q_proj", "k_proj", "v_proj", "o_proj"), seed=2),
+                         run["root"] / "run" / "checkpoint-20", run["base"])  # fmt: skip
+    same = _save_adapter(_lora(run["base"], seed=3), run["root"] / "run" / "checkpoint-30", run["base"])
+    return [wide, same]
+
+
+def test_adapters_of_one_base_share_one_load_and_score_as_separate_loads(
+    run: dict[str, Path], more_adapters: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a reuse scope the base is read once; switching adapters (and switching them all off for the
+    base) gives every checkpoint exactly the numbers of its own separate load."""
+    from cfbench.backends import reuse
+    from cfbench.backends.hf import HFBackend
+    from cfbench.models.checkpoint import resolve_checkpoint
+
+    reqs = [LoglikRequest(c, k) for c in CONTEXTS for k in CHOICES]
+    views = [resolve_checkpoint(str(p)).path for p in (run["adapter"], *more_adapters)]
+    paths = {"base": run["base"], "a1": views[0], "a2": views[1], "a3": views[2]}
+
+    def score(path: Path) -> list[float]:
+        be = HFBackend(path, device="cpu")
+        try:
+            return [r.logprob for r in be.loglikelihood(reqs)]
+        finally:
+            be.close()
+
+    alone = {name: score(p) for name, p in paths.items()}
+    assert len({tuple(v) for v in alone.values()}) == 4  # every adapter changes the numbers
+    loads = _count_loads(monkeypatch)
+    order = ["a1", "base", "a2", "a1", "a3", "base"]  # the base after adapters, an adapter again
+    with reuse.reuse_loads():
+        shared = {}
+        for name in order:
+            got = score(paths[name])
+            assert got == alone[name], name  # bit for bit
+            shared[name] = got
+        kept = reuse.held("hf")
+        assert len(kept.peft.peft_config) <= 2  # closed backends' adapters are deleted as the next comes
+    assert loads == [str(run["base"].resolve())]  # one base load for 3 adapters and the base
+    assert reuse.held("hf") is None  # freed when the scope ends
+    score(paths["a2"])  # outside a scope: a load of its own again
+    assert len(loads) == 2
+
+
+def test_two_live_backends_on_one_shared_base_each_score_their_own(
+    run: dict[str, Path], more_adapters: list[Path]
+) -> None:
+    """Each backend puts the shared model in its state before scoring, so open ones do not mix."""
+    from cfbench.backends import reuse
+    from cfbench.backends.hf import HFBackend
+    from cfbench.models.checkpoint import resolve_checkpoint
+
+    reqs = [LoglikRequest(c, k) for c in CONTEXTS for k in CHOICES]
+    view = resolve_checkpoint(str(more_adapters[0])).path
+    want_a = HFBackend(view, device="cpu").loglikelihood(reqs)
+    want_b = HFBackend(run["base"], device="cpu").loglikelihood(reqs)
+    with reuse.reuse_loads():
+        a, b = HFBackend(view, device="cpu"), HFBackend(run["base"], device="cpu")
+        assert b.loglikelihood(reqs) == want_b and a.loglikelihood(reqs) == want_a
+        assert b.loglikelihood(reqs) == want_b
+        a.close()
+        b.close()
+
+
+@pytest.mark.skipif(not __import__("cfbench.data.bundled", fromlist=["x"]).bundled_root(), reason="no bundled data")
+def test_compare_loads_the_base_once_for_its_adapters(
+    run: dict[str, Path], more_adapters: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``compare BASE A1 A2 A3``: one base load; the stored items equal those of separate ``eval`` runs
+    under the same cache keys (identity and caching unchanged)."""
+    from cfbench.comparison import compare
+    from cfbench.engine import evaluate
+    from cfbench.store import ResultStore
+
+    adapters = [str(run["adapter"]), *(str(p) for p in more_adapters)]
+    opts = {"limit": 3, "progress": "off", "tasks": ["copa", "arc_challenge"]}
+    for spec in [str(run["base"]), *adapters]:
+        evaluate(spec, suite="offline", results=tmp_path / "alone", **opts)
+    loads = _count_loads(monkeypatch)
+    compare(str(run["base"]), adapters, suite="offline", results=tmp_path / "shared", n_boot=0, eval_kwargs=opts)
+    assert loads == [str(run["base"].resolve())]
+    cols = ["cache_key", "doc_id", "logprobs"]
+    frames = [ResultStore(tmp_path / d).items()[cols].sort_values(cols[:2]).reset_index(drop=True)
+              for d in ("alone", "shared")]  # fmt: skip
+    assert len(frames[0]) == 4 * 2 * 3
+    assert frames[0]["cache_key"].tolist() == frames[1]["cache_key"].tolist()
+    assert [list(x) for x in frames[0]["logprobs"]] == [list(x) for x in frames[1]["logprobs"]]

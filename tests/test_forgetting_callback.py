@@ -138,3 +138,31 @@ def test_finetune_monitor_every_uses_the_same_probe_and_stops_on_budget(tiny: Pa
                        **common)  # fmt: skip
     assert stopped.manifest["steps"] == 1 and stopped.manifest["forgetting_stop"].endswith("at step 1")
     assert (tmp_path / "s" / "model.safetensors").is_file()  # the weights so far are saved
+
+
+def test_probe_scores_equal_one_unpadded_forward_per_sequence(tiny: Path) -> None:
+    """Length-ordered batches and the log-softmax at scored positions only still give each sequence's
+    own log-likelihood, in input order: the same as one unpadded forward per sequence."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cfbench.integrations.probe import score_probe
+    from cfbench.models.tokenize import encode_pairs, prefix_token_id
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+
+    def alone(ids: list[int], n: int) -> float:
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([ids[:-1]])).logits[0].log_softmax(-1)
+        return float(sum(logp[len(ids) - 1 - n + j, t] for j, t in enumerate(ids[len(ids) - n :])))
+
+    pairs = [(it.context, c) for it in SMALL.items for c in it.choices]
+    want = [alone(c + k, len(k)) for c, k in encode_pairs(tok, pairs)]
+    for text in SMALL.passages:
+        ids = [prefix_token_id(tok), *tok.encode(text, add_special_tokens=False)]
+        want.append(alone(ids, len(ids) - 1))
+    got = score_probe(model, tok, SMALL, batch=4)  # batches mix lengths: padding must not leak
+    flat = [float(x) for arr in got.choices for x in arr] + [ll for ll, _ in got.passages]
+    assert max(abs(a - b) for a, b in zip(flat, want, strict=True)) < 1e-4
+    assert [n for _, n in got.passages] == [len(tok.encode(t, add_special_tokens=False)) for t in SMALL.passages]

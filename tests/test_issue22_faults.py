@@ -1077,7 +1077,7 @@ def _bin_only(tiny_model: Path, dst: Path, legacy: bool = False, nan: bool = Fal
 
 
 def test_unknown_model_type_is_one_line_before_the_model_loads(tiny_model: Path, tmp_path: Path) -> None:
-    from cfbench.backends.hf import load_causal_lm
+    from cfbench.backends.hf_load import load_causal_lm
     from cfbench.models.checkpoint import check_model_type
 
     bad = _tiny_copy(tiny_model, tmp_path / "m", model_type="llama9000")

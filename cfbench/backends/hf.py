@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from cfbench.backends import rolling
+from cfbench.backends.hf_load import LoadedModel, acquire_model
 from cfbench.errors import CfbenchError
 from cfbench.models.adapter import adapter_marker
 from cfbench.models.checkpoint import check_model_type
@@ -106,44 +107,6 @@ def _config_json_max_length(model_path: Path) -> int | None:
         if cfg.get(attr) is not None:
             return int(cfg[attr])
     return None
-
-
-def load_causal_lm(model_path: str | Path, **kwargs: Any) -> Any:
-    """``AutoModelForCausalLM.from_pretrained``, or for a LoRA adapter view its base with the adapter on.
-
-    The adapter is injected into the base's layers in memory (``PeftModel``), never merged to
-    disk; the returned module is the base's own class (so its attention and head code run as
-    usual). An adapter that does not change the logits is refused rather than scored as the base.
-    """
-    from transformers import AutoModelForCausalLM
-
-    marker = adapter_marker(model_path)
-    check_model_type(Path(model_path) if marker is None else Path(marker["base_path"]))  # one line, not a ValueError
-    if marker is None:
-        return AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
-    try:
-        from peft import PeftModel
-    except ImportError as exc:
-        raise CfbenchError(f"{model_path} is a LoRA adapter, which needs peft: pip install 'cfbench[lora]'") from exc
-    base = AutoModelForCausalLM.from_pretrained(marker["base_path"], **kwargs)
-    peft_model = PeftModel.from_pretrained(base, str(model_path), is_trainable=False)
-    peft_model.eval()
-    _refuse_inert_adapter(peft_model, marker)
-    return peft_model.get_base_model()
-
-
-def _refuse_inert_adapter(peft_model: Any, marker: dict[str, Any]) -> None:
-    """One forward with and without the adapter: identical logits mean it is not applied (lm-eval #2432)."""
-    ids = torch.arange(1, 9, device=peft_model.device).unsqueeze(0) % max(2, peft_model.config.vocab_size)
-    with torch.no_grad():
-        on = peft_model(input_ids=ids).logits
-        with peft_model.disable_adapter():
-            off = peft_model(input_ids=ids).logits
-    if torch.equal(on, off):
-        raise CfbenchError(
-            f"adapter {marker.get('adapter')} leaves the logits of base {marker.get('base_spec')} unchanged, so its "
-            "scores would be the base's: pass a trained adapter (or the right --base)"
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -611,10 +574,14 @@ class HFBackend:
         self.batch_tokens = int(batch_tokens) if batch_tokens else (2048 if self.device.type == "cpu" else 8192)
         self.dense_limit = int(dense_limit)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-        self.model: Any = load_causal_lm(
-            model_path, dtype=_DTYPES[dtype], attn_implementation=ATTN_NAME, trust_remote_code=trust_remote_code
-        ).to(self.device)
+        # In a reuse scope (compare, sweep) the base is loaded once for all its adapters (hf_load).
+        self._loaded: LoadedModel | None = acquire_model(
+            model_path, self.device, dtype=_DTYPES[dtype], attn_implementation=ATTN_NAME,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        self.model: Any = self._loaded.model
         self.model.eval()
+        self._loaded.activate()
         self.max_length = int(self._settings["max_length"])
         cfg = getattr(self.model.config, "text_config", None) or self.model.config
         window = getattr(cfg, "sliding_window", None)
@@ -632,7 +599,10 @@ class HFBackend:
         return dict(self._settings)
 
     def close(self) -> None:
-        """Drop the model so its memory can be reclaimed."""
+        """Drop the model so its memory can be reclaimed (in a reuse scope: hand the base back)."""
+        if self._loaded is not None:
+            self._loaded.release()
+            self._loaded = None
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -648,6 +618,7 @@ class HFBackend:
         from cfbench.backends.generate import generate_until
 
         size = batch_size if batch_size is not None else (self.batch_size or 16)
+        self._activate()
         return generate_until(
             self.model, self.tokenizer, requests, max_length=self.max_length, batch_size=size, progress=progress
         )
@@ -728,6 +699,7 @@ class HFBackend:
                 packed.append(item)
         if progress and len(items) > len(plain) + len(packed):
             progress(len(items) - len(plain) - len(packed))
+        self._activate()
         self._drop_prefix()  # the cache lives within one call: results never depend on earlier calls
         with torch.inference_mode():
             pending = self.plan(packed)
@@ -761,6 +733,11 @@ class HFBackend:
                     progress(len(group))
         self._drop_prefix()
         return [r for r in results if r is not None]
+
+    def _activate(self) -> None:
+        """Put a shared model in this checkpoint's state (its adapter on, or all off for the base)."""
+        if self._loaded is not None:
+            self._loaded.activate()
 
     def _drop_prefix(self) -> None:
         self._prefix_tokens: tuple[int, ...] = ()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from cfbench.backends.reuse import reuse_loads
 from cfbench.comparison.gather import gather
 from cfbench.comparison.runs import RunRef, check_floor, floor_change
 from cfbench.data.text import load_text_source
@@ -156,10 +157,11 @@ def attach_ppl_drift(
 
     Returns the rows (both sides' per-document scores), which a contrast of two tuned runs pairs.
     """
-    rows = ppl_drift_for_runs(
-        [(r.label, r.record) for r in refs], data=spec.data, limit=spec.limit, backend=spec.backend,
-        backend_options=spec.backend_options, results=results, n_boot=n_boot, seed=seed, progress="auto",
-    )  # fmt: skip
+    with reuse_loads():  # one load of a base for its adapters
+        rows = ppl_drift_for_runs(
+            [(r.label, r.record) for r in refs], data=spec.data, limit=spec.limit, backend=spec.backend,
+            backend_options=spec.backend_options, results=results, n_boot=n_boot, seed=seed, progress="auto",
+        )  # fmt: skip
     for row in rows:
         report.add_signals(row.label, [row.signal])
     return rows

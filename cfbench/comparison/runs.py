@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cfbench.backends import check_backend_options
+from cfbench.backends.reuse import reuse_loads
 from cfbench.comparison.refs import resolve_ref
 from cfbench.engine import describe_plans, plan_evaluation, progress_mode, run_plan
 from cfbench.errors import CfbenchError
@@ -82,9 +83,11 @@ def resolve_runs(
         plans = {i: plan_evaluation(resolved[i].spec, results=store.root, **kwargs) for i in plans}  # all cached now
     refs: list[RunRef] = []
     seen: dict[str, int] = {}
+    with reuse_loads():  # adapters of one base (and the base) are scored on one load of it
+        scored = {i: run_plan(plans[i], progress="off" if runner is not None else mode, **run_opts) for i in plans}
     for i, ref_ in enumerate(resolved):
         if i in plans:
-            res = run_plan(plans[i], progress="off" if runner is not None else mode, **run_opts)
+            res = scored[i]
             n = scored_by_workers.get(i, res.scored_items)
             ref = RunRef(ref_.spec, store.find_run(res.run_id), evaluated_now=True, scored_items=n)
         else:

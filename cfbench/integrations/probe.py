@@ -116,26 +116,34 @@ def undisturbed(model: Any) -> Iterator[None]:
 
 
 def _sequence_logprobs(model: Any, seqs: list[tuple[list[int], int]], batch: int) -> list[float]:
-    """Sum of log-probs of the last ``n`` tokens of each token list (right-padded batches)."""
+    """Sum of log-probs of the last ``n`` tokens of each token list (right-padded batches).
+
+    The cost of a check is what slows training down, so two things are kept cheap. Sequences are
+    batched in length order (a 300-token item no longer pads fifteen 40-token ones: about a quarter
+    fewer forwarded tokens on the default probe), and the log-softmax runs only at the scored
+    positions, not over the vocabulary at every position of the batch. Each row's numbers are its
+    own (the padding is masked), results come back in the input order.
+    """
     import torch
-    import torch.nn.functional as F
 
     device = next(model.parameters()).device
-    out: list[float] = []
-    for start in range(0, len(seqs), batch):
-        chunk = seqs[start : start + batch]
-        width = max(len(ids) for ids, _ in chunk) - 1
-        inp = torch.zeros((len(chunk), width), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(chunk):
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    out: list[float] = [0.0] * len(seqs)
+    for start in range(0, len(order), batch):
+        rows = order[start : start + batch]
+        width = max(len(seqs[i][0]) for i in rows) - 1
+        inp = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, i in enumerate(rows):
+            ids = seqs[i][0]
             inp[row, : len(ids) - 1] = torch.tensor(ids[:-1])
             mask[row, : len(ids) - 1] = 1
-        logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = F.log_softmax(logits, dim=-1)
-        for row, (ids, n) in enumerate(chunk):
-            pos = torch.arange(len(ids) - 1 - n, len(ids) - 1, device=device)
+        logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits
+        for row, i in enumerate(rows):
+            ids, n = seqs[i]
+            picked = logits[row, len(ids) - 1 - n : len(ids) - 1].float().log_softmax(dim=-1)
             tgt = torch.tensor(ids[len(ids) - n :], device=device)
-            out.append(float(logp[row, pos, tgt].sum()))
+            out[i] = float(picked[torch.arange(n, device=device), tgt].sum())
     return out
 
 

@@ -27,6 +27,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from cfbench.backends.reuse import keep_for_process
 from cfbench.errors import CfbenchError
 from cfbench.scale.jobs import Job, Reporter, WorkerState, gpus_per_engine, score_job
 
@@ -50,6 +51,7 @@ class ScoringActor:
         torch.set_num_threads(max(1, threads))
         gpus = ray.get_gpu_ids()  # Ray already restricted CUDA_VISIBLE_DEVICES to these
         self.state = WorkerState(device="+".join(f"cuda:{i}" for i in range(len(gpus))) if gpus else "cpu")
+        keep_for_process()  # the actor's process: adapters of one base share one load of it
 
     def score(self, index: int, job: Job) -> tuple[int, str, int]:
         """``(index, spec, documents scored)``: the index tells the driver which job finished."""

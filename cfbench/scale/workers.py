@@ -39,6 +39,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from typing import Any
 
+from cfbench.backends.reuse import keep_for_process
 from cfbench.engine import plan_evaluation, progress_mode, run_plan
 from cfbench.errors import CfbenchError
 from cfbench.scale.jobs import Job, Reporter, WorkerState, gpus_per_engine, score_job
@@ -142,6 +143,7 @@ def _init_worker(devices: Any, threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
+    keep_for_process()  # this worker process ends with its pool: adapters of one base share one load of it
 
 
 def _run_job(job: Job) -> tuple[str, int]:
