@@ -131,3 +131,40 @@ def test_finetune_save_every_writes_step_folders_kept_beside_the_final_weights(t
     final = resolve_checkpoint(str(out)).content_hash
     assert final == resolve_checkpoint(str(out / "step-4")).content_hash
     shutil.rmtree(out)
+
+
+@needs_data
+def test_sweep_measures_learned_at_every_snapshot_once(tmp_path: Path) -> None:
+    """finetune measures only its final weights; `cfbench sweep` measures every step-N/ with a held-out
+    split (and the base) once, so each step shows its in-domain gain and a rerun measures nothing."""
+    from typer.testing import CliRunner
+
+    from cfbench.cli import app
+    from cfbench.comparison.sweep import sweep
+    from cfbench.metrics.indomain import TABLE
+    from cfbench.store import ResultStore
+    from cfbench.train.finetune import finetune
+    from cfbench.train.indomain import learned_after_finetune
+    from cfbench.train.tiny import make_tiny_checkpoint
+
+    base = make_tiny_checkpoint(tmp_path / "base")
+    out, results = tmp_path / "run", tmp_path / "results"
+    ft = finetune(str(base), "builtin:arithmetic", out, lr=1e-2, batch_size=4, micro_batch=2, max_steps=4, warmup=0,
+                  max_length=64, progress=False, device="cpu", lora_r=2, lora_targets="q_proj", save="adapter",
+                  save_every=2, heldout=4)  # fmt: skip
+    learned_after_finetune(results, [("tuned", ft.path, ft.manifest)])  # what `cfbench finetune` does at the end
+    api = sweep(str(base), out, suite="offline", results=results, n_boot=50, eval_kwargs={**EVAL, "limit": 2})
+    assert any(n.startswith("step 2: a held-out split is recorded") for n in api.notes), api.notes  # said, not silent
+    args = ["sweep", str(base), str(out), "--suite", "offline", "--limit", "2", "--results", str(results),
+            "--n-boot", "50", "--format", "json"]  # fmt: skip
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    steps = json.loads(first.stdout)["steps"]
+    assert [s["step"] for s in steps] == [2, 4]
+    assert all(s.get("indomain_loss") is not None for s in steps), steps  # step 2 too, not only the final state
+    n_rows = len(ResultStore(results).read_table(TABLE))
+    assert n_rows == 3 * 4  # base, step 2 and the final weights (= step 4), 4 held-out docs each
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert len(ResultStore(results).read_table(TABLE)) == n_rows  # cached: nothing measured again
+    assert [s["indomain_loss"] for s in json.loads(again.stdout)["steps"]] == [s["indomain_loss"] for s in steps]

@@ -64,6 +64,7 @@ def sweep_cmd(
 ) -> None:
     """Score every checkpoint of a training run (cached) and show learned vs forgot per step."""
     from cfbench.comparison.sweep import sweep
+    from cfbench.train.indomain import measure_checkpoints
 
     if plot is not None and plot.exists() and not plot.is_dir():  # before any scoring
         raise CfbenchError(f"--plot {plot} is a file: give a folder (one PNG per signal is written there)")
@@ -71,6 +72,7 @@ def sweep_cmd(
         base, run_dir, suite=suite, results=results, budgets=budget or ["kl=0.05"], n_boot=n_boot,
         eval_kwargs=_eval_kwargs(limit, task_limit, backend, model_args, dtype, num_fewshot, arch, data_dir),
         runner=make_pool(workers, devices, runner, ray_address),
+        learned=lambda paths: measure_checkpoints(results, paths),
     )  # fmt: skip
     if fmt is OutputFormat.json:
         emit(to_json(res.to_dict()))

@@ -11,8 +11,9 @@ cannot: the first step past a forgetting budget and the step with the most learn
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from cfbench.comparison.gate import DriftBudget, parse_drift_budgets
 from cfbench.comparison.pipeline import CompareResult, compare
 from cfbench.errors import CfbenchError
+from cfbench.models.checkpoint import MANIFEST
 from cfbench.report.table import ComparisonReport
 from cfbench.signals import Signal
 from cfbench.tasks.registry import load_suite
@@ -139,6 +141,20 @@ def best_tradeoff(steps: Sequence[SweepStep]) -> tuple[int | None, str]:
     return step, f"learned per forgot {ratio:.3g} (in-domain gain / {'KL' if 'kl' in steps[0].signals else 'Δ acc'})"
 
 
+def _unmeasured_notes(rows: Sequence[SweepStep]) -> list[str]:
+    """Steps whose manifest records a held-out split but that have no learned signal: said, not silent."""
+    missing = []
+    for st in rows:
+        file = st.path / MANIFEST
+        recorded = file.is_file() and json.loads(file.read_text()).get("heldout")
+        if recorded and _learned(st) is None:
+            missing.append(str(st.step))
+    if not missing:
+        return []
+    return [f"step {', '.join(missing)}: a held-out split is recorded but no in-domain gain was measured "
+            "(pass learned=cfbench.train.indomain.measure_checkpoints, as cfbench sweep does)"]  # fmt: skip
+
+
 def sweep(
     base: str,
     run_dir: str | Path,
@@ -150,15 +166,20 @@ def sweep(
     seed: int = 0,
     eval_kwargs: dict[str, Any] | None = None,
     runner: Any = None,
+    learned: Callable[[Sequence[Path]], list[str]] | None = None,
 ) -> SweepResult:
     """Score every checkpoint of ``run_dir`` (cached) against ``base`` and read the run step by step.
 
     Budgets (``METRIC=VALUE``, as ``regress --max-drift``) and the run folder are checked before any
     scoring; the scoring itself is :func:`compare`'s, so options and caching are the same.
+    ``learned`` measures the in-domain rows of the checkpoints that record a held-out split (the CLI
+    passes :func:`cfbench.train.indomain.measure_checkpoints`; comparisons never import training code):
+    finetune measures only its final weights, so without it the earlier ``step-N/`` get no learned signal.
     """
     steps = discover_steps(run_dir)
     parsed = parse_drift_budgets(list(budgets), load_suite(suite))
     labels = ["base", *(f"step {n}" for n, _ in steps)]
+    learned_notes = learned([p for _, p in steps]) if learned is not None else []
     res = compare(
         base, [str(p) for _, p in steps], suite=suite, results=results, labels=labels, n_boot=n_boot, seed=seed,
         eval_kwargs=eval_kwargs, runner=runner,
@@ -166,4 +187,5 @@ def sweep(
     rows = [_step_of(res.report, n, p, label) for (n, p), label in zip(steps, labels[1:], strict=True)]
     first = next(((st.step, b.label) for st in rows for b in parsed if over_budget(st, b)), None)
     best, why = best_tradeoff(rows)
-    return SweepResult(base, rows, parsed, first, best, why, res, res.notes)
+    notes = learned_notes + res.notes + _unmeasured_notes(rows)
+    return SweepResult(base, rows, parsed, first, best, why, res, notes)

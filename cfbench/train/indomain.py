@@ -34,6 +34,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from cfbench.backends.hf import HFBackend
 from cfbench.errors import CfbenchError
 from cfbench.metrics.indomain import TABLE, indomain_gain
-from cfbench.models.checkpoint import resolve_checkpoint
+from cfbench.models.checkpoint import MANIFEST, resolve_checkpoint
 from cfbench.requests import GenerateRequest
 from cfbench.signals import Signal
 from cfbench.store import ResultStore
@@ -456,3 +457,48 @@ def learned_after_finetune(
         measure(store, str(path), split, **common)
         out.append((label, indomain_gain(store, base["content_hash"], str(path), split)))
     return Learned(split, str(base.get("name") or base["spec"]), out)
+
+
+def _heldout_groups(paths: Sequence[Any]) -> dict[tuple[str, str], list[tuple[str, dict[str, Any]]]]:
+    """Checkpoint folders whose cfbench manifest records a held-out split, grouped by (split, base):
+    each group is measured with one split rebuild and one base."""
+    groups: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
+    for path in paths:
+        file = Path(path) / MANIFEST
+        manifest = json.loads(file.read_text()) if file.is_file() else {}
+        info = manifest.get("heldout")
+        if info:
+            key = (str(info["split_hash"]), str(manifest["base"]["content_hash"]))
+            groups.setdefault(key, []).append((str(path), manifest))
+    return groups
+
+
+def measure_checkpoints(
+    results: str | Any, paths: Sequence[Any], *, device: str | None = None, batch_size: int = 16
+) -> list[str]:
+    """Score every checkpoint in ``paths`` whose manifest holds a held-out split (``cfbench finetune``'s
+    final folder and each ``step-N/`` snapshot), and its base, on that split; returns notes for splits
+    that could not be rebuilt.
+
+    Finetune measures only its final weights, so a sweep over ``--save-every`` snapshots must measure
+    the others itself for :func:`cfbench.comparison.attach.attach_indomain` to find their rows. Rows
+    are cached per (checkpoint, split, settings) by :func:`measure`: the base and every checkpoint are
+    scored once, and a rerun scores only new checkpoints.
+    """
+    store = ResultStore(Path(results))
+    notes: list[str] = []
+    for group in _heldout_groups(paths).values():
+        first = group[0][1]
+        try:
+            split = split_from_manifest(first)
+        except CfbenchError as exc:
+            names = ", ".join(Path(p).name for p, _ in group)
+            notes.append(f"in-domain gain of {names}: not measured ({exc})")
+            continue
+        assert split is not None  # the group has a held-out split
+        common = {"max_length": int(first["hyperparameters"]["max_length"]), "device": device,
+                  "batch_size": batch_size}  # fmt: skip
+        measure(store, first["base"]["path"], split, **common)
+        for path, _ in group:
+            measure(store, path, split, **common)
+    return notes
