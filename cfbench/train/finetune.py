@@ -274,8 +274,8 @@ class FinetuneRequest:
     save_every: int | None = None
     monitor_every: int | None = None
     monitor_stop: Mapping[str, float] | Sequence[str] | None = None
-    monitor_max_overhead: float | None = 0.1
     monitor_probe: Probe | None = None  # library only: a smaller probe (tests); default Probe.default()
+    monitor_max_overhead: float | None = 0.1
 
     @property
     def run_label(self) -> str:
