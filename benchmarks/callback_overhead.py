@@ -14,6 +14,10 @@ are bit-identical. A benchmark, not a test: numbers depend on the machine. Examp
 Per check, the probe costs about ``check_s``; at another ``every`` the overhead is roughly
 ``(setup_s + check_s * steps / every) / plain_s``. ``--model`` takes any checkpoint cfbench
 resolves; ``--items/--passages`` shrink the probe (the defaults are the callback's).
+``--max-overhead`` is the callback's overhead budget (default 0.1, as the callback's; ``none``: a
+check at every ``--every``-th step whatever it costs, as before the budget existed); the callback's
+own measurement (checks run and deferred, their share of training time, the base score apart) is
+printed under ``callback_overhead``.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def _train(model_path: Path, args: argparse.Namespace, callbacks: list, out: Pat
     return wall, [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
-def _timed_callback(every: int, items: int, passages: int) -> Any:
+def _timed_callback(every: int, items: int, passages: int, max_overhead: float | None) -> Any:
     """A ForgettingCallback that records how long its train-begin set-up and each check take."""
     from cfbench.integrations.probe import Probe
     from cfbench.integrations.transformers import ForgettingCallback
@@ -71,7 +75,8 @@ def _timed_callback(every: int, items: int, passages: int) -> Any:
     class Timed(ForgettingCallback):
         def __init__(self) -> None:
             default = (items, passages) == (64, 32)  # the callback builds its default probe itself, timed
-            super().__init__(probe=None if default else Probe.default(items, passages), every=every)
+            probe = None if default else Probe.default(items, passages)
+            super().__init__(probe=probe, every=every, max_overhead=max_overhead)
             self.setup_s = 0.0
             self.check_s: list[float] = []
 
@@ -105,7 +110,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--items", type=int, default=64)
     ap.add_argument("--passages", type=int, default=32)
+    ap.add_argument("--max-overhead", default="0.1", help="the callback's budget (0 < x <= 1), or none")
     args = ap.parse_args()
+    budget = None if args.max_overhead.lower() == "none" else float(args.max_overhead)
     path = resolve_checkpoint(args.model).path
     plain: list[float] = []
     watched: list[float] = []
@@ -116,7 +123,7 @@ def main() -> None:
             wall, losses = _train(path, args, [], Path(tmp) / f"plain{rep}")
             plain.append(wall)
             curves.append(losses)
-            cb = _timed_callback(args.every, args.items, args.passages)
+            cb = _timed_callback(args.every, args.items, args.passages, budget)
             wall, losses = _train(path, args, [cb], Path(tmp) / f"watched{rep}")
             watched.append(wall)
             curves.append(losses)
@@ -126,12 +133,13 @@ def main() -> None:
     checks = [c for cb in cbs for c in cb.check_s]
     result = {
         "model": args.model, "steps": args.steps, "every": args.every, "batch": args.batch, "seq": args.seq,
-        "probe_items": args.items, "probe_passages": args.passages, "repeats": args.repeats,
+        "probe_items": args.items, "probe_passages": args.passages, "repeats": args.repeats, "max_overhead": budget,
         "plain_s": [round(x, 2) for x in plain], "watched_s": [round(x, 2) for x in watched],
         "plain_median_s": round(med_p, 2), "watched_median_s": round(med_w, 2),
         "overhead": round(med_w / med_p - 1, 4), "checks_per_run": len(cbs[0].check_s),
         "setup_s": [round(cb.setup_s, 2) for cb in cbs], "check_s_median": round(statistics.median(checks), 2)
         if checks else None, "step_s": round(med_p / args.steps, 3),
+        "callback_overhead": [cb.overhead for cb in cbs],
         "losses_bit_identical": all(c == curves[0] for c in curves), "last": cbs[-1].history[-1] if cbs[-1].history
         else None,
     }  # fmt: skip

@@ -62,7 +62,7 @@ def test_callback_logs_through_the_trainer_and_leaves_training_bit_identical(tin
     from cfbench.integrations.transformers import ForgettingCallback
 
     plain = _train(tiny, tmp_path / "a", [])
-    cb = ForgettingCallback(probe=SMALL, every=2)
+    cb = ForgettingCallback(probe=SMALL, every=2, max_overhead=None)  # every 2nd step, whatever it costs
     watched = _train(tiny, tmp_path / "b", [cb])
     assert _losses(plain) == _losses(watched) and len(_losses(plain)) == 6  # bit-identical, step by step
     logged = [h for h in watched.state.log_history if "forgetting/kl" in h]
@@ -74,7 +74,7 @@ def test_callback_logs_through_the_trainer_and_leaves_training_bit_identical(tin
 def test_budget_stops_training_and_says_which_and_when(tiny: Path, tmp_path: Path, capsys) -> None:
     from cfbench.integrations.transformers import ForgettingCallback
 
-    cb = ForgettingCallback(probe=SMALL, every=2, stop_at={"kl": 0.0})
+    cb = ForgettingCallback(probe=SMALL, every=2, stop_at={"kl": 0.0}, max_overhead=None)
     trainer = _train(tiny, tmp_path / "c", [cb], steps=10)
     assert trainer.state.global_step == 2
     assert cb.stopped is not None and cb.stopped.startswith("kl=") and cb.stopped.endswith("at step 2")
@@ -108,7 +108,7 @@ def test_trl_sft_trainer_takes_the_callback(tiny: Path, tmp_path: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(tiny)
     data = Dataset.from_list([{"text": f"{i} + {i} = {2 * i}."} for i in range(16)])
-    cb = ForgettingCallback(probe=SMALL, every=1, stop_at={"kl": 0.0})
+    cb = ForgettingCallback(probe=SMALL, every=1, stop_at={"kl": 0.0}, max_overhead=None)
     args = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=5, per_device_train_batch_size=4,
                          learning_rate=1e-2, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
                          disable_tqdm=True, max_length=32)  # fmt: skip
@@ -128,7 +128,7 @@ def test_finetune_monitor_every_uses_the_same_probe_and_stops_on_budget(tiny: Pa
         finetune(str(tiny), "builtin:arithmetic", tmp_path / "x", monitor_every=1, monitor_stop=["kl"], progress=False)
     assert not (tmp_path / "x").exists()
     common = {"lr": 1e-2, "batch_size": 4, "micro_batch": 2, "max_steps": 4, "warmup": 0, "max_length": 64,
-              "progress": False, "device": "cpu", "monitor_probe": SMALL}  # fmt: skip
+              "progress": False, "device": "cpu", "monitor_probe": SMALL, "monitor_max_overhead": None}  # fmt: skip
     watched = finetune(str(tiny), "builtin:arithmetic", tmp_path / "w", monitor_every=2, **common)
     curve = watched.manifest["loss_curve"]
     assert [c["step"] for c in curve if "forgetting/kl" in c] == [2, 4] and set(curve[1]) >= KEYS
@@ -166,3 +166,100 @@ def test_probe_scores_equal_one_unpadded_forward_per_sequence(tiny: Path) -> Non
     flat = [float(x) for arr in got.choices for x in arr] + [ll for ll, _ in got.passages]
     assert max(abs(a - b) for a, b in zip(flat, want, strict=True)) < 1e-4
     assert [n for _, n in got.passages] == [len(tok.encode(t, add_special_tokens=False)) for t in SMALL.passages]
+
+
+class _FakeClock:
+    """``perf_counter`` of the probe module: each training step takes ``step_s``, each probe score ``check_s``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, step_s: float, check_s: float) -> None:
+        from cfbench.integrations import probe
+
+        self.now, self.step_s, self.check_s = 1000.0, step_s, check_s
+        real = probe.score_probe
+
+        def scored(*a, **kw):
+            self.now += self.check_s
+            return real(*a, **kw)
+
+        monkeypatch.setattr(probe, "perf_counter", lambda: self.now)
+        monkeypatch.setattr(probe, "score_probe", scored)
+
+    def callback(self):
+        """Put before the ForgettingCallback: a step's time passes before the check is considered."""
+        clock = self
+
+        class Tick(transformers.TrainerCallback):
+            def on_step_end(self, *a, **kw):
+                clock.now += clock.step_s
+
+        return Tick()
+
+
+def test_overhead_budget_defers_checks_to_the_first_scheduled_step_where_they_fit(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A check costs 0.45 of a step, every=2, budget 10 %: the base score (0.45) is the first estimate; a
+    check runs when checks so far + 0.45 <= 0.1 x training time: at steps 6 (0.45 <= 0.6), 10 (0.9 <= 1.0)
+    and 14 (1.35 <= 1.4); steps 2, 4, 8, 12 and 16 are deferred. Losses stay bit-identical."""
+    from cfbench.integrations.transformers import ForgettingCallback
+
+    plain = _train(tiny, tmp_path / "p", [], steps=16)
+    clock = _FakeClock(monkeypatch, step_s=1.0, check_s=0.45)
+    cb = ForgettingCallback(probe=SMALL, every=2)  # the default budget: 0.1
+    watched = _train(tiny, tmp_path / "w", [clock.callback(), cb], steps=16)
+    assert _losses(plain) == _losses(watched)
+    logged = [h for h in watched.state.log_history if "forgetting/kl" in h]
+    assert [h["step"] for h in logged] == [6, 10, 14] and [h["forgetting/deferred"] for h in logged] == [2, 3, 4]
+    o = cb.overhead
+    assert (o["checks"], o["deferred"], o["check_s"], o["train_s"], o["base_s"]) == (3, 5, 1.35, 16.0, 0.45)
+    assert o["overhead"] == round(1.35 / 16, 4) <= 0.1
+    err = capsys.readouterr().err
+    assert err.count("deferred: it would take the probe over 10%") == 1  # said once
+    assert "3 checks (5 deferred) took 1.4s = 8.4% of 16.0s training (budget 10%)" in err
+
+
+def test_cheap_checks_run_on_schedule_under_the_budget(tiny: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from cfbench.integrations.transformers import ForgettingCallback
+
+    clock = _FakeClock(monkeypatch, step_s=1.0, check_s=0.01)
+    cb = ForgettingCallback(probe=SMALL, every=2, max_overhead=0.1)
+    watched = _train(tiny, tmp_path / "w", [clock.callback(), cb], steps=6)
+    assert [h["step"] for h in watched.state.log_history if "forgetting/kl" in h] == [2, 4, 6]
+    assert cb.overhead["deferred"] == 0 and cb.overhead["overhead"] == round(0.03 / 6, 4)
+    none = ForgettingCallback(probe=SMALL, every=2, max_overhead=None)  # no budget: every 2nd step even if dear
+    clock.check_s = 5.0
+    _train(tiny, tmp_path / "n", [clock.callback(), none], steps=4)
+    assert [h["step"] for h in none.history] == [2, 4] and "no budget" in capsys.readouterr().err
+
+
+def test_max_overhead_is_checked_before_training(tiny: Path, tmp_path: Path) -> None:
+    from cfbench.integrations.transformers import ForgettingCallback
+    from cfbench.train.finetune import finetune
+
+    for bad in (0, -0.1, 1.5, float("nan"), "0.1", True):
+        with pytest.raises(CfbenchError, match=r"max_overhead=.*0 < x <= 1"):
+            ForgettingCallback(probe=SMALL, max_overhead=bad)
+    assert ForgettingCallback(probe=SMALL, max_overhead=1).overhead["max_overhead"] == 1.0
+    with pytest.raises(CfbenchError, match=r"--monitor-max-overhead=2"):
+        finetune(str(tiny), "builtin:arithmetic", tmp_path / "x", monitor_every=1, monitor_max_overhead=2,
+                 progress=False)  # fmt: skip
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_monitor_max_overhead_takes_a_fraction_or_none(tiny: Path, tmp_path: Path, monkeypatch) -> None:
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from cfbench.cli import app
+
+    ft = importlib.import_module("cfbench.train.finetune")  # the module (the package re-exports the function)
+    seen: list = []
+    monkeypatch.setattr(ft, "finetune", lambda *a, **kw: seen.append(kw["monitor_max_overhead"]) or 1 / 0)
+    base = ["finetune", str(tiny), "--data", "builtin:arithmetic", "--out", str(tmp_path / "o"), "--monitor-every", "2"]
+    for given, want in ((None, 0.1), ("none", None), ("0.25", 0.25)):
+        CliRunner().invoke(app, base + ([] if given is None else ["--monitor-max-overhead", given]))
+        assert seen.pop() == want
+    bad = CliRunner().invoke(app, [*base, "--monitor-max-overhead", "lots"])
+    assert isinstance(bad.exception, CfbenchError) and not seen  # the entry point prints it as one line
+    assert str(bad.exception).startswith("--monitor-max-overhead 'lots': give a fraction 0 < x <= 1")

@@ -84,6 +84,14 @@ MonitorStop = Annotated[
     list[str] | None,
     typer.Option("--monitor-stop", help="With --monitor-every: SIGNAL=VALUE budget that stops training, e.g. kl=0.2."),
 ]
+MonitorMaxOverhead = Annotated[
+    str,
+    typer.Option(
+        "--monitor-max-overhead",
+        help="With --monitor-every: the probe's largest share of training time (0 < x <= 1); a check that "
+        "would exceed it waits for the next scheduled step. 'none': check every N steps whatever it costs.",
+    ),
+]
 Heldout = Annotated[
     int | None,
     typer.Option(
@@ -113,6 +121,18 @@ SamBackup = Annotated[
     BackupDtype,
     typer.Option("--sam-backup-dtype", help="SAM restore buffer: fp32 (exact copy) or ε in bf16/fp16 (half memory)."),
 ]
+
+
+def _max_overhead(text: str) -> float | None:
+    """``--monitor-max-overhead``: a number, or ``none`` for no budget (the range is checked by finetune)."""
+    from cfbench.errors import CfbenchError
+
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise CfbenchError(f"--monitor-max-overhead {text!r}: give a fraction 0 < x <= 1 (e.g. 0.1) or none") from None
 
 
 def finetune_cmd(
@@ -153,6 +173,7 @@ def finetune_cmd(
     save_every: SaveEvery = None,
     monitor_every: MonitorEvery = None,
     monitor_stop: MonitorStop = None,
+    monitor_max_overhead: MonitorMaxOverhead = "0.1",
 ) -> None:
     """Fine-tune BASE on --data with AdamW, SAM or ASAM; writes an HF folder plus cfbench_manifest.json."""
     from cfbench.train.finetune import finetune
@@ -165,6 +186,7 @@ def finetune_cmd(
         **_scale(lora_r, lora_alpha, lora_targets, activation_checkpointing),
         **_sam(sam_every, sam_only_norm, sam_backup_dtype, sam_look_alpha), save=save, save_every=save_every,
         monitor_every=monitor_every, monitor_stop=monitor_stop,
+        monitor_max_overhead=_max_overhead(monitor_max_overhead),
     )  # fmt: skip
     if not _main_rank():
         return

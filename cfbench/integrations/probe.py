@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -217,28 +219,126 @@ def exceeded(values: Mapping[str, float], budgets: Mapping[str, float]) -> str |
     return None
 
 
-class ForgettingMonitor:
-    """The base scored once, then ``check(model, step)`` every time: the signals and a budget verdict."""
+def check_max_overhead(value: float | None, name: str = "max_overhead") -> float | None:
+    """``max_overhead`` checked: None (no budget) or a fraction in (0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise CfbenchError(f"{name}={value!r}: give the probe's largest share of training time, 0 < x <= 1 "
+                           "(e.g. 0.1), or None for a check at every scheduled step")  # fmt: skip
+    return float(value)
 
-    def __init__(self, probe: Probe | None = None, stop_at: Mapping[str, float] | None = None) -> None:
+
+class OverheadBudget:
+    """Whether a scheduled check may run: the checks' time kept within ``max_overhead`` of training time.
+
+    Training time is the wall time since the base score ended, less the checks' own time. A check runs
+    when the checks so far plus the one it would add (estimated by the last check's duration; before
+    the first, by the base score's: the same probe on the same model) stay within ``max_overhead`` of
+    the training time so far; otherwise it waits for the next scheduled step. The check therefore
+    happens at the first scheduled step where it fits, and the overhead stays near the budget however
+    slow the probe is relative to a step. The base score is *not* budgeted: it is a fixed cost paid
+    once, the reference every check needs, and no deferral can win it back; counting it would only
+    hold back every check until training had run base_s / max_overhead seconds. It is reported apart.
+    """
+
+    def __init__(self, max_overhead: float | None) -> None:
+        self.max_overhead = check_max_overhead(max_overhead)
+        self.base_s = 0.0
+        self.probe_s = 0.0  # every check's duration, summed
+        self.last_s = 0.0
+        self.checks = 0
+        self.deferred = 0
+        self._t0: float | None = None
+
+    def started(self, base_s: float) -> None:
+        """The base score took ``base_s``; training time counts from now."""
+        self.base_s = self.last_s = base_s
+        self._t0 = perf_counter()
+
+    def train_s(self) -> float:
+        """Wall time since :meth:`started`, less the checks' time."""
+        return 0.0 if self._t0 is None else perf_counter() - self._t0 - self.probe_s
+
+    def allows(self) -> bool:
+        """True if a check now keeps the budget (always without one); counts a deferral otherwise."""
+        if self.max_overhead is None or self.probe_s + self.last_s <= self.max_overhead * self.train_s():
+            return True
+        self.deferred += 1
+        return False
+
+    def spent(self, seconds: float) -> None:
+        """A check took ``seconds``."""
+        self.probe_s += seconds
+        self.last_s = seconds
+        self.checks += 1
+
+    def summary(self) -> dict[str, Any]:
+        """The measured overhead: checks' time / training time, and the base score apart."""
+        train = self.train_s()
+        return {"checks": self.checks, "deferred": self.deferred, "check_s": round(self.probe_s, 3),
+                "train_s": round(train, 3), "overhead": round(self.probe_s / train, 4) if train > 0 else None,
+                "max_overhead": self.max_overhead, "base_s": round(self.base_s, 3)}  # fmt: skip
+
+    def line(self) -> str:
+        """The end-of-training sentence."""
+        return overhead_line(self.summary())
+
+
+def overhead_line(s: Mapping[str, Any]) -> str:
+    """The end-of-training sentence for an :meth:`OverheadBudget.summary`."""
+    share = "n/a" if s["overhead"] is None else f"{100 * s['overhead']:.1f}%"
+    budget = "no budget" if s["max_overhead"] is None else f"budget {100 * s['max_overhead']:g}%"
+    return (f"forgetting probe: {s['checks']} checks ({s['deferred']} deferred) took {s['check_s']:.1f}s = {share} "
+            f"of {s['train_s']:.1f}s training ({budget}); the base score took {s['base_s']:.1f}s once "
+            "(not budgeted)")  # fmt: skip
+
+
+class ForgettingMonitor:
+    """The base scored once, then ``check(model, step)`` every time: the signals and a budget verdict.
+
+    ``max_overhead``: see :class:`OverheadBudget` (None: :meth:`due` is always true, every-N as given).
+    """
+
+    def __init__(self, probe: Probe | None = None, stop_at: Mapping[str, float] | None = None,
+                 max_overhead: float | None = None) -> None:  # fmt: skip
         self.budgets = parse_budgets(stop_at)
+        self.budget = OverheadBudget(max_overhead)
         self.probe = probe
         self.base: ProbeScores | None = None
         self.stopped: str | None = None  # "kl=0.31 > 0.2 at step 40" once a budget was exceeded
 
     def start(self, model: Any, tokenizer: Any) -> None:
-        """Score the base weights (call before the first step)."""
+        """Score the base weights (call before the first step); its time is the first check's estimate."""
         if self.probe is None:
             self.probe = Probe.default()
         self.tokenizer = tokenizer
+        t0 = perf_counter()
         self.base = score_probe(model, tokenizer, self.probe)
+        self.budget.started(perf_counter() - t0)
+
+    def due(self, step: int) -> bool:
+        """At a scheduled step: may the check run within the overhead budget? Says so once when not."""
+        if self.budget.allows():
+            return True
+        if self.budget.deferred == 1:
+            share = 100 * (self.budget.max_overhead or 0)
+            print(f"[cfbench] forgetting check at step {step} deferred: it would take the probe over {share:g}% "
+                  "of training time; it runs at the first scheduled step where it fits (said once; the "
+                  "end-of-training line counts deferrals)", file=sys.stderr)  # fmt: skip
+        return False
 
     def check(self, model: Any, step: int) -> dict[str, float]:
         """The signals now, prefixed ``forgetting/``; sets :attr:`stopped` when a budget is exceeded."""
         if self.base is None or self.probe is None:
             raise CfbenchError("ForgettingMonitor.check before start(): the base probe was never scored")
+        t0 = perf_counter()
         values = forgetting(self.probe, self.base, score_probe(model, self.tokenizer, self.probe))
+        self.budget.spent(perf_counter() - t0)
         over = exceeded(values, self.budgets)
         if over is not None and self.stopped is None:
             self.stopped = f"{over} at step {step}"
-        return {f"forgetting/{k}": v for k, v in values.items()}
+        out = {f"forgetting/{k}": v for k, v in values.items()}
+        if self.budget.max_overhead is not None:
+            out["forgetting/deferred"] = float(self.budget.deferred)
+        return out

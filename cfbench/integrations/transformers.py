@@ -7,7 +7,11 @@ At train begin the probe (:mod:`cfbench.integrations.probe`) is scored once on t
 Every ``every`` optimizer steps it is scored on the model in memory and ``forgetting/kl``,
 ``forgetting/gold_margin``, ``forgetting/acc_delta`` and ``forgetting/ppl_drift`` go through the
 Trainer's own ``log``, so tensorboard, wandb and every other ``report_to`` integration receive them
-with no set-up. When a budget of ``stop_at`` is exceeded, training stops
+with no set-up. The checks' cost is kept within ``max_overhead`` (default 0.1: 10 %) of training
+wall time: a scheduled check that would exceed it waits for the next scheduled step
+(:class:`~cfbench.integrations.probe.OverheadBudget`; ``max_overhead=None`` checks at every
+``every``-th step whatever it costs), and the end-of-training line says the overhead measured
+(:attr:`ForgettingCallback.overhead`). When a budget of ``stop_at`` is exceeded, training stops
 (``control.should_training_stop``) and the reason (which budget, which step) is logged and kept in
 :attr:`ForgettingCallback.stopped`.
 
@@ -49,14 +53,15 @@ class ForgettingCallback(TrainerCallback):
     ``probe``: a :class:`~cfbench.integrations.probe.Probe` (default: 64 offline-suite items + 32
     LAMBADA passages, built at train begin). ``stop_at``: the most forgetting allowed per signal,
     e.g. ``{"kl": 0.2, "acc_delta": 0.05}`` (accuracy and gold margin: the largest drop).
+    ``max_overhead``: the checks' largest share of training wall time (0 < x <= 1; None: no budget).
     """
 
     def __init__(self, probe: Probe | None = None, every: int = 100, stop_at: Mapping[str, float] | None = None,
-                 tokenizer: Any = None) -> None:  # fmt: skip
+                 tokenizer: Any = None, max_overhead: float | None = 0.1) -> None:  # fmt: skip
         if int(every) < 1:
             raise CfbenchError(f"ForgettingCallback every={every}: give the number of steps between probes (>= 1)")
         self.every = int(every)
-        self.monitor = ForgettingMonitor(probe, stop_at)
+        self.monitor = ForgettingMonitor(probe, stop_at, max_overhead)
         self.tokenizer = tokenizer
         self.history: list[dict[str, float]] = []
         self._trainer: Any = None
@@ -66,6 +71,11 @@ class ForgettingCallback(TrainerCallback):
     def stopped(self) -> str | None:
         """``"kl=0.31 > 0.2 at step 40"`` once a budget stopped training, else None."""
         return self.monitor.stopped
+
+    @property
+    def overhead(self) -> dict[str, Any]:
+        """Checks run and deferred, their time, the training time, their share of it, and the base score's time."""
+        return self.monitor.budget.summary()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         tokenizer = self.tokenizer or kwargs.get("processing_class") or kwargs.get("tokenizer")
@@ -80,7 +90,7 @@ class ForgettingCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
         step = int(state.global_step)
-        if step == 0 or step % self.every:
+        if step == 0 or step % self.every or not self.monitor.due(step):
             return control
         values = self.monitor.check(model, step)
         self.history.append({"step": step, **values})
@@ -96,6 +106,9 @@ class ForgettingCallback(TrainerCallback):
         else:
             self._pending = values
         return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        print(f"[cfbench] {self.monitor.budget.line()}", file=sys.stderr)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if self._pending is not None and logs is not None:

@@ -51,7 +51,7 @@ import torch
 import cfbench.train.distributed as distributed
 from cfbench.errors import CfbenchError
 from cfbench.fsutil import check_room
-from cfbench.integrations.probe import ForgettingMonitor, Probe, parse_budgets
+from cfbench.integrations.probe import ForgettingMonitor, Probe, check_max_overhead, overhead_line, parse_budgets
 from cfbench.models.checkpoint import ResolvedCheckpoint, check_model_type, float32_weight_bytes, resolve_checkpoint
 from cfbench.train._io import MANIFEST, atomic_dir, check_output_dir, environment, write_json
 from cfbench.train.data import (
@@ -275,6 +275,7 @@ class FinetuneRequest:
     monitor_every: int | None = None
     monitor_stop: Mapping[str, float] | Sequence[str] | None = None
     monitor_probe: Probe | None = None  # library only: a smaller probe (tests); default Probe.default()
+    monitor_max_overhead: float | None = 0.1
 
     @property
     def run_label(self) -> str:
@@ -363,6 +364,7 @@ def check_request(req: FinetuneRequest) -> None:
     if req.monitor_stop and req.monitor_every is None:
         raise CfbenchError("--monitor-stop needs --monitor-every N (how often the probe runs)")
     monitor_budgets(req.monitor_stop)
+    check_max_overhead(req.monitor_max_overhead, "--monitor-max-overhead")
     if (req.save_every or req.monitor_every) and distributed.launched_world_size() > 1:
         raise CfbenchError("--save-every/--monitor-every under torchrun are not supported: run in one process")
     if req.sam_look_alpha is not None and distributed.launched_world_size() > 1:
@@ -408,6 +410,8 @@ def _hyperparameters(
         hyper["save_every"] = req.save_every
     if req.monitor_stop:  # a forgetting budget may end the run early: another run
         hyper["monitor"] = {"every": req.monitor_every, "stop": monitor_budgets(req.monitor_stop)}
+        if req.monitor_max_overhead is not None:  # which steps are checked (so where it stops) depends on it
+            hyper["monitor"]["max_overhead"] = req.monitor_max_overhead
     return hyper
 
 
@@ -751,15 +755,21 @@ def _monitor_hook(req: FinetuneRequest, run: Run, tokenizer: Any, manifest: dict
 
     The base probe is scored now, before the first step; each check adds ``forgetting/*`` to the
     step's loss-curve entry, and a budget exceeded stops the run (the weights so far are saved).
+    ``--monitor-max-overhead`` defers a check that would exceed it (:class:`OverheadBudget`); the
+    manifest's ``monitor_overhead`` holds the measured share, refreshed after every step (so at the
+    end it covers the whole run; :func:`run_finetune` prints it).
     """
-    monitor = ForgettingMonitor(req.monitor_probe, monitor_budgets(req.monitor_stop))
+    monitor = ForgettingMonitor(req.monitor_probe, monitor_budgets(req.monitor_stop), req.monitor_max_overhead)
     monitor.start(run.model, tokenizer)
     every = int(req.monitor_every or 1)
+    manifest["monitor_overhead"] = monitor.budget.summary()
 
     def check(step: int) -> bool:
-        if step % every:
+        due = step % every == 0 and monitor.due(step)
+        values = monitor.check(run.model, step) if due else None
+        manifest["monitor_overhead"] = monitor.budget.summary()
+        if values is None:
             return False
-        values = monitor.check(run.model, step)
         manifest["loss_curve"][-1].update(values)
         if monitor.stopped is not None:
             manifest["forgetting_stop"] = monitor.stopped
@@ -858,6 +868,8 @@ def run_finetune(req: FinetuneRequest) -> FinetuneResult:
             shutil.rmtree(old, ignore_errors=True)
     hooks = step_hooks(req, run, train_set.tokenizer, manifest)
     outcome = train_loop(req, run, train_set, plan, manifest["loss_curve"], hooks)
+    if "monitor_overhead" in manifest:
+        print(f"[cfbench] {overhead_line(manifest['monitor_overhead'])}", file=sys.stderr)
     return finish_run(req, run, train_set, manifest, outcome, out, t_start)
 
 
@@ -899,6 +911,7 @@ def finetune(
     monitor_every: int | None = None,
     monitor_stop: Mapping[str, float] | Sequence[str] | None = None,
     monitor_probe: Probe | None = None,
+    monitor_max_overhead: float | None = 0.1,
 ) -> FinetuneResult:
     """Fine-tune ``base`` on ``data`` and write an HF checkpoint folder with a manifest to ``out``.
 
@@ -923,7 +936,8 @@ def finetune(
     SAM gradient's part orthogonal to the current gradient, scaled by α·‖g‖/‖g_v‖.
     ``monitor_every`` N: score a forgetting probe every N steps (:class:`cfbench.integrations.probe.Probe`,
     the ``ForgettingCallback``'s code) into the loss curve; ``monitor_stop`` (``{"kl": 0.2}`` or
-    ``["kl=0.2"]``) stops training when a signal passes its budget.
+    ``["kl=0.2"]``) stops training when a signal passes its budget; ``monitor_max_overhead`` (0 < x <= 1,
+    default 0.1) defers a check that would take the probe over that share of training time (None: none).
     ``save_every`` N: also write ``out/step-N/``, ``out/step-2N/``, ... during training (``cfbench sweep``).
     """
     return run_finetune(FinetuneRequest(
@@ -935,6 +949,6 @@ def finetune(
         activation_checkpointing=activation_checkpointing, heldout=heldout, sam_every=sam_every,
         sam_only_norm=sam_only_norm, sam_backup_dtype=sam_backup_dtype, sam_look_alpha=sam_look_alpha,
         save=save, save_every=save_every, monitor_every=monitor_every, monitor_stop=monitor_stop,
-        monitor_probe=monitor_probe,
+        monitor_probe=monitor_probe, monitor_max_overhead=monitor_max_overhead,
     ))  # fmt: skip
 
